@@ -1,0 +1,1 @@
+"""The science of metarater: plain Python, numpy, pyarrow, torch, sklearn. Never imports dagster."""

@@ -1,0 +1,160 @@
+"""Run configuration (YAML) as frozen, validated dataclasses. No environment lookups here."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+from . import dsir as _dsir
+from .proxy_lm import PROXY_PRESETS
+from .signals import SIGNAL_NAMES
+
+#: Rater groups and the scores each provides. Model raters join in a later stage.
+RATERS: dict[str, tuple[str, ...]] = {
+    "rpv2": SIGNAL_NAMES,
+    "dsir": ("dsir_books", "dsir_wiki", "dsir_math"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with the field that is wrong."""
+
+
+def _resolve(base: str, uri: str) -> str:
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    return os.path.normpath(os.path.join(base, uri))
+
+
+def _fraction(name: str, v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number in (0, 1], got {v!r}") from None
+    if not (0.0 < f <= 1.0):
+        raise ConfigError(f"{name} must be in (0, 1], got {v!r}")
+    return f
+
+
+@dataclass(frozen=True)
+class DsirConfig:
+    buckets: int = _dsir.DEFAULT_BUCKETS
+    targets: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProxiesConfig:
+    n: int = 16
+    seed: int = 0
+    fraction: float = 0.15
+    fraction_of: str = "tokens"
+    kind: str = "transformer"
+    preset: str = "tiny"
+    token_budget: int | None = None
+    single_score_runs: bool = True
+    adaptive_rounds: int = 0
+    adaptive_k: int = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    raters: tuple[str, ...]
+    dsir: DsirConfig
+    validation_sets: Mapping[str, str]
+    validation_max_docs: int
+    validation_target: str
+    tokenizer_vocab_size: int
+    tokenizer_path: str | None
+    tokenizer_sample_docs: int
+    proxies: ProxiesConfig
+    regressor: Mapping[str, Any]
+    curation: Mapping[str, Any]
+    evaluation: Mapping[str, Any]
+    compute: Mapping[str, Any]
+    source: str = ""
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for r in self.raters:
+            names.extend(RATERS[r])
+        return tuple(names)
+
+
+def load_config(path: str) -> Config:
+    from .storage import fs_and_path
+
+    fs, p = fs_and_path(path)
+    if not fs.exists(p):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with fs.open(p, "r") as f:
+        raw = yaml.safe_load(f) or {}
+    base = os.path.dirname(os.path.abspath(path)) if "://" not in path else path.rsplit("/", 1)[0]
+    return parse_config(raw, base, source=path)
+
+
+def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> Config:
+    raters = tuple(raw.get("raters", ["rpv2", "dsir"]))
+    unknown = [r for r in raters if r not in RATERS]
+    if unknown:
+        raise ConfigError(f"unknown rater(s) {unknown}; known raters: {sorted(RATERS)}")
+    if not raters:
+        raise ConfigError("raters: at least one rater must be active")
+    d = raw.get("dsir", {}) or {}
+    targets = {k: _resolve(base, v) for k, v in (d.get("targets") or {}).items()}
+    if "dsir" in raters:
+        want = {n.removeprefix("dsir_") for n in RATERS["dsir"]}
+        if set(targets) != want:
+            raise ConfigError(f"dsir.targets must name exactly {sorted(want)}, got {sorted(targets)}")
+    v = raw.get("validation", {}) or {}
+    sets = {k: _resolve(base, u) for k, u in (v.get("sets") or {}).items()}
+    if not sets:
+        raise ConfigError("validation.sets: at least one validation set is needed")
+    target = str(v.get("target", "mean"))
+    if target != "mean" and target not in sets:
+        raise ConfigError(f"validation.target must be 'mean' or one of {sorted(sets)}, got {target!r}")
+    p = dict(raw.get("proxies", {}) or {})
+    proxies = ProxiesConfig(**p)
+    if proxies.n < 1:
+        raise ConfigError(f"proxies.n must be >= 1 (got {proxies.n}): the regressor needs proxy runs")
+    _fraction("proxies.fraction", proxies.fraction)
+    if proxies.kind not in ("transformer", "ngram"):
+        raise ConfigError(f"proxies.kind must be 'transformer' or 'ngram', got {proxies.kind!r}")
+    if proxies.fraction_of not in ("tokens", "docs"):
+        raise ConfigError("proxies.fraction_of must be 'tokens' or 'docs'")
+    if proxies.preset not in PROXY_PRESETS:
+        raise ConfigError(f"proxies.preset {proxies.preset!r} unknown; known: {sorted(PROXY_PRESETS)}")
+    cur = dict(raw.get("curation", {}) or {})
+    cur["fraction"] = _fraction("curation.fraction", cur.get("fraction", 0.15))
+    cur.setdefault("fraction_of", "tokens")
+    cur.setdefault("format", "parquet")
+    if cur["format"] not in ("parquet", "jsonl.zst"):
+        raise ConfigError("curation.format must be 'parquet' or 'jsonl.zst'")
+    if cur.get("weights_file"):
+        cur["weights_file"] = _resolve(base, cur["weights_file"])
+    ev = dict(raw.get("evaluation", {}) or {})
+    ev.setdefault("preset", "small")
+    ev.setdefault("seeds", [0, 1, 2])
+    if ev["preset"] not in PROXY_PRESETS:
+        raise ConfigError(f"evaluation.preset {ev['preset']!r} unknown; known: {sorted(PROXY_PRESETS)}")
+    tok = raw.get("tokenizer", {}) or {}
+    return Config(
+        raters=raters,
+        dsir=DsirConfig(buckets=int(d.get("buckets", _dsir.DEFAULT_BUCKETS)), targets=targets),
+        validation_sets=sets,
+        validation_max_docs=int(v.get("max_docs", 300)),
+        validation_target=target,
+        tokenizer_vocab_size=int(tok.get("vocab_size", 8192)),
+        tokenizer_path=tok.get("path"),
+        tokenizer_sample_docs=int(tok.get("sample_docs", 200_000)),
+        proxies=proxies,
+        regressor={"folds": 5, "candidates": 200_000, "top_k": 128, "bootstrap": 30,
+                   **(raw.get("regressor") or {})},
+        curation=cur,
+        evaluation=ev,
+        compute={"accelerator": "cpu", "devices": 1, "precision": "32-true", "threads": None,
+                 **(raw.get("compute") or {})},
+        source=source,
+    )

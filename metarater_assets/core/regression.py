@@ -1,0 +1,158 @@
+"""From (weight vector -> proxy validation loss) to a fitted regressor and optimal weights.
+
+Three regressors, compared by k-fold cross-validated Spearman rho (the paper's fit metric,
+following RegMix), R^2 and MAE; the one with the highest rho is kept:
+
+* ``gbr``: scikit-learn ``GradientBoostingRegressor`` (the paper used LightGBM);
+* ``linear``: statsmodels OLS without intercept -- weights sum to 1, so the coefficient of
+  score i is the predicted loss with all weight on score i, with a confidence interval;
+* ``ridge``: scikit-learn ``Ridge``.
+
+Optimal weights (paper): predict many Dirichlet candidates, average the ``top_k`` with the lowest
+predicted loss. The predicted loss at the optimum gets a bootstrap interval (refit on resampled
+proxy runs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.linear_model import Ridge
+from sklearn.metrics import mean_absolute_error, r2_score
+from sklearn.model_selection import KFold
+
+REGRESSION_VERSION = "1"
+MODEL_NAMES = ("gbr", "linear", "ridge")
+
+
+class OLSRegressor(RegressorMixin, BaseEstimator):
+    """statsmodels OLS (no intercept: the weights sum to one) behind the sklearn API."""
+
+    def __init__(self, alpha: float = 0.05):
+        self.alpha = alpha
+
+    def fit(self, X, y):
+        import statsmodels.api as sm
+
+        self.result_ = sm.OLS(np.asarray(y, float), np.asarray(X, float)).fit()
+        self.coef_ = self.result_.params
+        return self
+
+    def predict(self, X):
+        return np.asarray(X, float) @ self.coef_
+
+    def coefficients(self, names: Sequence[str]) -> list[dict]:
+        ci = self.result_.conf_int(self.alpha)
+        p = self.result_.pvalues
+        se = self.result_.bse
+        return [{"score": n, "coef": float(self.coef_[i]), "std_err": float(se[i]),
+                 "ci_low": float(ci[i][0]), "ci_high": float(ci[i][1]), "p_value": float(p[i])}
+                for i, n in enumerate(names)]
+
+
+def make_model(name: str, seed: int = 0):
+    if name == "gbr":
+        return GradientBoostingRegressor(n_estimators=300, learning_rate=0.05, max_depth=3,
+                                         subsample=0.8, random_state=seed)
+    if name == "linear":
+        return OLSRegressor()
+    if name == "ridge":
+        return Ridge(alpha=1e-3)
+    raise ValueError(f"unknown regressor {name!r}; known: {MODEL_NAMES}")
+
+
+def _rho(a, b) -> float:
+    if np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def cross_validate(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
+                   models: Sequence[str] = MODEL_NAMES) -> dict[str, dict]:
+    """Out-of-fold predictions per model and their Spearman rho, R^2, MAE."""
+    n = len(y)
+    if n < 4:
+        raise ValueError(f"need at least 4 proxy runs to cross-validate, got {n}")
+    k = min(folds, n)
+    kf = KFold(n_splits=k, shuffle=True, random_state=seed)
+    out = {}
+    for name in models:
+        pred = np.empty(n)
+        for tr, te in kf.split(X):
+            pred[te] = make_model(name, seed).fit(X[tr], y[tr]).predict(X[te])
+        out[name] = {"spearman": _rho(pred, y), "r2": float(r2_score(y, pred)),
+                     "mae": float(mean_absolute_error(y, pred)), "oof_pred": pred.tolist()}
+    return out
+
+
+def pick_best(cv: dict[str, dict]) -> str:
+    return max(cv, key=lambda m: (np.nan_to_num(cv[m]["spearman"], nan=-2.0), -cv[m]["mae"]))
+
+
+@dataclass(frozen=True)
+class Optimum:
+    weights: np.ndarray
+    predicted_loss: float
+    ci_low: float
+    ci_high: float
+    candidates: int
+
+
+def optimal_weights(model, n_scores: int, *, candidates: int = 200_000, top_k: int = 128,
+                    seed: int = 0, batch: int = 50_000) -> tuple[np.ndarray, float]:
+    """Average of the ``top_k`` Dirichlet candidates with the lowest predicted loss."""
+    rng = np.random.default_rng(seed)
+    best_w = np.empty((0, n_scores))
+    best_y = np.empty(0)
+    for start in range(0, candidates, batch):
+        W = rng.dirichlet(np.ones(n_scores), size=min(batch, candidates - start))
+        yhat = model.predict(W)
+        best_w = np.concatenate([best_w, W])
+        best_y = np.concatenate([best_y, yhat])
+        keep = np.argsort(best_y, kind="stable")[:top_k]
+        best_w, best_y = best_w[keep], best_y[keep]
+    w = best_w.mean(axis=0)
+    w = w / w.sum()
+    return w, float(model.predict(w[None, :])[0])
+
+
+def bootstrap_prediction(name: str, X: np.ndarray, y: np.ndarray, w: np.ndarray,
+                         n_boot: int = 50, seed: int = 0, alpha: float = 0.1) -> tuple[float, float, np.ndarray]:
+    """(low, high) percentile interval of the predicted loss at ``w`` over bootstrap refits,
+    plus the ensemble's per-model predictions (used for uncertainty in adaptive rounds)."""
+    rng = np.random.default_rng(seed)
+    preds = []
+    n = len(y)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        if len(np.unique(idx)) < 3:
+            continue
+        preds.append(float(make_model(name, seed + b).fit(X[idx], y[idx]).predict(w[None, :])[0]))
+    preds = np.asarray(preds)
+    return float(np.quantile(preds, alpha / 2)), float(np.quantile(preds, 1 - alpha / 2)), preds
+
+
+def propose_adaptive(name: str, X: np.ndarray, y: np.ndarray, k: int, *, n_boot: int = 20,
+                     candidates: int = 20_000, seed: int = 0, explore: float = 1.0) -> np.ndarray:
+    """Next ``k`` weight vectors: lowest lower-confidence-bound (mean - explore * std) under a
+    bootstrap ensemble, so both promising and uncertain regions are sampled."""
+    rng = np.random.default_rng(seed)
+    C = rng.dirichlet(np.ones(X.shape[1]), size=candidates)
+    preds = []
+    n = len(y)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        preds.append(make_model(name, seed + b).fit(X[idx], y[idx]).predict(C))
+    P = np.stack(preds)
+    lcb = P.mean(0) - explore * P.std(0)
+    chosen = []
+    for i in np.argsort(lcb):
+        if all(np.abs(C[i] - C[j]).sum() > 0.05 for j in chosen):
+            chosen.append(i)
+        if len(chosen) == k:
+            break
+    return C[chosen]

@@ -1,0 +1,68 @@
+"""fsspec helpers: every path is a URI (plain path, file://, memory://, s3://, ...)."""
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def fs_and_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(str(uri))
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    out = str(uri).rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return out
+
+
+@contextmanager
+def atomic_open(uri: str, mode: str = "wb") -> Iterator[Any]:
+    """Write to a temporary sibling, then move it into place: a crash leaves no file at ``uri``."""
+    fs, path = fs_and_path(uri)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open(tmp, mode) as f:
+            yield f
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    with atomic_open(uri, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = fs_and_path(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def write_json(obj: Any, uri: str) -> None:
+    with atomic_open(uri, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def read_json(uri: str) -> Any:
+    fs, path = fs_and_path(uri)
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def exists(uri: str) -> bool:
+    fs, path = fs_and_path(uri)
+    return fs.exists(path)

@@ -1,0 +1,163 @@
+"""In-process execution for the CLI: register shards, then materialise what is missing or stale.
+
+Each step materialises a few assets for one partition with ``dagster.materialize`` on the
+persistent instance, so the UI shows every run and later runs see what is already done.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dagster as dg
+
+from .core import corpus
+from .defs import STAGES, all_assets, build_resources
+from .partitions import proxy_runs, shards
+from .staleness import Staleness
+from resources import Settings
+
+#: Execution steps per stage: (asset keys, partitions: "shards" / "proxy_runs" / None).
+STEPS: dict[str, list[tuple[tuple[str, ...], str | None]]] = {
+    "ingest": [(("raw_docs", "raw_quarantine"), "shards")],
+    "scores": [(("rpv2_scores", "dsir_counts"), "shards"), (("dsir_model",), None),
+               (("dsir_scores",), "shards"), (("score_stats",), None)],
+    "proxies": [(("tokenizer",), None), (("doc_tokens",), "shards"), (("validation_tokens",), None),
+                (("pool_index",), None), (("proxy_plan",), None), (("proxy_run",), "proxy_runs")],
+    "regressor": [(("regressor",), None), (("optimal_weights",), None)],
+    "curated": [(("curated_selection",), None), (("curated_corpus",), "shards"),
+                (("curated_manifest",), None)],
+    "evaluation": [(("evaluation",), None)],
+}
+assert list(STEPS) == list(STAGES)
+
+#: Dagster's console logger at WARNING (the CLI prints its own progress); METARATER_LOG_LEVEL overrides.
+LOGS = {"loggers": {"console": {"config": {"log_level": os.environ.get("METARATER_LOG_LEVEL", "WARNING")}}}}
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+for _name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+
+@dataclass
+class RunSummary:
+    materialised: list[tuple[str, str | None]] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    new_shards: list[str] = field(default_factory=list)
+    changed_shards: list[str] = field(default_factory=list)
+
+
+def register_shards(instance: dg.DagsterInstance, raw_uri: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """Add a partition for each new shard file; return (new, changed, key -> fingerprint)."""
+    files = corpus.list_shards(raw_uri)
+    registered = set(instance.get_dynamic_partitions(shards.name))
+    new = [f.key for f in files if f.key not in registered]
+    if new:
+        instance.add_dynamic_partitions(shards.name, new)
+    changed = []
+    for f in files:
+        if f.key in new:
+            continue
+        rec = _latest(instance, "raw_docs", f.key)
+        fp = rec.metadata.get("fingerprint") if rec else None
+        if fp is not None and getattr(fp, "value", fp) != f.fingerprint:
+            changed.append(f.key)
+    return new, changed, {f.key: f.fingerprint for f in files}
+
+
+def _latest(instance: dg.DagsterInstance, key: str, partition: str | None):
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key),
+                              asset_partitions=[partition] if partition else None), limit=1)
+    if not result.records:
+        return None
+    return result.records[0].asset_materialization
+
+
+def _error_message(result) -> str:
+    for ev in result.all_events:
+        if ev.is_step_failure:
+            err = ev.step_failure_data.error
+            while err.cause is not None:
+                err = err.cause
+            return f"{err.cls_name}: {err.message.strip()}"
+    for ev in result.all_events:
+        if ev.event_type_value == "ASSET_CHECK_EVALUATION":
+            data = ev.event_specific_data
+            if not data.passed:
+                return f"asset check {data.check_name} failed"
+    return "run failed"
+
+
+def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | None = None,
+                 echo: Callable[[str], None] = print, force: tuple[str, ...] = ()) -> RunSummary:
+    """Materialise, stage by stage up to ``stage``, every asset partition that is missing or stale."""
+    if stage not in STEPS:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STEPS)}")
+    instance = instance or dg.DagsterInstance.get()
+    assets = all_assets()
+    resources = build_resources(settings)
+    summary = RunSummary()
+    new, changed, _ = register_shards(instance, settings.raw_uri)
+    summary.new_shards, summary.changed_shards = new, changed
+    if new:
+        echo(f"registered {len(new)} new shard(s): {', '.join(new)}")
+    if changed:
+        echo(f"{len(changed)} shard file(s) changed since ingest: {', '.join(changed)}")
+    present = {f.key for f in corpus.list_shards(settings.raw_uri)}
+    failed_shards: set[str] = set()
+    stages = list(STEPS)[: list(STEPS).index(stage) + 1]
+    for st in stages:
+        echo(f"== stage {st}")
+        for keys, part in STEPS[st]:
+            if part == "shards":
+                partitions = [k for k in sorted(instance.get_dynamic_partitions(shards.name))
+                              if k in present and k not in failed_shards]
+            elif part == "proxy_runs":
+                partitions = _plan_keys(settings)
+            else:
+                partitions = [None]
+            for pk in partitions:
+                res = Staleness(instance, assets)
+                todo = []
+                for k in keys:
+                    why = "forced" if k in force else res.needs_run(k, pk)
+                    if why is None and k == "raw_docs" and pk in changed:
+                        why = "file changed"
+                    if why:
+                        todo.append((k, why))
+                if not todo:
+                    continue
+                sel = list(keys) if keys[0] == "raw_docs" else [k for k, _ in todo]
+                label = ", ".join(sel) + (f" [{pk}]" if pk else "")
+                t0 = time.perf_counter()
+                result = dg.materialize(assets, selection=sel, partition_key=pk, instance=instance,
+                                        resources=resources, raise_on_error=False, run_config=LOGS,
+                                        tags={"metarater/cli": "run", "metarater/stage": st})
+                dt = time.perf_counter() - t0
+                if result.success:
+                    echo(f"  ok   {label} ({todo[0][1]}, {dt:.1f}s)")
+                    summary.materialised.extend((k, pk) for k in sel)
+                else:
+                    msg = _error_message(result)
+                    echo(f"  FAIL {label}: {msg}")
+                    summary.failed.append({"assets": sel, "partition": pk, "error": msg})
+                    if part == "shards":
+                        failed_shards.add(pk)
+                    elif part is None:
+                        echo(f"stopping: {label} failed")
+                        return summary
+    return summary
+
+
+def _plan_keys(settings: Settings) -> list[str]:
+    from .core import storage as st
+
+    uri = f"{settings.storage_uri}/proxy_plan.json"
+    if not st.exists(uri):
+        return []
+    return [r["key"] for r in st.read_json(uri)["runs"]]

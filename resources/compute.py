@@ -1,0 +1,28 @@
+"""Where model work runs: Lightning accelerator, devices, precision (bf16 on GPU, fp32 on CPU)."""
+from __future__ import annotations
+
+import dagster as dg
+
+from metarater_assets.core.proxy_lm import Compute
+
+
+class ComputeResource(dg.ConfigurableResource):
+    accelerator: str = "auto"
+    """'cpu', 'gpu' or 'auto' (GPU when torch sees one)."""
+    devices: int = 1
+    precision: str = "auto"
+    """'auto' = bf16-mixed on a GPU that supports it, else 32-true."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+
+    def resolve(self) -> Compute:
+        import torch
+
+        acc = self.accelerator
+        if acc == "auto":
+            acc = "gpu" if torch.cuda.is_available() else "cpu"
+        prec = self.precision
+        if prec == "auto":
+            prec = "bf16-mixed" if acc == "gpu" and torch.cuda.is_bf16_supported() else "32-true"
+        return Compute(accelerator=acc, devices=self.devices, precision=prec,
+                       threads=self.threads or None)
