@@ -1,6 +1,9 @@
 """Builds the one Definitions object from settings (environment by default)."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import dagster as dg
 
 from . import curation, evaluation, ingest, proxies, regression, scoring
@@ -23,7 +26,65 @@ STAGES: dict[str, list[str]] = {
 SHARD_ASSETS = ["raw_docs", "raw_quarantine", "rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens"]
 
 
-def all_assets() -> list:
+def _config_parts(c) -> dict:
+    """The configuration each asset's output depends on (beyond its inputs and code)."""
+    p, cur = c.proxies, c.curation
+    curation = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), cur.get("weights_file"),
+                _file_digest(cur.get("weights_file")))
+    return {
+        "dsir_counts": c.dsir.buckets,
+        "dsir_model": (c.dsir.buckets, dict(c.dsir.targets)),
+        "tokenizer": (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs),
+        "validation_tokens": (dict(c.validation_sets), c.validation_max_docs),
+        "pool_index": c.score_names,
+        "proxy_plan": (c.score_names, p.n, p.seed, p.single_score_runs),
+        "proxy_run": (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget),
+        "regressor": (c.regressor["folds"], c.validation_target),
+        "optimal_weights": (c.regressor["candidates"], c.regressor["top_k"], c.regressor["bootstrap"]),
+        "curated_selection": curation,
+        "curated_manifest": curation,
+        "evaluation": (dict(c.evaluation), cur["fraction"], cur["fraction_of"], c.validation_target),
+    }
+
+
+def _file_digest(uri: str | None) -> str | None:
+    from .core import storage as st
+
+    if not uri or not st.exists(uri):
+        return None
+    fs, path = st.fs_and_path(uri)
+    return hashlib.sha1(fs.cat_file(path)).hexdigest()
+
+
+def all_assets(config=None) -> list:
+    """All assets; with a config, each code_version also carries a digest of the configuration
+    that shapes that asset, so changing e.g. curation.fraction stales exactly the assets it
+    affects (and, through data versions, what depends on them)."""
+    assets = _base_assets()
+    if config is None:
+        return assets
+    parts = _config_parts(config)
+
+    def versioned(spec):
+        part = parts.get(spec.key.to_user_string())
+        if part is None:
+            return spec
+        digest = hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return spec.replace_attributes(code_version=f"{spec.code_version}-cfg{digest}")
+
+    return [a.map_asset_specs(versioned) for a in assets]
+
+
+def load_config_or_none(settings: Settings):
+    from .core.config import load_config
+
+    try:
+        return load_config(settings.config_path)
+    except Exception:  # a broken config fails loudly, with its message, in the assets that read it
+        return None
+
+
+def _base_assets() -> list:
     return [ingest.raw_shard, scoring.rpv2_scores, scoring.dsir_counts, scoring.dsir_model,
             scoring.dsir_scores, scoring.score_stats, proxies.tokenizer, proxies.doc_tokens,
             proxies.validation_tokens, proxies.pool_index, proxies.proxy_plan, proxies.proxy_run,
@@ -45,12 +106,8 @@ def build_resources(settings: Settings) -> dict:
 
 
 def settings_curated_uri(settings: Settings) -> str:
-    from .core.config import load_config
-
-    try:
-        out = load_config(settings.config_path).curation.get("output_uri")
-    except Exception:  # a broken config fails loudly in the assets that use it
-        out = None
+    cfg = load_config_or_none(settings)
+    out = cfg.curation.get("output_uri") if cfg else None
     return out or f"{settings.home.rstrip('/')}/curated"
 
 
@@ -62,5 +119,5 @@ shard_job = dg.define_asset_job(
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     sensor = make_shard_sensor(lambda: settings.raw_uri, shard_job)
-    return dg.Definitions(assets=all_assets(), resources=build_resources(settings),
+    return dg.Definitions(assets=all_assets(load_config_or_none(settings)), resources=build_resources(settings),
                           jobs=[shard_job], sensors=[sensor])

@@ -31,11 +31,11 @@ def random_mask(tokens: np.ndarray, want_tokens: int, seed: int) -> np.ndarray:
     return mask
 
 
-def best_single(proxy_run: dict[str, dict]) -> str:
+def best_single(proxy_run: dict[str, dict], target: str) -> str:
     singles = [r for r in proxy_run.values() if r.get("kind") == "single"]
     if not singles:
         raise dg.Failure("no single-score proxy runs: set proxies.single_score_runs: true")
-    return min(singles, key=lambda r: r["target_loss"])["score"]
+    return min(singles, key=lambda r: target_loss(r["losses"], target))["score"]
 
 
 def composition(sources: list[str], mask: np.ndarray, tokens: np.ndarray) -> dict[str, dict]:
@@ -69,7 +69,7 @@ def evaluation(context: dg.AssetExecutionContext, curated_selection: pa.Table, p
     vsets = validation_sets(validation_tokens)
     sets = list(vsets)
     curated = np.asarray(curated_selection.column("kept"))
-    single = best_single(proxy_run)
+    single = best_single(proxy_run, cfg.validation_target)
     names = [single]
     sel1 = selection.select_top(pool_matrix(pool_index, names)[:, 0], tokens,
                                 fraction=cfg.curation["fraction"], by=cfg.curation["fraction_of"])

@@ -6,19 +6,20 @@ import dagster as dg
 
 from .core import regression as reg, stats
 from .plots import png_metadata
+from .proxies import target_loss
 from .scoring import _md_table
 from resources import MetaraterConfig
 
 GROUP = "regressor"
 
 
-def proxy_table(proxy_run: dict[str, dict]) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+def proxy_table(proxy_run: dict[str, dict], target: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     keys = sorted(proxy_run)
     if not keys:
         raise dg.Failure("no proxy runs are materialised yet: run `metarater run --stage proxies`")
     names = proxy_run[keys[0]]["names"]
     X = np.array([[proxy_run[k]["weights"][n] for n in names] for k in keys])
-    y = np.array([proxy_run[k]["target_loss"] for k in keys])
+    y = np.array([target_loss(proxy_run[k]["losses"], target) for k in keys])
     return keys, names, X, y
 
 
@@ -31,7 +32,7 @@ def proxy_table(proxy_run: dict[str, dict]) -> tuple[list[str], list[str], np.nd
 def regressor(context: dg.AssetExecutionContext, proxy_run: dict[str, dict],
               settings: MetaraterConfig) -> dict:
     cfg = settings.load()
-    keys, names, X, y = proxy_table(proxy_run)
+    keys, names, X, y = proxy_table(proxy_run, cfg.validation_target)
     seed = cfg.proxies.seed
     cv = reg.cross_validate(X, y, folds=int(cfg.regressor["folds"]), seed=seed)
     best = reg.pick_best(cv)

@@ -15,7 +15,7 @@ from typing import Callable
 import dagster as dg
 
 from .core import corpus
-from .defs import STAGES, all_assets, build_resources
+from .defs import STAGES, all_assets, build_resources, load_config_or_none
 from .partitions import proxy_runs, shards
 from .staleness import Staleness
 from resources import Settings
@@ -38,8 +38,13 @@ assert list(STEPS) == list(STAGES)
 LOGS = {"loggers": {"console": {"config": {"log_level": os.environ.get("METARATER_LOG_LEVEL", "WARNING")}}}}
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-for _name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+
+def quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO on import; import it first, then turn them down."""
+    import lightning.pytorch  # noqa: F401
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
@@ -99,7 +104,10 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
     if stage not in STEPS:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STEPS)}")
     instance = instance or dg.DagsterInstance.get()
-    assets = all_assets()
+    quiet_lightning()
+    from .core.config import load_config
+
+    assets = all_assets(load_config(settings.config_path))  # a broken config stops here, clearly
     resources = build_resources(settings)
     summary = RunSummary()
     new, changed, _ = register_shards(instance, settings.raw_uri)

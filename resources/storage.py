@@ -71,11 +71,8 @@ class JsonIOManager(dg.ConfigurableIOManagerFactory):
 class _CuratedUPath(_ParquetUPath):
     """The curated corpus goes straight to the user's output URI: ``<uri>/<shard>.parquet``."""
 
-    def get_asset_relative_path(self, context) -> UPath:
-        return UPath("")
-
-    def _get_path_without_extension(self, context):  # unpartitioned: not used
-        return self._base_path / context.asset_key.path[-1]
+    def _get_path_without_extension(self, context):
+        return self._base_path
 
 
 class CuratedIOManager(dg.ConfigurableIOManagerFactory):

@@ -14,6 +14,7 @@ proxy runs).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,7 +39,9 @@ class OLSRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         import statsmodels.api as sm
 
-        self.result_ = sm.OLS(np.asarray(y, float), np.asarray(X, float)).fit()
+        with warnings.catch_warnings():  # fewer runs than scores in a CV fold: pinv solution
+            warnings.simplefilter("ignore")
+            self.result_ = sm.OLS(np.asarray(y, float), np.asarray(X, float)).fit()
         self.coef_ = self.result_.params
         return self
 

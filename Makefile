@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine:  make demo  |  make test
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+HASH    := $(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(HASH)
+STAGE   ?= evaluation
+
+.PHONY: install demo test ui bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch pinned to the local CPU build: without the constraint pip pulls a multi-GB CUDA build
+	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/metarater run --stage $(STAGE)
+	$(VENV)/bin/metarater report
+	$(VENV)/bin/metarater report --json
+
+test: install
+	$(PY) -m pytest -q
+
+ui: install
+	$(VENV)/bin/metarater ui
+
+clean:
+	rm -rf .metarater

@@ -1,0 +1,99 @@
+"""The whole chain on two small shards, through the same runner the CLI uses."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import dagster as dg
+
+from metarater_assets.report import build_report
+from metarater_assets.runner import run_pipeline
+from resources import Settings
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from conftest import write_config, write_small_shards
+
+    tmp = tmp_path_factory.mktemp("pipe")
+    raw = write_small_shards(tmp / "raw")
+    cfg = write_config(tmp / "config.yaml")
+    settings = Settings(home=str(tmp / "home"), raw_uri=str(raw), config_path=str(cfg))
+    (tmp / "dg").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp / "dg"))
+    summary = run_pipeline(settings, "evaluation", instance=instance, echo=lambda m: None)
+    return settings, instance, summary, cfg
+
+
+def test_whole_chain_runs(pipeline):
+    settings, instance, summary, _ = pipeline
+    assert summary.failed == []
+    rep = build_report(settings, instance)
+    assert rep["ingest"]["shards"] == 2
+    assert rep["ingest"]["rows_in"] == rep["ingest"]["rows_ok"] == 300
+    assert rep["ingest"]["failed_shards"] == []
+    assert len(rep["scores"]["names"]) == 14 and rep["scores"]["docs_scored"] == 300
+    assert rep["proxies"]["n"] == 6 + 14
+    assert rep["proxies"]["val_loss_min"] < rep["proxies"]["val_loss_max"]
+    assert rep["regressor"]["model"] in ("gbr", "linear", "ridge")
+    w = rep["optimal_weights"]
+    assert abs(sum(w.values()) - 1) < 1e-9 and len(w) == 14
+    assert 0 < rep["curated"]["docs"] < 300
+    ev = rep["evaluation"]
+    assert len(ev["curated_loss"]) == len(ev["random_loss"]) == len(ev["single_best_loss"]) == 2
+    assert ev["single_best_score"] in rep["scores"]["names"]
+    assert set(ev["by_set"]) == {"validation", "reference"}
+
+
+def test_curated_output_is_plain_parquet_with_lineage(pipeline):
+    settings, _, _, _ = pipeline
+    out = f"{settings.home}/curated"
+    manifest = json.load(open(f"{out}/manifest.json"))
+    files = manifest["files"]
+    tables = [pq.read_table(f) for f in files]
+    assert sum(t.num_rows for t in tables) == manifest["docs"]
+    cols = tables[0].column_names
+    assert cols == ["doc_id", "text", "source", "combined_score", "raw_shard", "raw_row"]
+    for t in tables:
+        assert min(t.column("combined_score").to_pylist()) >= manifest["threshold"]
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert len(ds) == manifest["docs"] and set(ds.column_names) == set(cols)
+    for key in ("weights", "regressor", "proxy_runs", "score_code_versions", "threshold",
+                "per_shard", "per_source", "dagster_run_id", "created"):
+        assert key in manifest
+    assert sum(v["docs"] for v in manifest["per_shard"].values()) == manifest["docs"]
+
+
+def test_second_run_has_nothing_to_do(pipeline):
+    settings, instance, _, _ = pipeline
+    again = run_pipeline(settings, "evaluation", instance=instance, echo=lambda m: None)
+    assert again.materialised == [] and again.failed == []
+
+
+def test_changing_only_the_fraction_recomputes_only_curation_and_evaluation(pipeline):
+    settings, instance, _, cfg_path = pipeline
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["curation"]["fraction"] = 0.3
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    summary = run_pipeline(settings, "evaluation", instance=instance, echo=lambda m: None)
+    done = {k for k, _ in summary.materialised}
+    assert done == {"curated_selection", "curated_corpus", "curated_manifest", "evaluation"}
+    rep = build_report(settings, instance)
+    assert rep["curated"]["fraction"] == 0.3
+
+
+def test_explain_kept_and_dropped(pipeline):
+    from metarater_assets.explain import explain
+
+    settings, _, _, _ = pipeline
+    sel = pq.read_table(f"{settings.storage_uri}/curated_selection.parquet").to_pydict()
+    kept = sel["doc_id"][sel["kept"].index(True)]
+    dropped = sel["doc_id"][sel["kept"].index(False)]
+    assert "-> KEPT" in explain(settings, kept)
+    out = explain(settings, dropped)
+    assert "-> DROPPED" in out and "proxy runs:" in out and "rps_doc_word_count" in out
+    assert "not found" in explain(settings, "no-such-doc")

@@ -1,0 +1,65 @@
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+def read_jsonl_lines(path: Path) -> list[str]:
+    op = gzip.open if str(path).endswith(".gz") else open
+    with op(path, "rt", encoding="utf-8") as f:
+        return [line for line in f if line.strip()]
+
+
+def write_small_shards(dest: Path, n: int = 150) -> Path:
+    """Two small shards (gz + parquet) cut from the bundled sample."""
+    import pyarrow.parquet as pq
+
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = read_jsonl_lines(SAMPLE / "raw" / "shard-0000.jsonl.gz")[:n]
+    with gzip.open(dest / "shard-0000.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(lines)
+    t = pq.read_table(SAMPLE / "raw" / "shard-0002.parquet").slice(0, n)
+    pq.write_table(t, dest / "shard-0002.parquet")
+    return dest
+
+
+def write_config(path: Path, **over) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    for name in ("books", "wiki", "math"):
+        cfg["dsir"]["targets"][name] = str(SAMPLE / "targets" / f"{name}.jsonl.gz")
+    cfg["validation"]["sets"] = {"validation": str(SAMPLE / "validation.jsonl.gz"),
+                                 "reference": str(SAMPLE / "reference.jsonl.gz")}
+    cfg["validation"]["max_docs"] = 40
+    cfg["tokenizer"]["vocab_size"] = 1024
+    cfg["proxies"].update(n=6, kind="ngram", preset="test", token_budget=4096)
+    cfg["regressor"].update(candidates=20000, bootstrap=5, folds=3)
+    cfg["evaluation"].update(preset="test", token_budget=2048, seeds=[0, 1])
+    for section, values in over.items():
+        cfg.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def env_home(tmp_path, monkeypatch):
+    """An isolated METARATER_HOME + DAGSTER_HOME, two small shards and a fast config."""
+    raw = write_small_shards(tmp_path / "raw")
+    cfg = write_config(tmp_path / "config.yaml")
+    monkeypatch.setenv("METARATER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("METARATER_RAW_URI", str(raw))
+    monkeypatch.setenv("METARATER_CONFIG", str(cfg))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    from resources import Settings
+
+    s = Settings.from_env()
+    s.ensure_dagster_home()
+    yield s
+    os.environ.pop("DAGSTER_HOME", None)

@@ -1,0 +1,118 @@
+import gzip
+import json
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from metarater_assets.core import corpus
+from conftest import SAMPLE, read_jsonl_lines
+
+
+def test_each_bundled_format_reads_all_rows():
+    shards = corpus.list_shards(str(SAMPLE / "raw"))
+    kinds = {corpus.shard_format(s.name) for s in shards}
+    assert {("jsonl", None), ("jsonl", "gzip"), ("jsonl", "zstd"), ("parquet", None)} <= kinds
+    expected = {"shard-0000.jsonl.gz": 1200, "shard-0001.jsonl.zst": 1200,
+                "shard-0002.parquet": 1200, "shard-0004.jsonl": 400}
+    for s in shards:
+        res = corpus.read_shard(s.uri, s.name)
+        assert res.rows_in == expected[s.name] == res.rows_ok + res.rows_quarantined
+        assert res.rows_quarantined == 0
+        assert res.docs.schema == corpus.RAW_SCHEMA
+        assert len(set(res.docs.column("doc_id").to_pylist())) == res.rows_ok
+        assert set(res.docs.column("source").to_pylist()) - {"unknown"}
+
+
+def test_memory_filesystem_roundtrip():
+    fs = fsspec.filesystem("memory")
+    lines = read_jsonl_lines(SAMPLE / "raw" / "shard-0000.jsonl.gz")[:30]
+    fs.pipe("/mr-test/raw/a.jsonl.zst", zstandard.ZstdCompressor().compress("".join(lines).encode()))
+    fs.pipe("/mr-test/raw/.hidden.jsonl", b"{}")
+    fs.pipe("/mr-test/raw/b.jsonl.part", b"{}")
+    shards = corpus.list_shards("memory://mr-test/raw")
+    assert [s.name for s in shards] == ["a.jsonl.zst"]
+    res = corpus.read_shard(shards[0].uri, shards[0].name)
+    assert res.rows_ok == 30
+    fs.rm("/mr-test", recursive=True)
+
+
+def _bad_shard(tmp_path):
+    rows = [
+        json.dumps({"id": "ok1", "text": "A good document.", "meta": {"source": "x"}}),
+        "{not json",
+        json.dumps([1, 2, 3]),
+        json.dumps({"id": "m", "body": "no text"}),
+        json.dumps({"id": "n", "text": None}),
+        json.dumps({"id": "i", "text": 42}),
+        json.dumps({"id": "e", "text": "   \n "}),
+        "",
+        json.dumps({"id": "ok2", "text": "Another one."}),
+    ]
+    data = ("\n".join(rows) + "\n").encode() + b'{"id": "u", "text": "bad \xff byte"}\n'
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(data)
+    return p
+
+
+def test_every_quarantine_reason(tmp_path):
+    res = corpus.read_shard(str(_bad_shard(tmp_path)))
+    reasons = dict(zip(res.quarantine.column("raw_row").to_pylist(),
+                       res.quarantine.column("reason").to_pylist()))
+    assert reasons == {1: "invalid_json", 2: "not_an_object", 3: "missing_text", 4: "null_text",
+                       5: "non_string_text", 6: "empty_text", 7: "blank_line", 9: "invalid_utf8"}
+    assert res.docs.column("doc_id").to_pylist() == ["ok1", "ok2"]
+    assert res.rows_in == 10 == res.rows_ok + res.rows_quarantined
+    assert all(p is not None for p in res.quarantine.column("preview").to_pylist())
+
+
+def test_bom_crlf_and_duplicate_ids(tmp_path):
+    rows = [{"id": "dup", "text": "first"}, {"id": "dup", "text": "second"},
+            {"text": "same"}, {"text": "same"}, {"id": 7, "text": "int id"}]
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(r).encode() for r in rows) + b"\r\n")
+    res = corpus.read_shard(str(p))
+    ids = res.docs.column("doc_id").to_pylist()
+    assert res.rows_ok == 5 and len(set(ids)) == 5
+    assert ids[0].startswith("h-") and ids[1].startswith("h-")  # duplicated ids -> content ids
+    assert ids[2].endswith("-r2") and ids[3].endswith("-r3")      # identical text -> row suffix
+    assert ids[4] == "7"
+    assert res.docs.column("text").to_pylist()[0] == "first"
+
+
+def test_truncated_gzip_raises_clear_error(tmp_path):
+    full = gzip.compress(("".join(read_jsonl_lines(SAMPLE / "raw" / "shard-0000.jsonl.gz")[:200])).encode())
+    p = tmp_path / "cut.jsonl.gz"
+    p.write_bytes(full[: len(full) // 2])
+    with pytest.raises(corpus.ShardError, match=r"cut\.jsonl\.gz: truncated or corrupt gzip"):
+        corpus.read_shard(str(p))
+
+
+def test_parquet_without_text_column(tmp_path):
+    p = tmp_path / "notext.parquet"
+    pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), p)
+    with pytest.raises(corpus.ShardError, match="no 'text' column"):
+        corpus.read_shard(str(p))
+
+
+def test_parquet_null_and_empty_text_quarantined(tmp_path):
+    p = tmp_path / "mixed.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["fine", None, ""]}), p)
+    res = corpus.read_shard(str(p))
+    assert res.rows_ok == 1
+    assert res.quarantine.column("reason").to_pylist() == ["null_text", "empty_text"]
+
+
+@pytest.mark.parametrize("name", ["my shard [1], v2|x.jsonl", "données-été.jsonl.gz", "a,b.parquet"])
+def test_partition_keys_are_safe_and_stable(name):
+    key = corpus.partition_key(name)
+    assert key == corpus.partition_key(name)
+    assert all(c.isalnum() or c in "._-" for c in key) and key.isascii()
+    assert key != corpus.partition_key(name + "x")
+
+
+def test_ignored_names():
+    for bad in (".x.jsonl", "x.jsonl.part", "x.jsonl~", "x.txt", "x.jsonl.tmp-abc"):
+        assert not corpus.is_shard_name(bad)
