@@ -30,9 +30,12 @@ INGEST_VERSION = "1"
 def raw_shard(context: dg.AssetExecutionContext, settings: MetaraterConfig):
     """Read one shard file through fsspec (JSONL, JSONL.gz, JSONL.zst, Parquet)."""
     key = context.partition_key
-    shard = corpus.find_shard(settings.raw_uri, key)
-    context.log.info(f"reading {shard.uri}")
-    res = corpus.read_shard(shard.uri, shard.name)
+    try:
+        shard = corpus.find_shard(settings.raw_uri, key)
+        context.log.info(f"reading {shard.uri}")
+        res = corpus.read_shard(shard.uri, shard.name)
+    except corpus.ShardError as e:  # the file itself is bad: retrying cannot help
+        raise dg.Failure(description=f"ShardError: {e}", allow_retries=False) from e
     reasons = collections.Counter(res.quarantine.column("reason").to_pylist())
     meta = {"file": shard.uri, "fingerprint": shard.fingerprint, "rows_in": res.rows_in,
             "rows_ok": res.rows_ok, "rows_quarantined": res.rows_quarantined,

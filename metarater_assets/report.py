@@ -5,7 +5,7 @@ import dagster as dg
 
 from .core import storage as st
 from .partitions import proxy_runs, shards
-from .runner import _latest
+from .runner import _latest, user_error
 from resources import Settings
 
 
@@ -26,7 +26,7 @@ def _failures(instance: dg.DagsterInstance, keys: list[str]) -> list[dict]:
         if pk not in keys or pk in seen:
             continue
         sel = run.asset_selection or set()
-        if dg.AssetKey("raw_docs") not in sel:
+        if dg.AssetKey("raw_docs") not in sel and "raw_docs" not in run.tags.get("metarater/assets", ""):
             continue
         seen.add(pk)
         mat = instance.fetch_materializations(
@@ -35,10 +35,7 @@ def _failures(instance: dg.DagsterInstance, keys: list[str]) -> list[dict]:
             continue
         msg = "run failed"
         for ev in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-            err = ev.dagster_event.step_failure_data.error
-            while err.cause is not None:
-                err = err.cause
-            msg = f"{err.cls_name}: {err.message.strip()}"
+            msg = user_error(ev.dagster_event.step_failure_data.error)
         out.append({"shard": pk, "error": msg})
     return sorted(out, key=lambda d: d["shard"])
 

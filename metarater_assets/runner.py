@@ -83,13 +83,24 @@ def _latest(instance: dg.DagsterInstance, key: str, partition: str | None):
     return result.records[0].asset_materialization
 
 
+def user_error(err) -> str:
+    """The first error in a chain that is not a Dagster wrapper, as 'Class: message'."""
+
+    def short(e):
+        return e.cls_name.rsplit(".", 1)[-1]
+
+    while short(err).startswith("Dagster") and err.cause is not None:
+        err = err.cause
+    msg = err.message.strip()
+    if short(err) == "Failure":
+        return msg.split("Failure: ", 1)[-1] if msg.startswith("dagster.") else msg
+    return msg if msg.startswith(f"{short(err)}:") else f"{short(err)}: {msg}"
+
+
 def _error_message(result) -> str:
     for ev in result.all_events:
         if ev.is_step_failure:
-            err = ev.step_failure_data.error
-            while err.cause is not None:
-                err = err.cause
-            return f"{err.cls_name}: {err.message.strip()}"
+            return user_error(ev.step_failure_data.error)
     for ev in result.all_events:
         if ev.event_type_value == "ASSET_CHECK_EVALUATION":
             data = ev.event_specific_data
@@ -145,7 +156,8 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                 t0 = time.perf_counter()
                 result = dg.materialize(assets, selection=sel, partition_key=pk, instance=instance,
                                         resources=resources, raise_on_error=False, run_config=LOGS,
-                                        tags={"metarater/cli": "run", "metarater/stage": st})
+                                        tags={"metarater/cli": "run", "metarater/stage": st,
+                                              "metarater/assets": ",".join(sel)})
                 dt = time.perf_counter() - t0
                 if result.success:
                     echo(f"  ok   {label} ({todo[0][1]}, {dt:.1f}s)")

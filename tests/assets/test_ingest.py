@@ -1,0 +1,74 @@
+import gzip
+import os
+
+import dagster as dg
+import fsspec
+import pyarrow.parquet as pq
+
+from metarater_assets.core import corpus
+from metarater_assets.defs import all_assets, build_resources
+from metarater_assets.report import build_report
+from metarater_assets.runner import run_pipeline
+from resources import Settings
+from conftest import write_small_shards
+
+
+def test_truncated_shard_fails_alone_and_leaves_nothing(tmp_path):
+    raw = write_small_shards(tmp_path / "raw", n=40)
+    good = (raw / "shard-0000.jsonl.gz").read_bytes()
+    full = gzip.compress(gzip.decompress(good))
+    (raw / "broken.jsonl.gz").write_bytes(full[: len(full) // 2])
+    from conftest import write_config
+
+    settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
+                        config_path=str(write_config(tmp_path / "c.yaml")))
+    (tmp_path / "dg").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+        summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
+        assert [f["partition"] for f in summary.failed] == ["broken.jsonl.gz"]
+        assert "truncated or corrupt gzip" in summary.failed[0]["error"]
+        storage = tmp_path / "home" / "storage" / "raw_docs"
+        assert sorted(os.listdir(storage)) == ["shard-0000.jsonl.gz.parquet", "shard-0002.parquet.parquet"]
+        rep = build_report(settings, instance)
+        assert rep["ingest"]["shards"] == 2 and rep["ingest"]["rows_in"] == 80
+        assert rep["ingest"]["failed_shards"][0]["shard"] == "broken.jsonl.gz"
+        assert "broken.jsonl.gz" in rep["ingest"]["failed_shards"][0]["error"]
+
+
+def test_quarantine_rows_are_stored_and_balanced(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "mixed.jsonl").write_bytes(b'{"text": "good doc"}\nnot json\n{"text": ""}\n\xff\xfe\n')
+    from conftest import write_config
+
+    settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
+                        config_path=str(write_config(tmp_path / "c.yaml")))
+    (tmp_path / "dg").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+        summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
+        assert not summary.failed
+        q = pq.read_table(tmp_path / "home" / "storage" / "raw_quarantine" / "mixed.jsonl.parquet")
+        assert q.column("reason").to_pylist() == ["invalid_json", "empty_text", "invalid_utf8"]
+        rep = build_report(settings, instance)["ingest"]
+        assert (rep["rows_in"], rep["rows_ok"], rep["rows_quarantined"]) == (4, 1, 3)
+
+
+def test_memory_storage_and_raw_uri(tmp_path):
+    """Raw shards and every asset output on memory:// (any fsspec URI works the same)."""
+    fs = fsspec.filesystem("memory")
+    src = write_small_shards(tmp_path / "raw", n=20)
+    for name in os.listdir(src):
+        fs.pipe(f"/mr-mem/raw/{name}", (src / name).read_bytes())
+    from conftest import write_config
+
+    settings = Settings(home="memory://mr-mem/home", raw_uri="memory://mr-mem/raw",
+                        config_path=str(write_config(tmp_path / "c.yaml")))
+    with dg.instance_for_test() as instance:
+        summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
+        assert not summary.failed and len(summary.materialised) == 4
+        t = corpus_table = None
+        from metarater_assets.core import storage as st
+
+        t = st.read_parquet("memory://mr-mem/home/storage/raw_docs/shard-0002.parquet.parquet")
+        assert t.num_rows == 20 and t.column_names == corpus.RAW_SCHEMA.names
+    fs.rm("/mr-mem", recursive=True)
