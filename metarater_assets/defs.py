@@ -101,8 +101,17 @@ def build_resources(settings: Settings) -> dict:
         "curated_io_manager_json": CuratedManifestIOManager(base_path=curated),
         "settings": MetaraterConfig(config_path=settings.config_path, raw_uri=settings.raw_uri,
                                     artifacts_uri=settings.artifacts_uri, curated_uri=curated),
-        "compute": ComputeResource(),
+        "compute": _compute(settings),
     }
+
+
+def _compute(settings: Settings) -> ComputeResource:
+    cfg = load_config_or_none(settings)
+    c = dict(cfg.compute) if cfg else {}
+    return ComputeResource(accelerator=str(c.get("accelerator") or "auto"),
+                           devices=int(c.get("devices") or 1),
+                           precision=str(c.get("precision") or "auto"),
+                           threads=int(c.get("threads") or 0))
 
 
 def settings_curated_uri(settings: Settings) -> str:

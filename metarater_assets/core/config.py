@@ -108,6 +108,7 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         want = {n.removeprefix("dsir_") for n in RATERS["dsir"]}
         if set(targets) != want:
             raise ConfigError(f"dsir.targets must name exactly {sorted(want)}, got {sorted(targets)}")
+        targets = {n.removeprefix("dsir_"): targets[n.removeprefix("dsir_")] for n in RATERS["dsir"]}
     v = raw.get("validation", {}) or {}
     sets = {k: _resolve(base, u) for k, u in (v.get("sets") or {}).items()}
     if not sets:

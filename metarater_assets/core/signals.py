@@ -50,7 +50,9 @@ NULLABLE: frozenset[str] = frozenset(
 INTEGER_SIGNALS: frozenset[str] = frozenset({"rps_doc_word_count"})
 
 _RAW_WORD_RE = re.compile(r"\w+|[^\w\s]+")
-_ASCII_ALPHA_RE = re.compile(r"[A-Za-z]")
+# A raw word contains an ASCII letter iff it is a \w+ run containing one (punctuation runs hold
+# no letters); this pattern matches each such run exactly once, as a whole.
+_ALPHA_WORD_RE = re.compile(r"\w*[A-Za-z]\w*")
 _SENTENCE_RE = re.compile(r"\b[^.!?]+[.!?]*")
 _LINE_RE = re.compile(r"[^\n]*\n|[^\n]+$")
 _PUNCT_DELETE = str.maketrans("", "", string.punctuation)
@@ -69,8 +71,8 @@ def _top_ngram_frac(words: Sequence[str], n: int, total_chars: int) -> float:
     else:
         grams = zip(words, words[1:], words[2:])
     counts = Counter(grams)
-    # max() returns the first maximal item in insertion (= first occurrence) order.
-    top, count = max(counts.items(), key=lambda kv: kv[1])
+    # most_common(1) is max() over insertion (= first occurrence) order: ties -> earliest.
+    top, count = counts.most_common(1)[0]
     if count <= 1:
         return 0.0
     return _r8(sum(len(w) for w in top) * count / total_chars)
@@ -107,7 +109,7 @@ def document_signals(text: str) -> dict[str, float | int | None]:
     out["rps_doc_word_count"] = n_words
 
     if raw_words:
-        alpha = sum(1 for w in raw_words if _ASCII_ALPHA_RE.search(w))
+        alpha = len(_ALPHA_WORD_RE.findall(text))
         out["rps_doc_frac_no_alph_words"] = _r8(1.0 - alpha / len(raw_words))
     else:
         out["rps_doc_frac_no_alph_words"] = None
