@@ -104,6 +104,35 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_propose(args) -> int:
+    """Adaptive round: K new weight vectors where the regressor is promising or unsure."""
+    import dagster as dg
+    import numpy as np
+
+    from .core import regression, selection
+    from .core import storage as st
+    from .proxies import register_runs
+
+    settings = _settings()
+    uri = f"{settings.storage_uri}/regressor.json"
+    if not st.exists(uri):
+        print("error: no regressor yet: run `metarater run --stage regressor` first", file=sys.stderr)
+        return 2
+    reg = st.read_json(uri)
+    X, y = np.asarray(reg["X"]), np.asarray(reg["y"])
+    rnd = 1 + max((st.read_json(f"{settings.artifacts_uri}/proxy_specs/{k}.json").get("round", 0)
+                   for k in reg["keys"]), default=0)
+    W = regression.propose_adaptive(reg["best"], X, y, args.k, seed=reg["seed"] + 1000 * rnd,
+                                    explore=args.explore)
+    runs = [{"key": selection.weights_key(reg["names"], w, reg["seed"]), "kind": "adaptive",
+             "round": rnd, "weights": [float(x) for x in w]} for w in W]
+    new = register_runs(dg.DagsterInstance.get(), settings.artifacts_uri, reg["names"], reg["seed"], runs)
+    print(f"round {rnd}: {len(new)} new proxy run(s) from the {reg['best']} regressor "
+          f"({len(y)} runs so far): {', '.join(new)}")
+    print("train them and refit: metarater run --stage regressor")
+    return 0
+
+
 def cmd_explain(args) -> int:
     from .explain import explain
 
@@ -140,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--config", default=None)
     s.set_defaults(fn=cmd_score)
+    pr = sub.add_parser("propose", help="adaptive round: register K new proxy weight vectors")
+    pr.add_argument("--k", type=int, default=8)
+    pr.add_argument("--explore", type=float, default=1.0,
+                    help="weight of the bootstrap spread in the lower confidence bound")
+    pr.set_defaults(fn=cmd_propose)
     e = sub.add_parser("explain", help="why a document was kept or dropped")
     e.add_argument("doc_id")
     e.set_defaults(fn=cmd_explain)

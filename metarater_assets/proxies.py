@@ -131,19 +131,35 @@ def target_loss(losses: dict[str, dict], target: str) -> float:
     return float(losses[target]["loss"])
 
 
-@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="plan-1",
+def spec_uri(artifacts_uri: str, key: str) -> str:
+    return f"{artifacts_uri}/proxy_specs/{key}.json"
+
+
+def register_runs(instance: dg.DagsterInstance, artifacts_uri: str, names, seed: int,
+                  runs: list[dict]) -> list[str]:
+    """Write each run's spec (content-addressed by its key, never rewritten) and add its
+    proxy_runs partition; returns the keys that were new."""
+    existing = set(instance.get_dynamic_partitions(proxy_runs.name))
+    for r in runs:
+        uri = spec_uri(artifacts_uri, r["key"])
+        if not st.exists(uri):
+            st.write_json({**r, "names": list(names), "seed": int(seed)}, uri)
+    new = [r["key"] for r in runs if r["key"] not in existing]
+    if new:
+        instance.add_dynamic_partitions(proxy_runs.name, new)
+    return new
+
+
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="plan-2",
           description="The weight vectors to try: N from a flat Dirichlet (seeded) plus one "
                       "single-score vector per score. Each becomes a proxy_runs partition keyed "
-                      "by a hash of weights + seed, so the same vector is never trained twice.")
+                      "by a hash of weights + seed, so the same vector is never trained twice; "
+                      "`metarater propose` adds adaptive vectors the same way.")
 def proxy_plan(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> dict:
     cfg = settings.load()
     plan = build_plan(cfg)
-    keys = [r["key"] for r in plan["runs"]]
-    existing = set(context.instance.get_dynamic_partitions(proxy_runs.name))
-    new = [k for k in keys if k not in existing]
-    if new:
-        context.instance.add_dynamic_partitions(proxy_runs.name, new)
-    context.add_output_metadata({"runs": len(keys), "new_partitions": len(new)})
+    new = register_runs(context.instance, settings.artifacts_uri, plan["names"], plan["seed"], plan["runs"])
+    context.add_output_metadata({"runs": len(plan["runs"]), "new_partitions": len(new)})
     return plan
 
 
@@ -208,31 +224,35 @@ def pool_token_lists(doc_tokens: dict[str, pa.Table]) -> list[np.ndarray]:
 @dg.asset(partitions_def=proxy_runs, io_manager_key="json_io_manager", group_name=GROUP,
           code_version=f"proxy-{proxy_lm.PROXY_VERSION}",
           ins={"doc_tokens": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK)},
-          pool="metarater_train", retry_policy=dg.RetryPolicy(max_retries=1),
+          deps=["proxy_plan"], pool="metarater_train", retry_policy=dg.RetryPolicy(max_retries=1),
           description="One proxy: select the top fraction of the pool by this weight vector, "
                       "train a small LM on a fixed token budget with Lightning, and record its "
                       "loss on every validation set (overall and per source). Resumes from its "
                       "last checkpoint when re-run after an interruption.")
-def proxy_run(context: dg.AssetExecutionContext, proxy_plan: dict, pool_index: pa.Table,
+def proxy_run(context: dg.AssetExecutionContext, pool_index: pa.Table,
               doc_tokens: dict[str, pa.Table], validation_tokens: pa.Table, tokenizer: dict,
               settings: MetaraterConfig, compute: ComputeResource) -> dict:
     cfg = settings.load()
     key = context.partition_key
-    run = next((r for r in proxy_plan["runs"] if r["key"] == key), None)
-    if run is None:
-        raise dg.Failure(f"proxy run {key} is not in the current proxy_plan; re-materialise "
-                         "proxy_plan or remove the stale partition")
-    names = proxy_plan["names"]
+    uri = spec_uri(settings.artifacts_uri, key)
+    if not st.exists(uri):
+        raise dg.Failure(f"proxy run {key} has no spec at {uri}; materialise proxy_plan (or "
+                         "`metarater propose`) to register runs", allow_retries=False)
+    run = st.read_json(uri)
+    names = run["names"]
+    if list(names) != list(cfg.score_names):
+        raise dg.Failure(f"proxy run {key} was planned for scores {names}, but the active scores "
+                         f"are {list(cfg.score_names)}", allow_retries=False)
     w = np.asarray(run["weights"], dtype=np.float64)
     pcfg = proxy_settings(cfg)
     ckpt = f"{settings.artifacts_uri}/proxy_runs/{key}"
-    st.write_json({"key": key, "names": names, "weights": run["weights"], "seed": proxy_plan["seed"],
+    st.write_json({"key": key, "names": names, "weights": run["weights"], "seed": run["seed"],
                    "model": pcfg.__dict__, "kind": cfg.proxies.kind}, f"{ckpt}/config.json")
     res = run_proxy(cfg, w, names, pool_index, pool_token_lists(doc_tokens),
                     validation_sets(validation_tokens), tokenizer, ckpt, compute.resolve(), pcfg,
-                    proxy_plan["seed"], cfg.proxies.kind)
+                    run["seed"], cfg.proxies.kind)
     out = {"key": key, "kind": run["kind"], "score": run.get("score"), "names": names,
-           "weights": dict(zip(names, run["weights"])), "seed": proxy_plan["seed"],
+           "weights": dict(zip(names, run["weights"])), "seed": run["seed"], "round": run.get("round", 0),
            "proxy_kind": cfg.proxies.kind, **res}
     context.add_output_metadata({
         "target_loss": res["target_loss"],

@@ -13,11 +13,12 @@ from resources import MetaraterConfig
 GROUP = "regressor"
 
 
-def proxy_table(proxy_run: dict[str, dict], target: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    keys = sorted(proxy_run)
-    if not keys:
-        raise dg.Failure("no proxy runs are materialised yet: run `metarater run --stage proxies`")
-    names = proxy_run[keys[0]]["names"]
+def proxy_table(proxy_run: dict[str, dict], target: str, names: list[str]):
+    """(keys, names, X, y) of the materialised proxy runs planned over the active scores."""
+    keys = sorted(k for k, r in proxy_run.items() if list(r["names"]) == list(names))
+    if len(keys) < 4:
+        raise dg.Failure(f"{len(keys)} proxy runs over the active scores are materialised; the "
+                         "regressor needs at least 4: run `metarater run --stage proxies`")
     X = np.array([[proxy_run[k]["weights"][n] for n in names] for k in keys])
     y = np.array([target_loss(proxy_run[k]["losses"], target) for k in keys])
     return keys, names, X, y
@@ -32,7 +33,9 @@ def proxy_table(proxy_run: dict[str, dict], target: str) -> tuple[list[str], lis
 def regressor(context: dg.AssetExecutionContext, proxy_run: dict[str, dict],
               settings: MetaraterConfig) -> dict:
     cfg = settings.load()
-    keys, names, X, y = proxy_table(proxy_run, cfg.validation_target)
+    keys, names, X, y = proxy_table(proxy_run, cfg.validation_target, list(cfg.score_names))
+    if len(keys) < len(proxy_run):
+        context.log.warning(f"ignoring {len(proxy_run) - len(keys)} proxy runs planned over other scores")
     seed = cfg.proxies.seed
     cv = reg.cross_validate(X, y, folds=int(cfg.regressor["folds"]), seed=seed)
     best = reg.pick_best(cv)

@@ -137,7 +137,7 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                 partitions = [k for k in sorted(instance.get_dynamic_partitions(shards.name))
                               if k in present and k not in failed_shards]
             elif part == "proxy_runs":
-                partitions = _plan_keys(settings)
+                partitions = sorted(instance.get_dynamic_partitions(proxy_runs.name))
             else:
                 partitions = [None]
             for pk in partitions:
@@ -172,12 +172,3 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                         echo(f"stopping: {label} failed")
                         return summary
     return summary
-
-
-def _plan_keys(settings: Settings) -> list[str]:
-    from .core import storage as st
-
-    uri = f"{settings.storage_uri}/proxy_plan.json"
-    if not st.exists(uri):
-        return []
-    return [r["key"] for r in st.read_json(uri)["runs"]]
