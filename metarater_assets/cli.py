@@ -107,28 +107,15 @@ def cmd_score(args) -> int:
 def cmd_propose(args) -> int:
     """Adaptive round: K new weight vectors where the regressor is promising or unsure."""
     import dagster as dg
-    import numpy as np
 
-    from .core import regression, selection
-    from .core import storage as st
-    from .proxies import register_runs
+    from .regression import propose_round
 
-    settings = _settings()
-    uri = f"{settings.storage_uri}/regressor.json"
-    if not st.exists(uri):
-        print("error: no regressor yet: run `metarater run --stage regressor` first", file=sys.stderr)
+    try:
+        rnd, new, n = propose_round(_settings(), dg.DagsterInstance.get(), args.k, args.explore)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    reg = st.read_json(uri)
-    X, y = np.asarray(reg["X"]), np.asarray(reg["y"])
-    rnd = 1 + max((st.read_json(f"{settings.artifacts_uri}/proxy_specs/{k}.json").get("round", 0)
-                   for k in reg["keys"]), default=0)
-    W = regression.propose_adaptive(reg["best"], X, y, args.k, seed=reg["seed"] + 1000 * rnd,
-                                    explore=args.explore)
-    runs = [{"key": selection.weights_key(reg["names"], w, reg["seed"]), "kind": "adaptive",
-             "round": rnd, "weights": [float(x) for x in w]} for w in W]
-    new = register_runs(dg.DagsterInstance.get(), settings.artifacts_uri, reg["names"], reg["seed"], runs)
-    print(f"round {rnd}: {len(new)} new proxy run(s) from the {reg['best']} regressor "
-          f"({len(y)} runs so far): {', '.join(new)}")
+    print(f"round {rnd}: {len(new)} new proxy run(s) proposed from {n} runs so far: {', '.join(new)}")
     print("train them and refit: metarater run --stage regressor")
     return 0
 

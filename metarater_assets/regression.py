@@ -88,3 +88,23 @@ def optimal_weights(context: dg.AssetExecutionContext, regressor: dict,
             "proxy_runs": regressor["keys"], "candidates": int(cfg.regressor["candidates"]),
             "top_k": int(cfg.regressor["top_k"]),
             "best_observed": {"key": regressor["keys"][int(np.argmin(y))], "loss": float(y.min())}}
+
+
+def propose_round(settings, instance: dg.DagsterInstance, k: int, explore: float = 1.0):
+    """Register ``k`` adaptive proxy runs proposed by the current regressor (lowest lower
+    confidence bound under a bootstrap ensemble). Returns (round, new keys, runs so far)."""
+    from .core import selection, storage as st
+    from .proxies import register_runs, spec_uri
+
+    uri = f"{settings.storage_uri}/regressor.json"
+    if not st.exists(uri):
+        raise FileNotFoundError("no regressor yet: run `metarater run --stage regressor` first")
+    r = st.read_json(uri)
+    X, y = np.asarray(r["X"]), np.asarray(r["y"])
+    rnd = 1 + max((st.read_json(spec_uri(settings.artifacts_uri, key)).get("round", 0)
+                   for key in r["keys"]), default=0)
+    W = reg.propose_adaptive(r["best"], X, y, k, seed=r["seed"] + 1000 * rnd, explore=explore)
+    runs = [{"key": selection.weights_key(r["names"], w, r["seed"]), "kind": "adaptive",
+             "round": rnd, "weights": [float(x) for x in w]} for w in W]
+    new = register_runs(instance, settings.artifacts_uri, r["names"], r["seed"], runs)
+    return rnd, new, len(y)

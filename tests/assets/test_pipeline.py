@@ -97,3 +97,18 @@ def test_explain_kept_and_dropped(pipeline):
     out = explain(settings, dropped)
     assert "-> DROPPED" in out and "proxy runs:" in out and "rps_doc_word_count" in out
     assert "not found" in explain(settings, "no-such-doc")
+
+
+def test_adaptive_round_trains_only_new_runs_and_refits(pipeline):
+    from metarater_assets.regression import propose_round
+
+    settings, instance, _, _ = pipeline
+    before = set(instance.get_dynamic_partitions("proxy_runs"))
+    rnd, new, n = propose_round(settings, instance, k=2)
+    assert rnd == 1 and len(new) == 2 and n == len(before)
+    assert set(instance.get_dynamic_partitions("proxy_runs")) == before | set(new)
+    summary = run_pipeline(settings, "regressor", instance=instance, echo=lambda m: None)
+    done = sorted((k, p) for k, p in summary.materialised)
+    assert done == sorted([("proxy_run", k) for k in new] + [("regressor", None), ("optimal_weights", None)])
+    reg = json.load(open(f"{settings.storage_uri}/regressor.json"))
+    assert len(reg["keys"]) == n + 2

@@ -1,0 +1,44 @@
+"""Shared helpers for the benchmarks: the pool, its scores and tokens, machine description."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "corpus"
+
+
+def corpus_root() -> Path:
+    """The full shared corpus when it is beside the repo, else the bundled sample."""
+    return SHARED if (SHARED / "raw").is_dir() else REPO / "data" / "sample"
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def timed(fn, reps: int = 3):
+    """(median, min, max) seconds of ``reps`` calls, and the last result."""
+    times, out = [], None
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return (statistics.median(times), min(times), max(times)), out
+
+
+def load_pool(root: Path | None = None, shards: int | None = None) -> pa.Table:
+    from metarater_assets.core import corpus
+
+    root = root or corpus_root()
+    files = corpus.list_shards(str(root / "raw"))[:shards]
+    return pa.concat_tables([corpus.read_shard(f.uri, f.name).docs for f in files])
