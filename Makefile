@@ -28,5 +28,10 @@ test: install
 ui: install
 	$(VENV)/bin/metarater ui
 
+# benchmarks against peers (installed by bench/setup_peers.sh into bench/.peers, never into .venv)
+bench: install
+	bash bench/setup_peers.sh
+	$(PY) bench/run.py
+
 clean:
 	rm -rf .metarater

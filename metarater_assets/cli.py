@@ -23,7 +23,7 @@ def cmd_run(args) -> int:
     print(f"metarater run --stage {args.stage}\n  raw: {settings.raw_uri}\n  config: {settings.config_path}\n"
           f"  home: {settings.home}", flush=True)
     summary = run_pipeline(settings, args.stage, echo=lambda m: print(m, flush=True),
-                           force=tuple(args.force or ()))
+                           force=tuple(args.force or ()), refit=args.refit)
     print(f"done: {len(summary.materialised)} asset partition(s) materialised, "
           f"{len(summary.failed)} failed")
     for f in summary.failed:
@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--stage", default="curated", choices=list(STAGES))
     r.add_argument("--force", action="append", metavar="ASSET",
                    help="re-materialise this asset even if fresh (repeatable), e.g. --force dsir_model")
+    r.add_argument("--refit", action="store_true",
+                   help="also refit what new data alone does not redo: the DSIR pool distribution, "
+                        "the tokenizer, the proxies and the regressor")
     r.set_defaults(fn=cmd_run)
     rp = sub.add_parser("report", help="what has been materialised")
     rp.add_argument("--json", action="store_true")

@@ -48,6 +48,12 @@ def quiet_lightning() -> None:
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
+#: Pool-level fits that new data alone does not redo: the DSIR raw distribution, the tokenizer and
+#: the proxy runs (and so the regressor). They run when missing, when their own code or config
+#: changed, with --force ASSET, or all of them with --refit.
+ON_REQUEST = frozenset({"dsir_model", "tokenizer", "proxy_run"})
+
+
 @dataclass
 class RunSummary:
     materialised: list[tuple[str, str | None]] = field(default_factory=list)
@@ -110,8 +116,10 @@ def _error_message(result) -> str:
 
 
 def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | None = None,
-                 echo: Callable[[str], None] = print, force: tuple[str, ...] = ()) -> RunSummary:
-    """Materialise, stage by stage up to ``stage``, every asset partition that is missing or stale."""
+                 echo: Callable[[str], None] = print, force: tuple[str, ...] = (),
+                 refit: bool = False) -> RunSummary:
+    """Materialise, stage by stage up to ``stage``, every asset partition that is missing or stale
+    (``ON_REQUEST`` assets: only when missing, their own code/config changed, forced or ``refit``)."""
     if stage not in STEPS:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STEPS)}")
     instance = instance or dg.DagsterInstance.get()
@@ -145,6 +153,8 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                 todo = []
                 for k in keys:
                     why = "forced" if k in force else res.needs_run(k, pk)
+                    if why == "stale" and k in ON_REQUEST and not refit and not res.own_code_changed(k, pk):
+                        why = None  # upstream data changed (e.g. a new shard): refit on request
                     if why is None and k == "raw_docs" and pk in changed:
                         why = "file changed"
                     if why:

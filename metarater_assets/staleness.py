@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.data_version import (CachingStaleStatusResolver, StaleCauseCategory,
+                                                    StaleStatus)
 from dagster._core.definitions.temporal_context import TemporalContext
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
 from dagster._time import get_current_datetime
@@ -30,6 +31,11 @@ class Staleness:
         if status == StaleStatus.STALE:
             return "stale"
         return None
+
+    def own_code_changed(self, key: str, partition: str | None = None) -> bool:
+        """True when the asset's own code version (which carries its config digest) changed."""
+        return any(c.category == StaleCauseCategory.CODE and c.key.asset_key == dg.AssetKey(key)
+                   for c in self._resolver.get_stale_causes(dg.AssetKey(key), partition))
 
     def causes(self, key: str, partition: str | None = None) -> list[str]:
         return [f"{c.category.name.lower()}: {c.reason}"

@@ -112,3 +112,30 @@ def test_adaptive_round_trains_only_new_runs_and_refits(pipeline):
     assert done == sorted([("proxy_run", k) for k in new] + [("regressor", None), ("optimal_weights", None)])
     reg = json.load(open(f"{settings.storage_uri}/regressor.json"))
     assert len(reg["keys"]) == n + 2
+
+
+def test_new_shard_touches_only_its_partitions_and_the_pool_level_outputs(pipeline):
+    """incoming/shard-0008 arrives: ingest + scores for it alone; proxies are not retrained."""
+    import shutil
+    from conftest import TEST_DATA
+
+    settings, instance, _, _ = pipeline
+    shutil.copy(TEST_DATA / "shard-0008.jsonl.gz", f"{settings.raw_uri}/shard-0008.jsonl.gz")
+    summary = run_pipeline(settings, "curated", instance=instance, echo=lambda m: None)
+    assert summary.new_shards == ["shard-0008.jsonl.gz"] and not summary.failed
+    done = set(summary.materialised)
+    per_shard = {(k, p) for k, p in done if p is not None}
+    new = "shard-0008.jsonl.gz"
+    # every per-shard input/score asset ran for the new shard only
+    for key in ("raw_docs", "raw_quarantine", "rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens"):
+        assert {p for k, p in per_shard if k == key} == {new}, key
+    # pool-level statistics and the curated output follow with the current weights
+    assert {("score_stats", None), ("pool_index", None), ("curated_selection", None),
+            ("curated_manifest", None)} <= done
+    assert {p for k, p in per_shard if k == "curated_corpus"} == {"shard-0000.jsonl.gz",
+                                                                  "shard-0002.parquet", new}
+    # not retrained unless asked
+    assert not {k for k, _ in done} & {"dsir_model", "tokenizer", "proxy_run", "regressor",
+                                        "optimal_weights", "proxy_plan"}
+    rep = build_report(settings, instance)
+    assert rep["ingest"]["shards"] == 3 and rep["ingest"]["rows_ok"] == 360
