@@ -1,0 +1,89 @@
+"""Generic HF rater: tiny models saved locally and reloaded through from_pretrained, per head."""
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from metarater_assets.core import corpus, proxy_lm, raters
+from conftest import REPO, SAMPLE
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return corpus.read_shard(str(SAMPLE / "raw" / "shard-0004.jsonl")).docs.column("text").to_pylist()[:40]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(texts):
+    return proxy_lm.train_tokenizer(texts, vocab_size=300)
+
+
+def _tiny(tokenizer, tmp, num_labels, problem=None):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=128, num_labels=num_labels,
+                     pad_token_id=tokenizer.pad_token_id, problem_type=problem)
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(tmp)  # safetensors
+    tokenizer.save_pretrained(tmp)
+    return model
+
+
+def _reference_logits(model, tokenizer, texts, max_tokens):
+    out = []
+    with torch.inference_mode():
+        for t in texts:
+            ids = tokenizer(t, truncation=True, max_length=max_tokens, return_tensors="pt")["input_ids"]
+            out.append(model(input_ids=ids).logits[0].numpy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("head,labels", [
+    (raters.HeadSpec("argmax", values=(0, 1, 2, 3, 4, 5)), 6),
+    (raters.HeadSpec("expected", values=(0, 1, 2, 3, 4, 5)), 6),
+    (raters.HeadSpec("regression", clip=(0, 5)), 1),
+    (raters.HeadSpec("head", index=2), 4),
+    (raters.HeadSpec("prob", index=1), 2),
+])
+def test_each_head_through_from_pretrained(tmp_path, tokenizer, texts, head, labels):
+    model = _tiny(tokenizer, tmp_path, labels, "regression" if head.kind in ("regression", "head") else None)
+    spec = raters.RaterSpec(score="s", model=str(tmp_path), head=head, max_tokens=64, batch_size=8)
+    rater = raters.HFRater(spec)
+    got = rater.score(texts)
+    logits = _reference_logits(model, tokenizer, texts, 64)
+    want = head.apply(logits)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(rater.score(texts, sort_by_length=False), got, atol=1e-4)
+    if head.kind == "argmax":
+        assert set(np.unique(got)) <= set(range(6))
+    if head.kind in ("expected", "regression"):
+        assert got.min() >= 0 and got.max() <= 5
+    if head.kind == "prob":
+        assert ((got >= 0) & (got <= 1)).all()
+
+
+def test_head_size_mismatch_is_a_clear_error(tmp_path, tokenizer):
+    _tiny(tokenizer, tmp_path, 2)
+    spec = raters.RaterSpec(score="fineweb_edu", model=str(tmp_path), head=raters.HeadSpec("regression"))
+    with pytest.raises(raters.RaterLoadError, match="has 2 outputs but the registry's head"):
+        raters.HFRater(spec)
+
+
+def test_missing_model_names_it_and_how_to_fix(tmp_path):
+    spec = raters.RaterSpec(score="professionalism", model=str(tmp_path / "nope"),
+                            head=raters.HeadSpec("argmax"))
+    with pytest.raises(raters.RaterLoadError) as e:
+        raters.HFRater(spec)
+    assert "nope" in str(e.value) and "save_pretrained" in str(e.value)
+    with pytest.raises(raters.RaterLoadError, match="has no model in the registry"):
+        raters.HFRater(raters.RaterSpec(score="w", model=None, head=raters.HeadSpec("prob", index=1)))
+
+
+def test_registry_covers_the_eleven_paper_scores():
+    reg = raters.parse_registry(yaml.safe_load((REPO / "configs" / "raters.yaml").read_text()))
+    assert len(reg) == 11
+    assert not any(s.trust_remote_code for s in reg.values())
+    assert reg["fineweb_edu"].head.kind == "regression"
+    assert reg["professionalism"].version != reg["readability"].version
