@@ -16,14 +16,15 @@ from resources import (ComputeResource, CuratedIOManager, CuratedManifestIOManag
 #: stages up to and including X.
 STAGES: dict[str, list[str]] = {
     "ingest": ["raw_docs", "raw_quarantine"],
-    "scores": ["rpv2_scores", "dsir_counts", "dsir_model", "dsir_scores", "score_stats"],
+    "scores": ["rpv2_scores", "dsir_counts", "dsir_model", "dsir_scores", "model_scores", "score_stats"],
     "proxies": ["tokenizer", "doc_tokens", "validation_tokens", "pool_index", "proxy_plan", "proxy_run"],
     "regressor": ["regressor", "optimal_weights"],
     "curated": ["curated_selection", "curated_corpus", "curated_manifest"],
     "evaluation": ["evaluation"],
 }
 #: Assets partitioned by shard, recomputed per new shard by the sensor's job.
-SHARD_ASSETS = ["raw_docs", "raw_quarantine", "rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens"]
+SHARD_ASSETS = ["raw_docs", "raw_quarantine", "rpv2_scores", "dsir_counts", "dsir_scores", "model_scores",
+                "doc_tokens"]
 
 
 def _config_parts(c) -> dict:
@@ -33,6 +34,7 @@ def _config_parts(c) -> dict:
                 _file_digest(cur.get("weights_file")))
     return {
         "dsir_counts": c.dsir.buckets,
+        "model_scores": {n: s.version for n, s in c.rater_specs().items()},
         "dsir_model": (c.dsir.buckets, dict(c.dsir.targets)),
         "tokenizer": (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs),
         "validation_tokens": (dict(c.validation_sets), c.validation_max_docs),
@@ -86,7 +88,7 @@ def load_config_or_none(settings: Settings):
 
 def _base_assets() -> list:
     return [ingest.raw_shard, scoring.rpv2_scores, scoring.dsir_counts, scoring.dsir_model,
-            scoring.dsir_scores, scoring.score_stats, proxies.tokenizer, proxies.doc_tokens,
+            scoring.dsir_scores, scoring.model_scores, scoring.score_stats, proxies.tokenizer, proxies.doc_tokens,
             proxies.validation_tokens, proxies.pool_index, proxies.proxy_plan, proxies.proxy_run,
             regression.regressor, regression.optimal_weights, curation.curated_selection,
             curation.curated_corpus, curation.curated_manifest, evaluation.evaluation]

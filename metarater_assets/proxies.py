@@ -71,14 +71,15 @@ def validation_tokens(context: dg.AssetExecutionContext, tokenizer: dict,
 @dg.asset(io_manager_key="parquet_io_manager", group_name=GROUP, code_version="pool-index-1",
           ins={"doc_tokens": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK),
                "rpv2_scores": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK),
-               "dsir_scores": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK)},
+               "dsir_scores": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK),
+               "model_scores": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK)},
           check_specs=[dg.AssetCheckSpec("every_doc_every_score", asset="pool_index", blocking=True,
                                          description="every pool document has every active score")],
           description="One row per pool document: shard, doc_id, raw_row, source, n_tokens and "
                       "every raw score. The pool-level data every global threshold is computed from.")
 def pool_index(context: dg.AssetExecutionContext, doc_tokens: dict[str, pa.Table],
                rpv2_scores: dict[str, pa.Table], dsir_scores: dict[str, pa.Table],
-               settings: MetaraterConfig):
+               model_scores: dict[str, pa.Table], settings: MetaraterConfig):
     cfg = settings.load()
     problems = []
     tables = []
@@ -88,7 +89,7 @@ def pool_index(context: dg.AssetExecutionContext, doc_tokens: dict[str, pa.Table
         cols = {"shard": pa.array([key] * tok.num_rows, pa.string()), "doc_id": tok.column("doc_id"),
                 "raw_row": tok.column("raw_row"), "source": tok.column("source"),
                 "n_tokens": tok.column("n_tokens")}
-        for label, parts in (("rpv2", rpv2_scores), ("dsir", dsir_scores)):
+        for label, parts in (("rpv2", rpv2_scores), ("dsir", dsir_scores), ("model", model_scores)):
             t = parts.get(key)
             if t is None or t.column("doc_id").to_pylist() != ids:
                 problems.append(f"{key}: {label} scores missing or not aligned with the documents")

@@ -23,7 +23,7 @@ from resources import Settings
 #: Execution steps per stage: (asset keys, partitions: "shards" / "proxy_runs" / None).
 STEPS: dict[str, list[tuple[tuple[str, ...], str | None]]] = {
     "ingest": [(("raw_docs", "raw_quarantine"), "shards")],
-    "scores": [(("rpv2_scores", "dsir_counts"), "shards"), (("dsir_model",), None),
+    "scores": [(("rpv2_scores", "dsir_counts", "model_scores"), "shards"), (("dsir_model",), None),
                (("dsir_scores",), "shards"), (("score_stats",), None)],
     "proxies": [(("tokenizer",), None), (("doc_tokens",), "shards"), (("validation_tokens",), None),
                 (("pool_index",), None), (("proxy_plan",), None), (("proxy_run",), "proxy_runs")],

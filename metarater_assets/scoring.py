@@ -1,14 +1,16 @@
 """Stage 'scores': per-shard RedPajama-V2 signals and DSIR importance, plus pool statistics."""
 
+import time
+
 import numpy as np
 import pyarrow as pa
 
 import dagster as dg
 
-from .core import corpus, dsir, signals, stats
+from .core import corpus, dsir, raters, signals, stats
 from .partitions import shards
 from .plots import png_metadata
-from resources import MetaraterConfig
+from resources import ComputeResource, MetaraterConfig
 
 SCORE_GROUP = "scores"
 
@@ -93,6 +95,35 @@ def dsir_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, dsir_mode
     yield _check(ids, table, [f"dsir_{n}" for n in scored], frozenset())
 
 
+@dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
+          code_version=f"model-{raters.RATERS_VERSION}", check_specs=[_check_spec("model_scores")],
+          pool="metarater_gpu",
+          description="Model-rater scores (PRRC, QuRating, FineWeb-Edu, WanjuanCC, or any HF "
+                      "sequence classifier in the registry) for one shard; one column per active "
+                      "score in model_raters.scores (none: doc_id only).")
+def model_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, settings: MetaraterConfig,
+                 compute: ComputeResource):
+    cfg = settings.load()
+    specs = cfg.rater_specs()
+    comp = compute.resolve()
+    device = "cuda" if comp.accelerator == "gpu" else "cpu"
+    dtype = "bf16" if comp.precision.startswith("bf16") else None
+    ids = raw_docs.column("doc_id").to_pylist()
+    texts = raw_docs.column("text").to_pylist()
+    cols = {}
+    for name, spec in specs.items():
+        try:
+            rater = raters.HFRater(spec, device=device, dtype=dtype)
+        except raters.RaterLoadError as e:
+            raise dg.Failure(str(e), allow_retries=False) from e
+        t = time.perf_counter()
+        cols[name] = rater.score(texts).tolist()
+        context.log.info(f"{name}: {len(texts) / (time.perf_counter() - t):.1f} docs/s on {device}")
+    table = _score_table(ids, cols)
+    yield dg.Output(table, metadata={"docs": len(ids), "scores": ", ".join(specs) or "none"})
+    yield _check(ids, table, list(specs), frozenset())
+
+
 def pool_columns(parts: dict[str, pa.Table]) -> tuple[list[str], dict[str, np.ndarray]]:
     """Concatenate per-shard score tables (sorted by shard key) into pool columns."""
     keys = sorted(parts)
@@ -107,15 +138,17 @@ def pool_columns(parts: dict[str, pa.Table]) -> tuple[list[str], dict[str, np.nd
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
           ins={"rpv2_scores": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True}),
-               "dsir_scores": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})},
+               "dsir_scores": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True}),
+               "model_scores": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})},
           code_version="score-stats-1",
           description="Pool statistics per score (count, min, max, mean, std, quantiles) with "
                       "histograms and the Spearman correlation matrix as plots.")
 def score_stats(context: dg.AssetExecutionContext, rpv2_scores: dict[str, pa.Table],
-                dsir_scores: dict[str, pa.Table], settings: MetaraterConfig) -> pa.Table:
+                dsir_scores: dict[str, pa.Table], model_scores: dict[str, pa.Table],
+                settings: MetaraterConfig) -> pa.Table:
     _, cols = pool_columns(rpv2_scores)
-    _, dcols = pool_columns(dsir_scores)
-    cols.update(dcols)
+    for part in (dsir_scores, model_scores):
+        cols.update(pool_columns(part)[1])
     summary = stats.summarise(cols)
     names, M = stats.spearman_matrix(cols)
     art = settings.artifacts_uri

@@ -74,13 +74,27 @@ class Config:
     evaluation: Mapping[str, Any]
     compute: Mapping[str, Any]
     source: str = ""
+    model_registry: str | None = None
+    model_scores: tuple[str, ...] = ()
 
     @property
     def score_names(self) -> tuple[str, ...]:
         names: list[str] = []
         for r in self.raters:
             names.extend(RATERS[r])
-        return tuple(names)
+        return tuple(names) + tuple(self.model_scores)
+
+    def rater_specs(self) -> dict:
+        """RaterSpec of every active model score (empty when none is configured)."""
+        if not self.model_scores:
+            return {}
+        from .raters import parse_registry
+        from .storage import fs_and_path
+
+        fs, p = fs_and_path(self.model_registry)
+        with fs.open(p, "r") as f:
+            reg = parse_registry(yaml.safe_load(f) or {})
+        return {n: reg[n] for n in self.model_scores}
 
 
 def load_config(path: str) -> Config:
@@ -141,6 +155,23 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     if ev["preset"] not in PROXY_PRESETS:
         raise ConfigError(f"evaluation.preset {ev['preset']!r} unknown; known: {sorted(PROXY_PRESETS)}")
     tok = raw.get("tokenizer", {}) or {}
+    mr = raw.get("model_raters", {}) or {}
+    model_scores = tuple(mr.get("scores") or ())
+    registry = _resolve(base, mr["registry"]) if mr.get("registry") else None
+    if model_scores:
+        from .raters import parse_registry
+        from .storage import fs_and_path
+
+        if not registry:
+            raise ConfigError("model_raters.registry: a rater registry file is needed for model scores")
+        fs, rp = fs_and_path(registry)
+        if not fs.exists(rp):
+            raise ConfigError(f"model_raters.registry {registry!r} does not exist")
+        with fs.open(rp, "r") as f:
+            known = parse_registry(yaml.safe_load(f) or {})
+        unknown = [n for n in model_scores if n not in known]
+        if unknown:
+            raise ConfigError(f"unknown model score(s) {unknown}; the registry has {sorted(known)}")
     return Config(
         raters=raters,
         dsir=DsirConfig(buckets=int(d.get("buckets", _dsir.DEFAULT_BUCKETS)), targets=targets),
@@ -158,4 +189,6 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         compute={"accelerator": "cpu", "devices": 1, "precision": "32-true", "threads": None,
                  **(raw.get("compute") or {})},
         source=source,
+        model_registry=registry,
+        model_scores=model_scores,
     )

@@ -33,3 +33,45 @@ def test_bumping_one_rater_version_stales_only_that_rater(tmp_path):
             for other in ("raw_docs", "dsir_counts", "dsir_scores"):
                 assert bumped.needs_run(other, p) is None, other
         assert bumped.needs_run("dsir_model") is None
+
+
+def test_model_rater_scores_each_shard_and_its_version_stales_only_it(tmp_path):
+    """A tiny local model in the registry becomes a score column; a new revision stales only it."""
+    import pyarrow.parquet as pq
+    import torch
+    import yaml
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from metarater_assets.core import corpus, proxy_lm
+    from conftest import SAMPLE
+
+    texts = corpus.read_shard(str(SAMPLE / "raw" / "shard-0004.jsonl")).docs.column("text").to_pylist()[:50]
+    tok = proxy_lm.train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=128, num_labels=6, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(tmp_path / "tiny-prrc")
+    tok.save_pretrained(tmp_path / "tiny-prrc")
+    registry = tmp_path / "raters.yaml"
+
+    def write_registry(revision):
+        registry.write_text(yaml.safe_dump({"scores": {"professionalism": {
+            "model": str(tmp_path / "tiny-prrc"), "revision": revision, "max_tokens": 64,
+            "head": {"kind": "expected", "values": [0, 1, 2, 3, 4, 5]}}}}))
+
+    write_registry(None)
+    raw = write_small_shards(tmp_path / "raw", n=20)
+    cfg = write_config(tmp_path / "c.yaml", model_raters={"registry": str(registry), "scores": ["professionalism"]})
+    settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw), config_path=str(cfg))
+    with dg.instance_for_test() as instance:
+        assert not run_pipeline(settings, "scores", instance=instance, echo=lambda m: None).failed
+        t = pq.read_table(tmp_path / "home" / "storage" / "model_scores" / "shard-0002.parquet.parquet")
+        assert t.column_names == ["doc_id", "professionalism"] and t.num_rows == 20
+        v = t.column("professionalism").to_numpy()
+        assert ((v >= 0) & (v <= 5)).all() and v.std() > 0
+        stats = pq.read_table(tmp_path / "home" / "storage" / "score_stats.parquet")
+        assert "professionalism" in stats.column("score").to_pylist()
+        write_registry("v2")  # a new model revision
+        summary = run_pipeline(settings, "scores", instance=instance, echo=lambda m: None)
+        assert {k for k, p in summary.materialised if p} == {"model_scores"}
