@@ -236,6 +236,9 @@ def main():
     print(f"corpus: {root}\nmachine: {machine()}", flush=True)
     import torch
 
+    from metarater_assets.runner import quiet_lightning
+
+    quiet_lightning()
     torch.set_num_threads(1)  # per-core figures
     pool = load_pool(root, shards=2)
     texts = pool.column("text").to_pylist()

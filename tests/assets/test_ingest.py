@@ -72,3 +72,28 @@ def test_memory_storage_and_raw_uri(tmp_path):
         t = st.read_parquet("memory://mr-mem/home/storage/raw_docs/shard-0002.parquet.parquet")
         assert t.num_rows == 20 and t.column_names == corpus.RAW_SCHEMA.names
     fs.rm("/mr-mem", recursive=True)
+
+
+def test_awkward_file_names_ingest_under_safe_keys(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    body = b'{"id": "a", "text": "A real enough document."}\n{"id": "b", "text": "Another one."}\n'
+    names = ["my shard [1], v2.jsonl", "pipes|and spaces.jsonl", "données été.jsonl", "../evil.jsonl"]
+    for n in names[:3]:
+        (raw / n).write_bytes(body)
+    (raw / ".evil.jsonl").write_bytes(body)  # dot-file: ignored
+    (raw / "big~").write_bytes(body)          # editor backup: ignored
+    from conftest import write_config
+
+    settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
+                        config_path=str(write_config(tmp_path / "c.yaml")))
+    (tmp_path / "dg").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+        summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
+        assert not summary.failed
+        keys = sorted(instance.get_dynamic_partitions("shards"))
+        assert len(keys) == 3
+        assert all(k.isascii() and not set(k) & set(" []|,/\\") for k in keys)
+        written = sorted(os.listdir(tmp_path / "home" / "storage" / "raw_docs"))
+        assert written == sorted(f"{k}.parquet" for k in keys)  # nothing escaped the storage root
+        assert build_report(settings, instance)["ingest"]["rows_ok"] == 6

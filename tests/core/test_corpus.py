@@ -116,3 +116,16 @@ def test_partition_keys_are_safe_and_stable(name):
 def test_ignored_names():
     for bad in (".x.jsonl", "x.jsonl.part", "x.jsonl~", "x.txt", "x.jsonl.tmp-abc"):
         assert not corpus.is_shard_name(bad)
+
+
+def test_empty_files_zero_rows_control_chars_and_a_huge_document(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    res = corpus.read_shard(str(tmp_path / "empty.jsonl"))
+    assert (res.rows_in, res.rows_ok, res.rows_quarantined) == (0, 0, 0)
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "zero.parquet")
+    assert corpus.read_shard(str(tmp_path / "zero.parquet")).rows_in == 0
+    big = "word " * 2_000_000  # 10 MB in one document
+    ctrl = "bell\x07 nul\x00 esc\x1b text"
+    (tmp_path / "odd.jsonl").write_text(json.dumps({"text": big}) + "\n" + json.dumps({"text": ctrl}) + "\n")
+    res = corpus.read_shard(str(tmp_path / "odd.jsonl"))
+    assert res.rows_ok == 2 and res.docs.column("text").to_pylist() == [big, ctrl]
