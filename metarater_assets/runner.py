@@ -62,6 +62,22 @@ class RunSummary:
     changed_shards: list[str] = field(default_factory=list)
 
 
+def _coalesce(stages: list[str]) -> list[tuple[str, list]]:
+    """The steps of each stage, with a stage's first shard step merged into the previous stage's
+    last shard step (ingest + first scores run as one Dagster run per shard: less overhead)."""
+    out: list[tuple[str, list]] = []
+    for st in stages:
+        steps = list(STEPS[st])
+        if out and steps and steps[0][1] == "shards" and out[-1][1][-1][1] == "shards":
+            name, prev = out[-1]
+            prev[-1] = (prev[-1][0] + steps[0][0], "shards")
+            out[-1] = (f"{name}+{st}", prev)
+            steps = steps[1:]
+        if steps:
+            out.append((st, steps))
+    return out
+
+
 def register_shards(instance: dg.DagsterInstance, raw_uri: str) -> tuple[list[str], list[str], dict[str, str]]:
     """Add a partition for each new shard file; return (new, changed, key -> fingerprint)."""
     files = corpus.list_shards(raw_uri)
@@ -138,9 +154,9 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
     present = {f.key for f in corpus.list_shards(settings.raw_uri)}
     failed_shards: set[str] = set()
     stages = list(STEPS)[: list(STEPS).index(stage) + 1]
-    for st in stages:
+    for st, steps in _coalesce(stages):
         echo(f"== stage {st}")
-        for keys, part in STEPS[st]:
+        for keys, part in steps:
             if part == "shards":
                 partitions = [k for k in sorted(instance.get_dynamic_partitions(shards.name))
                               if k in present and k not in failed_shards]
@@ -148,8 +164,8 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                 partitions = sorted(instance.get_dynamic_partitions(proxy_runs.name))
             else:
                 partitions = [None]
+            res = Staleness(instance, assets)  # partitions of one step never feed each other
             for pk in partitions:
-                res = Staleness(instance, assets)
                 todo = []
                 for k in keys:
                     why = "forced" if k in force else res.needs_run(k, pk)
@@ -161,7 +177,9 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                         todo.append((k, why))
                 if not todo:
                     continue
-                sel = list(keys) if keys[0] == "raw_docs" else [k for k, _ in todo]
+                sel = [k for k, _ in todo]
+                if "raw_docs" in sel or "raw_quarantine" in sel:  # one multi-asset: both or neither
+                    sel = ["raw_docs", "raw_quarantine"] + [k for k in sel if not k.startswith("raw_")]
                 label = ", ".join(sel) + (f" [{pk}]" if pk else "")
                 t0 = time.perf_counter()
                 result = dg.materialize(assets, selection=sel, partition_key=pk, instance=instance,
