@@ -65,7 +65,7 @@ def curated_selection(context: dg.AssetExecutionContext, pool_index: pa.Table, o
           description="The kept documents of one shard, written under the curated output URI: "
                       "doc_id, text, source, combined_score, raw_shard, raw_row.")
 def curated_corpus(context: dg.AssetExecutionContext, raw_docs: pa.Table,
-                   curated_selection: pa.Table) -> pa.Table:
+                   curated_selection: pa.Table, settings: MetaraterConfig) -> pa.Table:
     key = context.partition_key
     import pyarrow.compute as pc
 
@@ -80,7 +80,12 @@ def curated_corpus(context: dg.AssetExecutionContext, raw_docs: pa.Table,
                     "combined_score": mine.column("combined_score").take(idx),
                     "raw_shard": pa.array([key] * len(idx), pa.string()),
                     "raw_row": raw_docs.column("raw_row").take(idx)})
-    context.add_output_metadata({"kept_docs": out.num_rows, "shard_docs": raw_docs.num_rows})
+    md = {"kept_docs": out.num_rows, "shard_docs": raw_docs.num_rows}
+    if settings.load().curation["format"] == "jsonl.zst":  # in addition to the Parquet file
+        uri = f"{settings.curated_uri.rstrip('/')}/{key}.jsonl.zst"
+        st.write_jsonl_zst(out, uri)
+        md["jsonl_zst"] = dg.MetadataValue.path(uri)
+    context.add_output_metadata(md)
     return out
 
 
@@ -123,6 +128,9 @@ def curated_manifest(context: dg.AssetExecutionContext, curated_selection: pa.Ta
         "per_shard": {k: per_shard[k] for k in sorted(per_shard)},
         "per_source": {k: per_source[k] for k in sorted(per_source)},
         "files": [f"{settings.curated_uri.rstrip('/')}/{k}.parquet" for k in sorted(per_shard)],
+        "format": cfg.curation["format"],
+        **({"jsonl_zst_files": [f"{settings.curated_uri.rstrip('/')}/{k}.jsonl.zst" for k in sorted(per_shard)]}
+           if cfg.curation["format"] == "jsonl.zst" else {}),
         "uri": settings.curated_uri,
     }
     context.add_output_metadata({"docs": manifest["docs"], "tokens": manifest["tokens"],

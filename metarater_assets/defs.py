@@ -44,7 +44,8 @@ def _config_parts(c) -> dict:
         "regressor": (c.regressor["folds"], c.validation_target),
         "optimal_weights": (c.regressor["candidates"], c.regressor["top_k"], c.regressor["bootstrap"]),
         "curated_selection": curation,
-        "curated_manifest": curation,
+        "curated_corpus": cur["format"],
+        "curated_manifest": (curation, cur["format"]),
         "evaluation": (dict(c.evaluation), cur["fraction"], cur["fraction_of"], c.validation_target),
     }
 

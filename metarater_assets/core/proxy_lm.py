@@ -25,6 +25,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .batching import padded_batches
+
 PROXY_VERSION = "1"
 
 
@@ -336,18 +338,10 @@ def evaluate_loss(model, docs: Sequence[np.ndarray], sources: Sequence[str], seq
     tokens, EOS-prefixed), overall and per source. Batches are length-ordered."""
     model = model.to(device).eval()
     seqs = [np.concatenate([[eos_id], d[:seq_len]]).astype(np.int64) for d in docs]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     tot_loss: dict[str, float] = {}
     tot_n: dict[str, int] = {}
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.full((len(idx), width), eos_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.bool)
-        for r, i in enumerate(idx):
-            ids[r, :len(seqs[i])] = torch.from_numpy(seqs[i])
-            mask[r, :len(seqs[i])] = True
-        ids, mask = ids.to(device), mask.to(device)
+    for idx, ids, mask in padded_batches(seqs, batch_size, eos_id):
+        ids, mask = ids.to(device), mask.to(device).bool()
         logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1].long()).logits.float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         valid = mask[:, 1:]

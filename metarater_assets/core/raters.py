@@ -19,6 +19,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from .batching import padded_batches
+
 RATERS_VERSION = "1"
 HEAD_KINDS = ("argmax", "expected", "regression", "head", "prob")
 
@@ -152,21 +154,14 @@ class HFRater:
 
         tok = self.tokenizer
         enc = tok(list(texts), truncation=True, max_length=self.spec.max_tokens, add_special_tokens=True)["input_ids"]
-        order = np.argsort([len(x) for x in enc], kind="stable") if sort_by_length else np.arange(len(enc))
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         out = np.empty(len(enc), dtype=np.float64)
-        bs = self.spec.batch_size
+        done = 0
         with torch.inference_mode():
-            for s in range(0, len(order), bs):
-                idx = order[s:s + bs]
-                width = max(len(enc[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    ids[r, :len(enc[i])] = torch.tensor(enc[i])
-                    mask[r, :len(enc[i])] = 1
+            for idx, ids, mask in padded_batches(enc, self.spec.batch_size, pad, sort_by_length):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 out[idx] = self.spec.head.apply(logits.float().cpu().numpy())
+                done += len(idx)
                 if progress:
-                    progress(min(s + bs, len(order)), len(order))
+                    progress(done, len(enc))
         return out

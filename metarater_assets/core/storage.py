@@ -57,6 +57,17 @@ def write_json(obj: Any, uri: str) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
 
 
+def write_jsonl_zst(table: pa.Table, uri: str, level: int = 10) -> None:
+    """One JSON object per row, zstd-compressed (atomic)."""
+    import zstandard
+
+    with atomic_open(uri, "wb") as raw:
+        with zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False) as f:
+            for batch in table.to_batches(10_000):
+                for row in batch.to_pylist():
+                    f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
 def read_json(uri: str) -> Any:
     fs, path = fs_and_path(uri)
     with fs.open(path, "r") as f:

@@ -13,17 +13,25 @@ from resources import Settings
 from conftest import write_small_shards
 
 
+def _settings(tmp_path, raw) -> Settings:
+    from conftest import write_config
+
+    return Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
+                    config_path=str(write_config(tmp_path / "c.yaml")))
+
+
+def _instance(tmp_path) -> dg.DagsterInstance:
+    (tmp_path / "dg").mkdir()
+    return dg.DagsterInstance.local_temp(str(tmp_path / "dg"))
+
+
 def test_truncated_shard_fails_alone_and_leaves_nothing(tmp_path):
     raw = write_small_shards(tmp_path / "raw", n=40)
     good = (raw / "shard-0000.jsonl.gz").read_bytes()
     full = gzip.compress(gzip.decompress(good))
     (raw / "broken.jsonl.gz").write_bytes(full[: len(full) // 2])
-    from conftest import write_config
-
-    settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
-                        config_path=str(write_config(tmp_path / "c.yaml")))
-    (tmp_path / "dg").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    settings = _settings(tmp_path, raw)
+    with _instance(tmp_path) as instance:
         summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
         assert [f["partition"] for f in summary.failed] == ["broken.jsonl.gz"]
         assert "truncated or corrupt gzip" in summary.failed[0]["error"]
@@ -39,12 +47,8 @@ def test_quarantine_rows_are_stored_and_balanced(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "mixed.jsonl").write_bytes(b'{"text": "good doc"}\nnot json\n{"text": ""}\n\xff\xfe\n')
-    from conftest import write_config
-
-    settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
-                        config_path=str(write_config(tmp_path / "c.yaml")))
-    (tmp_path / "dg").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    settings = _settings(tmp_path, raw)
+    with _instance(tmp_path) as instance:
         summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
         assert not summary.failed
         q = pq.read_table(tmp_path / "home" / "storage" / "raw_quarantine" / "mixed.jsonl.parquet")
@@ -83,12 +87,8 @@ def test_awkward_file_names_ingest_under_safe_keys(tmp_path):
         (raw / n).write_bytes(body)
     (raw / ".evil.jsonl").write_bytes(body)  # dot-file: ignored
     (raw / "big~").write_bytes(body)          # editor backup: ignored
-    from conftest import write_config
-
-    settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
-                        config_path=str(write_config(tmp_path / "c.yaml")))
-    (tmp_path / "dg").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    settings = _settings(tmp_path, raw)
+    with _instance(tmp_path) as instance:
         summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
         assert not summary.failed
         keys = sorted(instance.get_dynamic_partitions("shards"))

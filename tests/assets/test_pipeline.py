@@ -139,3 +139,19 @@ def test_new_shard_touches_only_its_partitions_and_the_pool_level_outputs(pipeli
                                         "optimal_weights", "proxy_plan"}
     rep = build_report(settings, instance)
     assert rep["ingest"]["shards"] == 3 and rep["ingest"]["rows_ok"] == 360
+
+
+def test_jsonl_zst_output_option(pipeline):
+    import zstandard
+
+    settings, instance, _, cfg_path = pipeline
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["curation"]["format"] = "jsonl.zst"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    summary = run_pipeline(settings, "curated", instance=instance, echo=lambda m: None)
+    assert {k for k, _ in summary.materialised} == {"curated_corpus", "curated_manifest"}
+    manifest = json.load(open(f"{settings.home}/curated/manifest.json"))
+    for pq_file, zst_file in zip(manifest["files"], manifest["jsonl_zst_files"]):
+        with open(zst_file, "rb") as f:
+            rows = [json.loads(l) for l in zstandard.ZstdDecompressor().stream_reader(f).read().decode().splitlines()]
+        assert rows == pq.read_table(pq_file).to_pylist()
