@@ -32,15 +32,20 @@ class _SafeUPath(dg.UPathIOManager):
 class _ParquetUPath(_SafeUPath):
     extension = ".parquet"
 
-    def dump_to_path(self, context: OutputContext, obj: pa.Table, path: UPath) -> None:
-        if not isinstance(obj, pa.Table):
+    def dump_to_path(self, context: OutputContext, obj, path: UPath) -> None:
+        if isinstance(obj, st.StagedFile):  # streamed to a local file by the asset
+            st.put_atomic(obj.local_path, str(path))
+        elif isinstance(obj, pa.Table):
+            st.write_parquet(obj, str(path))
+        else:
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a pyarrow Table, got {type(obj)}")
-        st.write_parquet(obj, str(path))
 
     def load_from_path(self, context: InputContext, path: UPath) -> pa.Table:
         return st.read_parquet(str(path))
 
-    def get_metadata(self, context: OutputContext, obj: pa.Table):
+    def get_metadata(self, context: OutputContext, obj):
+        if isinstance(obj, st.StagedFile):
+            return {"rows": obj.rows}
         return {"rows": obj.num_rows, "columns": ", ".join(obj.column_names)}
 
 

@@ -239,26 +239,87 @@ class _Builder:
         self.q_preview.append(preview)
 
     def finish(self, rows_in: int) -> IngestResult:
-        counts = Counter(g for g in self.given if g is not None)
-        hashes: list[str | None] = [None] * len(self.text)
-        for i, g in enumerate(self.given):
-            if g is None or counts[g] > 1:
-                hashes[i] = "h-" + xxhash.xxh3_64_hexdigest(self.text[i].encode("utf-8", "surrogatepass"))
-        hcounts = Counter(h for h in hashes if h is not None)
-        ids = []
-        for i, g in enumerate(self.given):
-            h = hashes[i]
-            if h is None:
-                ids.append(g)
-            elif hcounts[h] > 1:
-                ids.append(f"{h}-r{self.raw_row[i]}")
-            else:
-                ids.append(h)
+        hashes = [content_hash(t) for t in self.text]
+        ids = assign_ids(self.given, hashes, self.raw_row)
         docs = pa.table(
             [ids, self.text, self.source, self.meta, self.raw_row], schema=RAW_SCHEMA
         )
         quarantine = pa.table([self.q_row, self.q_reason, self.q_preview], schema=QUARANTINE_SCHEMA)
         return IngestResult(docs, quarantine, rows_in)
+
+
+def content_hash(text: str) -> str:
+    return "h-" + xxhash.xxh3_64_hexdigest(text.encode("utf-8", "surrogatepass"))
+
+
+def assign_ids(given: list[str | None], hashes: list[str], raw_rows: list[int]) -> list[str]:
+    """The doc-id policy (module docstring): own id if unique in the shard, else content id,
+    else content id + row."""
+    counts = Counter(g for g in given if g is not None)
+    use_hash = [g is None or counts[g] > 1 for g in given]
+    hcounts = Counter(h for h, u in zip(hashes, use_hash) if u)
+    return [g if not u else (f"{h}-r{r}" if hcounts[h] > 1 else h)
+            for g, h, r, u in zip(given, hashes, raw_rows, use_hash)]
+
+
+class _IdSink:
+    """First streaming pass: only what the id policy needs (own id, content hash, row)."""
+
+    def __init__(self) -> None:
+        self.given: list[str | None] = []
+        self.hashes: list[str] = []
+        self.raw_row: list[int] = []
+        self.quarantined = 0
+
+    def ok(self, row, given, text, source, meta) -> None:
+        self.given.append(given)
+        self.hashes.append(content_hash(text))
+        self.raw_row.append(row)
+
+    def bad(self, row, reason, preview) -> None:
+        self.quarantined += 1
+
+
+class _WriterSink:
+    """Second streaming pass: rows go to Parquet writers in batches, never all in memory."""
+
+    def __init__(self, ids: list[str], docs_path: str, quarantine_path: str, batch_rows: int):
+        self.ids = ids
+        self.k = 0
+        self.batch_rows = batch_rows
+        self.docs = pq.ParquetWriter(docs_path, RAW_SCHEMA, compression="zstd")
+        self.quar = pq.ParquetWriter(quarantine_path, QUARANTINE_SCHEMA, compression="zstd")
+        self.d: list[list] = [[], [], [], [], []]
+        self.q: list[list] = [[], [], []]
+        self.reasons: Counter = Counter()
+
+    def ok(self, row, given, text, source, meta) -> None:
+        for col, v in zip(self.d, (self.ids[self.k], text, source, meta, row)):
+            col.append(v)
+        self.k += 1
+        if len(self.d[0]) >= self.batch_rows:
+            self._flush_docs()
+
+    def bad(self, row, reason, preview) -> None:
+        for col, v in zip(self.q, (row, reason, preview)):
+            col.append(v)
+        self.reasons[reason] += 1
+        if len(self.q[0]) >= self.batch_rows:
+            self._flush_quarantine()
+
+    def _flush_docs(self) -> None:
+        self.docs.write_table(pa.table(self.d, schema=RAW_SCHEMA))
+        self.d = [[], [], [], [], []]
+
+    def _flush_quarantine(self) -> None:
+        self.quar.write_table(pa.table(self.q, schema=QUARANTINE_SCHEMA))
+        self.q = [[], [], []]
+
+    def close(self) -> None:
+        self._flush_docs()
+        self._flush_quarantine()
+        self.docs.close()
+        self.quar.close()
 
 
 def _iter_lines(f) -> Iterator[bytes]:
@@ -271,7 +332,7 @@ def _iter_lines(f) -> Iterator[bytes]:
         yield line
 
 
-def _read_jsonl(f, b: _Builder) -> int:
+def _read_jsonl(f, b) -> int:
     n = 0
     for row, line in enumerate(_iter_lines(f)):
         n = row + 1
@@ -314,7 +375,7 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _read_parquet(f, b: _Builder, name: str) -> int:
+def _read_parquet(f, b, name: str) -> int:
     pf = pq.ParquetFile(f)
     cols = pf.schema_arrow.names
     if "text" not in cols:
@@ -336,27 +397,21 @@ def _read_parquet(f, b: _Builder, name: str) -> int:
     return row
 
 
-def read_shard(uri: str, name: str | None = None) -> IngestResult:
-    """Read one shard into normalised docs + quarantine tables.
-
-    Raises ``ShardError`` naming the file and the cause when the file as a whole is unreadable
-    (truncated or corrupt compression, not Parquet, unsupported extension).
-    """
-    name = name or uri.rstrip("/").rsplit("/", 1)[-1]
+def _scan(uri: str, name: str, sink) -> int:
+    """Feed every row of the file to ``sink.ok`` / ``sink.bad``; returns rows read. Raises
+    ``ShardError`` naming the file and the cause when the file as a whole is unreadable."""
     fmt = shard_format(name)
     if fmt is None:
         raise ShardError(f"{name}: unsupported file type (expected one of {sorted(FORMATS)})")
     kind, compression = fmt
     fs, path = fs_and_path(uri)
-    b = _Builder()
     try:
         if kind == "parquet":
             with fs.open(path, "rb") as f:
-                rows = _read_parquet(f, b, name)
-        else:
-            with fs.open(path, "rb", compression=compression) as raw:
-                f = io.BufferedReader(raw, buffer_size=1 << 20) if not isinstance(raw, io.BufferedReader) else raw
-                rows = _read_jsonl(f, b)
+                return _read_parquet(f, sink, name)
+        with fs.open(path, "rb", compression=compression) as raw:
+            f = io.BufferedReader(raw, buffer_size=1 << 20) if not isinstance(raw, io.BufferedReader) else raw
+            return _read_jsonl(f, sink)
     except ShardError:
         raise
     except (EOFError, OSError, ValueError, pa.ArrowException) as e:
@@ -364,7 +419,43 @@ def read_shard(uri: str, name: str | None = None) -> IngestResult:
         raise ShardError(f"{name}: truncated or corrupt {what}: {type(e).__name__}: {e}") from e
     except Exception as e:  # zstandard.ZstdError and friends
         raise ShardError(f"{name}: cannot read: {type(e).__name__}: {e}") from e
+
+
+def read_shard(uri: str, name: str | None = None) -> IngestResult:
+    """Read one shard into in-memory docs + quarantine tables (small files, tests, the CLI)."""
+    name = name or uri.rstrip("/").rsplit("/", 1)[-1]
+    b = _Builder()
+    rows = _scan(uri, name, b)
     return b.finish(rows)
+
+
+@dataclass(frozen=True)
+class IngestCounts:
+    rows_in: int
+    rows_ok: int
+    rows_quarantined: int
+    reasons: dict[str, int]
+
+
+def ingest_shard(uri: str, name: str, docs_path: str, quarantine_path: str,
+                 batch_rows: int = 10_000) -> IngestCounts:
+    """Stream one shard into two local Parquet files (docs, quarantine) in batches.
+
+    Two passes over the file: the first keeps only what the doc-id policy needs (own ids and
+    16-character content hashes), the second writes rows ``batch_rows`` at a time, so memory
+    stays bounded by one batch plus the ids, whatever the shard's size.
+    """
+    first = _IdSink()
+    rows = _scan(uri, name, first)
+    ids = assign_ids(first.given, first.hashes, first.raw_row)
+    second = _WriterSink(ids, docs_path, quarantine_path, batch_rows)
+    try:
+        rows2 = _scan(uri, name, second)
+    finally:
+        second.close()
+    if rows2 != rows or second.k != len(ids):
+        raise ShardError(f"{name}: the file changed while it was being read ({rows} then {rows2} rows)")
+    return IngestCounts(rows, len(ids), first.quarantined, dict(second.reasons))
 
 
 def read_documents(uri: str) -> pa.Table:

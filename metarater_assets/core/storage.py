@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import fsspec
@@ -34,6 +35,30 @@ def atomic_open(uri: str, mode: str = "wb") -> Iterator[Any]:
     try:
         with fs.open(tmp, mode) as f:
             yield f
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A finished local file that an IO manager moves into place (large outputs, streamed)."""
+
+    local_path: str
+    rows: int
+
+
+def put_atomic(local_path: str, uri: str) -> None:
+    """Copy a local file to ``uri`` under a temporary name, then move it into place."""
+    fs, path = fs_and_path(uri)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        fs.put_file(local_path, tmp)
         fs.mv(tmp, path)
     except BaseException:
         if fs.exists(tmp):

@@ -129,3 +129,21 @@ def test_empty_files_zero_rows_control_chars_and_a_huge_document(tmp_path):
     (tmp_path / "odd.jsonl").write_text(json.dumps({"text": big}) + "\n" + json.dumps({"text": ctrl}) + "\n")
     res = corpus.read_shard(str(tmp_path / "odd.jsonl"))
     assert res.rows_ok == 2 and res.docs.column("text").to_pylist() == [big, ctrl]
+
+
+def test_streaming_ingest_equals_in_memory_read(tmp_path):
+    """ingest_shard writes in batches (here 7 rows) and gives exactly what read_shard gives."""
+    rows = [json.dumps({"id": "dup", "text": "x"}), json.dumps({"id": "dup", "text": "y"}), "bad json",
+            json.dumps({"text": "same"}), json.dumps({"text": "same"})]
+    lines = read_jsonl_lines(SAMPLE / "raw" / "shard-0000.jsonl.gz")[:40]
+    src = tmp_path / "mix.jsonl"
+    src.write_text("\n".join(rows) + "\n" + "".join(lines))
+    ref = corpus.read_shard(str(src))
+    counts = corpus.ingest_shard(str(src), "mix.jsonl", str(tmp_path / "d.parquet"), str(tmp_path / "q.parquet"),
+                                 batch_rows=7)
+    assert (counts.rows_in, counts.rows_ok, counts.rows_quarantined) == (45, 44, 1)
+    assert counts.reasons == {"invalid_json": 1}
+    docs = pq.read_table(tmp_path / "d.parquet")
+    assert docs.equals(ref.docs)
+    assert pq.ParquetFile(tmp_path / "d.parquet").metadata.num_row_groups >= 6
+    assert pq.read_table(tmp_path / "q.parquet").equals(ref.quarantine)
