@@ -308,9 +308,10 @@ def train_lm(docs: Sequence[np.ndarray], eos_id: int, vocab_size: int, cfg: Prox
     t0 = time.perf_counter()
     resumed_step = 0
     if resumed_from:
-        state = torch.load(_local(resumed_from), map_location="cpu", weights_only=True)
+        with fs.open(f"{path.rstrip('/')}/last.ckpt", "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
         resumed_step = int(state.get("global_step", 0))
-    trainer.fit(module, loader, ckpt_path=resumed_from)
+    trainer.fit(module, loader, ckpt_path=resumed_from, weights_only=True)
     if trainer.global_step < cfg.steps:
         raise RuntimeError(f"training stopped at step {trainer.global_step} of {cfg.steps}")
     trainer.save_checkpoint(last)
@@ -325,10 +326,6 @@ def train_lm(docs: Sequence[np.ndarray], eos_id: int, vocab_size: int, cfg: Prox
     }
     module.packed = None
     return module.model.eval(), info
-
-
-def _local(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
 @torch.inference_mode()

@@ -47,6 +47,31 @@ def test_whole_chain_runs(pipeline):
     assert set(ev["by_set"]) == {"validation", "reference"}
 
 
+def test_two_runs_from_scratch_are_identical(pipeline, tmp_path):
+    """Same data + config -> same curated ids, same proxy losses, same regressor predictions."""
+    from conftest import write_config, write_small_shards
+
+    settings, _, _, _ = pipeline
+    raw = write_small_shards(tmp_path / "raw")
+    again = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
+                     config_path=str(write_config(tmp_path / "config.yaml")))
+    (tmp_path / "dg").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as inst:
+        assert not run_pipeline(again, "curated", instance=inst, echo=lambda m: None).failed
+
+    def kept(s):
+        t = pq.read_table(f"{s.storage_uri}/curated_selection.parquet").to_pydict()
+        return [d for d, k in zip(t["doc_id"], t["kept"]) if k]
+
+    assert kept(settings) == kept(again) and kept(again)
+    r1, r2 = (json.load(open(f"{s.storage_uri}/regressor.json")) for s in (settings, again))
+    assert r1["keys"] == r2["keys"] and r1["y"] == r2["y"]
+    for m in r1["cv"]:
+        assert r1["cv"][m]["oof_pred"] == r2["cv"][m]["oof_pred"]
+    w1, w2 = (json.load(open(f"{s.storage_uri}/optimal_weights.json"))["weights"] for s in (settings, again))
+    assert w1 == w2
+
+
 def test_curated_output_is_plain_parquet_with_lineage(pipeline):
     settings, _, _, _ = pipeline
     out = f"{settings.home}/curated"
