@@ -231,7 +231,11 @@ def _lightning_module():
             return self.model(input_ids=ids).logits
 
         def training_step(self, batch, batch_idx):
-            x = self.packed[self.global_step].to(self.device).long()  # (B, T+1)
+            x = self.packed[self.global_step]  # (B, T+1): the batch is a function of the step
+            world = self.trainer.world_size if self._trainer is not None else 1
+            if world > 1:  # data parallel: each rank takes its slice of the same global batch
+                x = x[self.global_rank::world]
+            x = x.to(self.device).long()
             logits = self(x[:, :-1])  # (B, T, V)
             loss = torch.nn.functional.cross_entropy(
                 logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
@@ -293,6 +297,7 @@ def train_lm(docs: Sequence[np.ndarray], eos_id: int, vocab_size: int, cfg: Prox
         strategy=compute.strategy, precision=compute.precision, deterministic=deterministic,
         callbacks=[ckpt, *callbacks], logger=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=ckpt_dir, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # every rank counts all steps; ProxyLM slices the batch
         gradient_clip_val=1.0,
     )
     from .storage import fs_and_path
@@ -312,9 +317,10 @@ def train_lm(docs: Sequence[np.ndarray], eos_id: int, vocab_size: int, cfg: Prox
             state = torch.load(f, map_location="cpu", weights_only=True)
         resumed_step = int(state.get("global_step", 0))
     trainer.fit(module, loader, ckpt_path=resumed_from, weights_only=True)
-    if trainer.global_step < cfg.steps:
-        raise RuntimeError(f"training stopped at step {trainer.global_step} of {cfg.steps}")
-    trainer.save_checkpoint(last)
+    if trainer.interrupted:
+        raise RuntimeError(f"training was interrupted at step {trainer.global_step} of {cfg.steps}")
+    if trainer.world_size == 1:  # multi-process runs saved it from rank 0 at their last step
+        trainer.save_checkpoint(last)
     wall = time.perf_counter() - t0
     trained_tokens = (cfg.steps - resumed_step) * cfg.batch_size * cfg.seq_len
     info = {

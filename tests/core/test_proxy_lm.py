@@ -81,3 +81,18 @@ def test_config_validation():
         proxy_lm.ProxyConfig(n_embd=10, n_head=3)
     with pytest.raises(ValueError, match="unknown model preset"):
         proxy_lm.get_preset("nope")
+
+
+def test_two_process_ddp_gives_the_single_process_loss(tok_and_docs, tmp_path):
+    """Lightning DDP on CPU (gloo, 2 forked processes): each rank trains on its half of the same
+    global batch, so the result equals one process within float tolerance."""
+    tok, ids = tok_and_docs
+    cfg = proxy_lm.get_preset("test", token_budget=8192, batch_size=4, checkpoint_every=8)
+    losses = {}
+    for name, comp in (("single", proxy_lm.Compute()),
+                       ("ddp", proxy_lm.Compute(devices=2, strategy="ddp_fork"))):
+        model, info = proxy_lm.train_lm(ids[:200], tok.eos_token_id, len(tok), cfg, seed=7,
+                                        ckpt_dir=str(tmp_path / name), compute=comp)
+        losses[name] = proxy_lm.evaluate_loss(model, ids[200:250], ["s"] * 50, cfg.seq_len,
+                                              tok.eos_token_id)["loss"]
+    assert abs(losses["single"] - losses["ddp"]) < 1e-5, losses
