@@ -114,7 +114,8 @@ def _compute(settings: Settings) -> ComputeResource:
     return ComputeResource(accelerator=str(c.get("accelerator") or "auto"),
                            devices=int(c.get("devices") or 1),
                            precision=str(c.get("precision") or "auto"),
-                           threads=int(c.get("threads") or 0))
+                           threads=int(c.get("threads") or 0),
+                           strategy=str(c.get("strategy") or "auto"))
 
 
 def settings_curated_uri(settings: Settings) -> str:

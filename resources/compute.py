@@ -14,6 +14,8 @@ class ComputeResource(dg.ConfigurableResource):
     """'auto' = bf16-mixed on a GPU that supports it, else 32-true."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
+    strategy: str = "auto"
+    """Lightning strategy: 'auto', 'ddp' (GPUs), 'ddp_fork' (CPU processes), ..."""
 
     def resolve(self) -> Compute:
         import torch
@@ -25,4 +27,4 @@ class ComputeResource(dg.ConfigurableResource):
         if prec == "auto":
             prec = "bf16-mixed" if acc == "gpu" and torch.cuda.is_bf16_supported() else "32-true"
         return Compute(accelerator=acc, devices=self.devices, precision=prec,
-                       threads=self.threads or None)
+                       strategy=self.strategy, threads=self.threads or None)
