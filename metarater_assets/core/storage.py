@@ -51,19 +51,11 @@ class StagedFile:
 
 
 def put_atomic(local_path: str, uri: str) -> None:
-    """Copy a local file to ``uri`` under a temporary name, then move it into place."""
-    fs, path = fs_and_path(uri)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        fs.put_file(local_path, tmp)
-        fs.mv(tmp, path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
+    """Copy a local file to ``uri`` atomically (temporary name, then move)."""
+    import shutil
+
+    with open(local_path, "rb") as src, atomic_open(uri, "wb") as dst:
+        shutil.copyfileobj(src, dst, length=1 << 20)
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:
