@@ -1,0 +1,168 @@
+"""PRRC annotation with any OpenAI-compatible chat endpoint.
+
+* ``RUBRICS``: Meta-rater's four PRRC dimensions, each scored 0..5 (a paraphrase of the paper's
+  prompts).
+* ``ChatAnnotator``: POSTs ``{base_url}/chat/completions`` (temperature 0), retries with
+  exponential backoff on 429 / 5xx / connection errors (urllib3 ``Retry`` through a requests
+  adapter), parses the score robustly and caches each (model, dimension, rubric, text) answer in a
+  JSONL file, so an interrupted job never pays twice. The API key is read from an environment
+  variable, sent only in the ``Authorization`` header, and never appears in logs, errors, reprs
+  or the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+ANNOTATE_VERSION = "1"
+DIMENSIONS = ("professionalism", "readability", "reasoning", "cleanliness")
+
+RUBRICS: dict[str, str] = {
+    "professionalism": (
+        "Rate how much expertise is needed to understand the text, 0-5. 0: no meaningful content; "
+        "1: trivial, anyone understands it; 2: popular level; 3: moderate expertise (detailed "
+        "articles, introductions to a specialised topic); 4: significant expertise (academic "
+        "papers, technical references); 5: deep specialist knowledge (advanced research, patents)."),
+    "readability": (
+        "Rate the clarity and coherence of the language, 0-5. 0: unreadable (garbled, markup "
+        "soup); 1: barely readable, many errors; 2: mostly understandable with hard passages; "
+        "3: clear with minor slips; 4: very clear, few or no errors; 5: outstanding clarity."),
+    "reasoning": (
+        "Rate the depth of reasoning the reader must follow, 0-5. 0: none (lists, bare "
+        "definitions, boilerplate); 1: a single causal link; 2: basic reasoning with examples; "
+        "3: several steps or interrelated arguments; 4: multi-layered analysis of alternatives; "
+        "5: complex multidimensional reasoning (models, algorithm design, strategy)."),
+    "cleanliness": (
+        "Rate whether the text reads as clean, human-edited text, 0-5 (formatting, no ads or "
+        "links interrupting it, complete sentences). 0: pure noise; 1: serious problems that ruin "
+        "fluency; 2: obvious problems; 3: some problems; 4: minor problems; 5: perfectly clean."),
+}
+_INSTRUCTION = ("Judge the text on its own merits; `$TRUNCATED$` marks a cut, do not penalise it. "
+                "Answer with the score only, as: Score: N")
+
+
+class AnnotationError(RuntimeError):
+    """The endpoint failed after retries, or answered without a usable score."""
+
+
+_PATTERNS = (
+    re.compile(r'"score"\s*:\s*"?([0-5])\b'),
+    re.compile(r"\bscore\s*(?:is|:|=)?\s*\**\s*([0-5])\b", re.IGNORECASE),
+    re.compile(r"^\s*\**([0-5])\**\s*(?:/\s*5)?\s*$", re.MULTILINE),
+    re.compile(r"\b([0-5])\s*/\s*5\b"),
+)
+
+
+def parse_score(answer: str) -> int | None:
+    """The 0..5 score in a model's answer ("Score: 4", '{"score": 4}', "**4**", "4/5"), or None."""
+    for pat in _PATTERNS:
+        found = pat.findall(answer or "")
+        if found:
+            return int(found[-1])
+    return None
+
+
+def cache_key(model: str, dimension: str, text: str) -> str:
+    h = hashlib.sha256()
+    for part in (ANNOTATE_VERSION, model, dimension, RUBRICS[dimension], text):
+        h.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class ChatAnnotator:
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    cache_path: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 5
+    backoff: float = 0.5
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        import requests
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        self._session = requests.Session()
+        retry = Retry(total=self.max_retries, backoff_factor=self.backoff, allowed_methods=["POST"],
+                      status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False,
+                      respect_retry_after_header=True)
+        self._session.mount("http://", HTTPAdapter(max_retries=retry))
+        self._session.mount("https://", HTTPAdapter(max_retries=retry))
+        if self.cache_path and os.path.exists(self.cache_path):
+            with open(self.cache_path, encoding="utf-8") as f:
+                for line in f:
+                    rec = json.loads(line)
+                    self._cache[rec["key"]] = rec["score"]
+
+    def __repr__(self) -> str:  # never the key
+        return f"ChatAnnotator(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+
+    def _headers(self) -> dict:
+        key = os.environ.get(self.api_key_env)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def rate(self, text: str, dimension: str) -> int:
+        key = cache_key(self.model, dimension, text)
+        if key in self._cache:
+            return self._cache[key]
+        body = {"model": self.model, "temperature": 0,
+                "messages": [{"role": "system", "content": f"{RUBRICS[dimension]} {_INSTRUCTION}"},
+                             {"role": "user", "content": text}]}
+        import requests
+
+        url = f"{self.base_url.rstrip('/')}/chat/completions"
+        try:
+            resp = self._session.post(url, json=body, headers=self._headers(), timeout=self.timeout)
+        except requests.RequestException as e:
+            raise AnnotationError(f"{url}: {type(e).__name__} after {self.max_retries} retries") from None
+        if resp.status_code != 200:
+            raise AnnotationError(f"{url}: HTTP {resp.status_code} after {self.max_retries} retries")
+        try:
+            answer = resp.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise AnnotationError(f"{url}: not an OpenAI-style chat completion") from None
+        score = parse_score(answer)
+        if score is None:
+            raise AnnotationError(f"no 0..5 score in the answer for {dimension}: {answer[:80]!r}")
+        self._cache[key] = score
+        if self.cache_path:
+            with open(self.cache_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "score": score}) + "\n")
+        return score
+
+    def annotate(self, texts: Sequence[str], dimensions: Sequence[str] = DIMENSIONS,
+                 progress: Callable[[int, int], None] | None = None) -> list[dict[str, int | None]]:
+        """One dict of scores per text; a text whose answer cannot be used gets None for that
+        dimension (and the error is counted by the caller), so a batch never dies on one reply."""
+        out = []
+        for i, t in enumerate(texts):
+            row: dict[str, int | None] = {}
+            for d in dimensions:
+                try:
+                    row[d] = self.rate(t, d)
+                except AnnotationError:
+                    row[d] = None
+            out.append(row)
+            if progress:
+                progress(i + 1, len(texts))
+        return out
+
+
+def validate_labels(rows: Sequence[Mapping], dimensions: Sequence[str] = DIMENSIONS) -> list[str]:
+    """Problems in an annotation table: missing dimensions, labels outside 0..5 (empty = fine)."""
+    problems = []
+    for i, r in enumerate(rows):
+        for d in dimensions:
+            v = r.get(d)
+            if v is None:
+                problems.append(f"row {i} ({r.get('id', '?')}): missing {d}")
+            elif not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 5:
+                problems.append(f"row {i} ({r.get('id', '?')}): {d}={v!r} outside 0..5")
+    return problems
