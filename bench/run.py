@@ -127,6 +127,41 @@ def bench_dsir(texts, root, tmp, reps):
         f"Spearman vs data-selection: {rho_sum:.3f} (length-summed), {rho_mean:.3f} (per n-gram, ours)")
 
 
+def bench_rater(texts, reps, tmp):
+    """Generic rater (length buckets) vs the same rater unsorted vs transformers' pipeline, on one
+    BERT-style classifier (4 layers, width 256, 6 classes) saved locally, same documents."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, pipeline
+
+    from metarater_assets.core import proxy_lm, raters
+
+    docs = texts[:1000]
+    path = Path(tmp) / "rater"
+    tok = proxy_lm.train_tokenizer(docs, 8192)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=256, num_hidden_layers=4,
+                                             num_attention_heads=4, intermediate_size=1024, num_labels=6,
+                                             pad_token_id=tok.pad_token_id)).save_pretrained(path)
+    tok.save_pretrained(path)
+    spec = raters.RaterSpec("s", str(path), raters.HeadSpec("expected", values=(0, 1, 2, 3, 4, 5)),
+                            max_tokens=512, batch_size=32)
+    rater = raters.HFRater(spec)
+    t_b, ours = timed(lambda: rater.score(docs), reps)
+    t_u, _ = timed(lambda: rater.score(docs, sort_by_length=False), reps)
+    clf = pipeline("text-classification", model=str(path), tokenizer=str(path), device=-1)
+
+    def hf():
+        outs = clf(docs, batch_size=32, truncation=True, max_length=512, top_k=None, function_to_apply="softmax")
+        return np.array([sum(d["score"] * int(d["label"].split("_")[-1]) for d in o) for o in outs])
+
+    t_p, theirs = timed(hf, reps)
+    diff = float(np.abs(ours - theirs).max())
+    o, u, p = (rate(len(docs), t) for t in (t_b, t_u, t_p))
+    row("model rater inference (4x256 BERT, 1k docs), docs/s", f"{o[0]:,.0f} [{o[1]:,.0f}..{o[2]:,.0f}] "
+        f"(unsorted {u[0]:,.0f})", f"HF pipeline {p[0]:,.0f} [{p[1]:,.0f}..{p[2]:,.0f}]",
+        f"{o[0] / p[0]:.2f}x", f"max |score diff| {diff:.1e}")
+
+
 def bench_proxy(texts, reps):
     import torch
 
@@ -244,7 +279,8 @@ def main():
     texts = pool.column("text").to_pylist()
     with tempfile.TemporaryDirectory() as tmp:
         for fn in (lambda: bench_signals(texts, args.reps), lambda: bench_datatrove(texts, tmp),
-                   lambda: bench_dsir(texts, root, tmp, args.reps), lambda: bench_proxy(texts, args.reps)):
+                   lambda: bench_dsir(texts, root, tmp, args.reps), lambda: bench_rater(texts, args.reps, tmp),
+                   lambda: bench_proxy(texts, args.reps)):
             try:
                 fn()
             except Exception as e:  # one failing row must not hide the others
