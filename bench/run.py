@@ -135,7 +135,7 @@ def bench_rater(texts, reps, tmp):
 
     from metarater_assets.core import proxy_lm, raters
 
-    docs = texts[:1000]
+    docs = texts[:500]
     path = Path(tmp) / "rater"
     tok = proxy_lm.train_tokenizer(docs, 8192)
     torch.manual_seed(0)
@@ -157,7 +157,7 @@ def bench_rater(texts, reps, tmp):
     t_p, theirs = timed(hf, reps)
     diff = float(np.abs(ours - theirs).max())
     o, u, p = (rate(len(docs), t) for t in (t_b, t_u, t_p))
-    row("model rater inference (4x256 BERT, 1k docs), docs/s", f"{o[0]:,.0f} [{o[1]:,.0f}..{o[2]:,.0f}] "
+    row("model rater inference (4x256 BERT, 500 docs), docs/s", f"{o[0]:,.0f} [{o[1]:,.0f}..{o[2]:,.0f}] "
         f"(unsorted {u[0]:,.0f})", f"HF pipeline {p[0]:,.0f} [{p[1]:,.0f}..{p[2]:,.0f}]",
         f"{o[0] / p[0]:.2f}x", f"max |score diff| {diff:.1e}")
 
