@@ -15,7 +15,10 @@ SHARED = REPO.parent / "shared" / "corpus"
 
 
 def corpus_root() -> Path:
-    """The full shared corpus when it is beside the repo, else the bundled sample."""
+    """METARATER_BENCH_CORPUS, else the full shared corpus when it is beside the repo, else the
+    bundled sample."""
+    if os.environ.get("METARATER_BENCH_CORPUS"):
+        return Path(os.environ["METARATER_BENCH_CORPUS"])
     return SHARED if (SHARED / "raw").is_dir() else REPO / "data" / "sample"
 
 
