@@ -40,7 +40,11 @@ def _config_parts(c) -> dict:
         "validation_tokens": (dict(c.validation_sets), c.validation_max_docs),
         "pool_index": c.score_names,
         "proxy_plan": (c.score_names, p.n, p.seed, p.single_score_runs),
-        "proxy_run": (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget),
+        # proxies are refit on request only (runner.ON_REQUEST), so everything that changes what
+        # they learn or how they are measured is part of their own version
+        "proxy_run": (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget,
+                      dict(c.validation_sets), c.validation_max_docs,
+                      (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs)),
         "regressor": (c.regressor["folds"], c.validation_target),
         "optimal_weights": (c.regressor["candidates"], c.regressor["top_k"], c.regressor["bootstrap"]),
         "curated_selection": curation,
