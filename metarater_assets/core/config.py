@@ -130,6 +130,12 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     target = str(v.get("target", "mean"))
     if target != "mean" and target not in sets:
         raise ConfigError(f"validation.target must be 'mean' or one of {sorted(sets)}, got {target!r}")
+    from .storage import exists as _exists
+
+    for field_name, uris in (("dsir.targets", targets), ("validation.sets", sets)):
+        for k, u in uris.items():
+            if not _exists(u):
+                raise ConfigError(f"{field_name}.{k}: {u!r} does not exist")
     p = dict(raw.get("proxies", {}) or {})
     proxies = ProxiesConfig(**p)
     if proxies.n < 1:

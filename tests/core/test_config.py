@@ -1,0 +1,57 @@
+import pytest
+import yaml
+
+from metarater_assets.core.config import ConfigError, load_config, parse_config
+from conftest import REPO
+
+
+def _demo():
+    return yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    (None, "raters", ["rpv2", "telepathy"], "unknown rater"),
+    ("curation", "fraction", 0, "curation.fraction must be in"),
+    ("curation", "fraction", 1.5, "curation.fraction must be in"),
+    ("proxies", "fraction", "half", "proxies.fraction must be a number"),
+    ("proxies", "n", 0, "proxies.n must be >= 1"),
+    ("proxies", "kind", "oracle", "proxies.kind"),
+    ("proxies", "preset", "huge", "unknown; known"),
+    ("validation", "target", "nope", "validation.target"),
+])
+def test_bad_values_are_named(section, key, value, message):
+    raw = _demo()
+    (raw if section is None else raw[section])[key] = value
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, str(REPO / "configs"))
+
+
+def test_missing_files_and_unknown_model_scores_are_named(tmp_path):
+    raw = _demo()
+    raw["model_raters"] = {"registry": "raters.yaml", "scores": ["professionalism", "vibes"]}
+    with pytest.raises(ConfigError, match=r"unknown model score\(s\) \['vibes'\]"):
+        parse_config(raw, str(REPO / "configs"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    raw = _demo()
+    raw["dsir"]["targets"].pop("math")
+    with pytest.raises(ConfigError, match="dsir.targets must name exactly"):
+        parse_config(raw, str(REPO / "configs"))
+
+
+def test_demo_and_paper_configs_parse():
+    demo = load_config(str(REPO / "configs" / "demo.yaml"))
+    assert len(demo.score_names) == 14
+    paper = load_config(str(REPO / "configs" / "paper.yaml"))
+    assert paper.proxies.n == 256 and len(paper.score_names) == 25
+
+
+def test_a_target_or_validation_file_that_does_not_exist_is_named():
+    raw = _demo()
+    raw["dsir"]["targets"]["math"] = "../data/sample/targets/nowhere.jsonl.gz"
+    with pytest.raises(ConfigError, match=r"dsir.targets.math: .*nowhere.jsonl.gz' does not exist"):
+        parse_config(raw, str(REPO / "configs"))
+    raw = _demo()
+    raw["validation"]["sets"]["reference"] = "/nope/ref.jsonl"
+    with pytest.raises(ConfigError, match="validation.sets.reference"):
+        parse_config(raw, str(REPO / "configs"))
