@@ -159,7 +159,7 @@ def bench_rater(texts, reps, tmp):
     o, u, p = (rate(len(docs), t) for t in (t_b, t_u, t_p))
     row("model rater inference (4x256 BERT, 500 docs), docs/s", f"{o[0]:,.0f} [{o[1]:,.0f}..{o[2]:,.0f}] "
         f"(unsorted {u[0]:,.0f})", f"HF pipeline {p[0]:,.0f} [{p[1]:,.0f}..{p[2]:,.0f}]",
-        f"{o[0] / p[0]:.2f}x", f"max |score diff| {diff:.1e}")
+        f"{o[0] / p[0]:.2f}x", f"max abs score diff {diff:.1e}")
 
 
 def bench_proxy(texts, reps):
