@@ -7,7 +7,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 REPO = Path(__file__).resolve().parent.parent

@@ -129,7 +129,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    settings = _settings()
+    _settings()  # creates DAGSTER_HOME (telemetry off) and exports it for dagster dev
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", os.path.join(root, "workspace.yaml"),
            "-h", args.host, "-p", str(args.port)]

@@ -1,6 +1,5 @@
 """Stage 'proxies': tokenizer, tokenised pool, pool index, weight-vector plan and proxy runs."""
 
-import json
 
 import numpy as np
 import pyarrow as pa

@@ -15,7 +15,7 @@ from typing import Callable
 import dagster as dg
 
 from .core import corpus
-from .defs import STAGES, all_assets, build_resources, load_config_or_none
+from .defs import STAGES, all_assets, build_resources
 from .partitions import proxy_runs, shards
 from .staleness import Staleness
 from resources import Settings

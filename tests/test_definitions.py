@@ -3,7 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
 
 REPO = Path(__file__).resolve().parent.parent
 

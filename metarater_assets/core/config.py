@@ -54,8 +54,6 @@ class ProxiesConfig:
     preset: str = "tiny"
     token_budget: int | None = None
     single_score_runs: bool = True
-    adaptive_rounds: int = 0
-    adaptive_k: int = 8
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ into one number per document (Meta-rater's PRRC, QuRating, FineWeb-Edu and Wanju
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np

@@ -15,12 +15,11 @@ proxy runs).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
@@ -94,15 +93,6 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
 
 def pick_best(cv: dict[str, dict]) -> str:
     return max(cv, key=lambda m: (np.nan_to_num(cv[m]["spearman"], nan=-2.0), -cv[m]["mae"]))
-
-
-@dataclass(frozen=True)
-class Optimum:
-    weights: np.ndarray
-    predicted_loss: float
-    ci_low: float
-    ci_high: float
-    candidates: int
 
 
 def optimal_weights(model, n_scores: int, *, candidates: int = 200_000, top_k: int = 128,

@@ -6,7 +6,6 @@ import fsspec
 import pyarrow.parquet as pq
 
 from metarater_assets.core import corpus
-from metarater_assets.defs import all_assets, build_resources
 from metarater_assets.report import build_report
 from metarater_assets.runner import run_pipeline
 from resources import Settings
@@ -70,7 +69,6 @@ def test_memory_storage_and_raw_uri(tmp_path):
     with dg.instance_for_test() as instance:
         summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
         assert not summary.failed and len(summary.materialised) == 4
-        t = corpus_table = None
         from metarater_assets.core import storage as st
 
         t = st.read_parquet("memory://mr-mem/home/storage/raw_docs/shard-0002.parquet.parquet")

@@ -1,7 +1,6 @@
 """The whole chain on two small shards, through the same runner the CLI uses."""
 import json
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
