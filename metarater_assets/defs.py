@@ -6,7 +6,7 @@ import json
 
 import dagster as dg
 
-from . import curation, evaluation, ingest, proxies, regression, scoring
+from . import curation, evaluation, ingest, prrc, proxies, regression, scoring
 from .partitions import shards
 from .sensors import make_shard_sensor
 from resources import (ComputeResource, CuratedIOManager, CuratedManifestIOManager, JsonIOManager,
@@ -16,7 +16,8 @@ from resources import (ComputeResource, CuratedIOManager, CuratedManifestIOManag
 #: stages up to and including X.
 STAGES: dict[str, list[str]] = {
     "ingest": ["raw_docs", "raw_quarantine"],
-    "scores": ["rpv2_scores", "dsir_counts", "dsir_model", "dsir_scores", "model_scores", "score_stats"],
+    "scores": ["rpv2_scores", "dsir_counts", "dsir_model", "prrc_annotations", "prrc_rater", "dsir_scores",
+               "model_scores", "score_stats"],
     "proxies": ["tokenizer", "doc_tokens", "validation_tokens", "pool_index", "proxy_plan", "proxy_run"],
     "regressor": ["regressor", "optimal_weights"],
     "curated": ["curated_selection", "curated_corpus", "curated_manifest"],
@@ -34,7 +35,10 @@ def _config_parts(c) -> dict:
                 _file_digest(cur.get("weights_file")))
     return {
         "dsir_counts": c.dsir.buckets,
-        "model_scores": {n: s.version for n, s in c.rater_specs().items()},
+        "model_scores": ({n: s.version for n, s in c.rater_specs().items()}, c.trained_scores),
+        "prrc_annotations": (c.prrc.labels, _file_digest(c.prrc.labels), dict(c.prrc.annotate),
+                             c.prrc.dims) if c.prrc else None,
+        "prrc_rater": (dict(c.prrc.train), c.prrc.dims) if c.prrc else None,
         "dsir_model": (c.dsir.buckets, dict(c.dsir.targets)),
         "tokenizer": (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs),
         "validation_tokens": (dict(c.validation_sets), c.validation_max_docs),
@@ -93,7 +97,7 @@ def load_config_or_none(settings: Settings):
 
 def _base_assets() -> list:
     return [ingest.raw_shard, scoring.rpv2_scores, scoring.dsir_counts, scoring.dsir_model,
-            scoring.dsir_scores, scoring.model_scores, scoring.score_stats, proxies.tokenizer, proxies.doc_tokens,
+            scoring.dsir_scores, prrc.prrc_annotations, prrc.prrc_rater, scoring.model_scores, scoring.score_stats, proxies.tokenizer, proxies.doc_tokens,
             proxies.validation_tokens, proxies.pool_index, proxies.proxy_plan, proxies.proxy_run,
             regression.regressor, regression.optimal_weights, curation.curated_selection,
             curation.curated_corpus, curation.curated_manifest, evaluation.evaluation]
@@ -107,7 +111,8 @@ def build_resources(settings: Settings) -> dict:
         "curated_io_manager": CuratedIOManager(base_path=curated),
         "curated_io_manager_json": CuratedManifestIOManager(base_path=curated),
         "settings": MetaraterConfig(config_path=settings.config_path, raw_uri=settings.raw_uri,
-                                    artifacts_uri=settings.artifacts_uri, curated_uri=curated),
+                                    artifacts_uri=settings.artifacts_uri, curated_uri=curated,
+                                    storage_uri=settings.storage_uri),
         "compute": _compute(settings),
     }
 

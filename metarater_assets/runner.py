@@ -23,8 +23,9 @@ from resources import Settings
 #: Execution steps per stage: (asset keys, partitions: "shards" / "proxy_runs" / None).
 STEPS: dict[str, list[tuple[tuple[str, ...], str | None]]] = {
     "ingest": [(("raw_docs", "raw_quarantine"), "shards")],
-    "scores": [(("rpv2_scores", "dsir_counts", "model_scores"), "shards"), (("dsir_model",), None),
-               (("dsir_scores",), "shards"), (("score_stats",), None)],
+    "scores": [(("rpv2_scores", "dsir_counts"), "shards"), (("dsir_model",), None),
+               (("prrc_annotations",), None), (("prrc_rater",), None),
+               (("dsir_scores", "model_scores"), "shards"), (("score_stats",), None)],
     "proxies": [(("tokenizer",), None), (("doc_tokens",), "shards"), (("validation_tokens",), None),
                 (("pool_index",), None), (("proxy_plan",), None), (("proxy_run",), "proxy_runs")],
     "regressor": [(("regressor",), None), (("optimal_weights",), None)],
@@ -48,10 +49,10 @@ def quiet_lightning() -> None:
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
-#: Pool-level fits that new data alone does not redo: the DSIR raw distribution, the tokenizer and
-#: the proxy runs (and so the regressor). They run when missing, when their own code or config
+#: Pool-level fits that new data alone does not redo: the DSIR raw distribution, the PRRC labels
+#: and rater, the tokenizer and the proxy runs (and so the regressor). They run when missing, when their own code or config
 #: changed, with --force ASSET, or all of them with --refit.
-ON_REQUEST = frozenset({"dsir_model", "tokenizer", "proxy_run"})
+ON_REQUEST = frozenset({"dsir_model", "prrc_annotations", "prrc_rater", "tokenizer", "proxy_run"})
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 import dagster as dg
 
-from .core import corpus, dsir, raters, signals, stats
+from .core import corpus, dsir, rater_training, raters, signals, stats
 from .partitions import shards
 from .plots import png_metadata
 from resources import ComputeResource, MetaraterConfig
@@ -101,27 +101,37 @@ def dsir_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, dsir_mode
           description="Model-rater scores (PRRC, QuRating, FineWeb-Edu, WanjuanCC, or any HF "
                       "sequence classifier in the registry) for one shard; one column per active "
                       "score in model_raters.scores (none: doc_id only).")
-def model_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, settings: MetaraterConfig,
-                 compute: ComputeResource):
+def model_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, prrc_rater: dict,
+                 settings: MetaraterConfig, compute: ComputeResource):
     cfg = settings.load()
     specs = cfg.rater_specs()
+    if cfg.trained_scores:
+        if not prrc_rater.get("enabled"):
+            raise dg.Failure("the PRRC rater is not trained yet: materialise prrc_rater first", allow_retries=False)
+        trained = rater_training.registry_entries(prrc_rater["model_uri"], prrc_rater["dims"],
+                                                  max_tokens=int(prrc_rater.get("max_tokens", 512)))
+        specs.update({n: trained[n] for n in cfg.trained_scores})
     comp = compute.resolve()
     device = "cuda" if comp.accelerator == "gpu" else "cpu"
     dtype = "bf16" if comp.precision.startswith("bf16") else None
     ids = raw_docs.column("doc_id").to_pylist()
     texts = raw_docs.column("text").to_pylist()
     cols = {}
-    for name, spec in specs.items():
+    for group in raters.group_by_model(specs):
         try:
-            rater = raters.HFRater(spec, device=device, dtype=dtype)
+            rater = raters.HFRater(group[0], device=device, dtype=dtype)
+            t = time.perf_counter()
+            out = rater.score_heads(texts, [s.head for s in group])
         except raters.RaterLoadError as e:
             raise dg.Failure(str(e), allow_retries=False) from e
-        t = time.perf_counter()
-        cols[name] = rater.score(texts).tolist()
-        context.log.info(f"{name}: {len(texts) / (time.perf_counter() - t):.1f} docs/s on {device}")
+        for j, s in enumerate(group):
+            cols[s.score] = out[:, j].tolist()
+        context.log.info(f"{', '.join(s.score for s in group)} ({group[0].model}): "
+                         f"{len(texts) / (time.perf_counter() - t):.1f} docs/s on {device}")
+    cols = {n: cols[n] for n in cfg.model_scores}
     table = _score_table(ids, cols)
-    yield dg.Output(table, metadata={"docs": len(ids), "scores": ", ".join(specs) or "none"})
-    yield _check(ids, table, list(specs), frozenset())
+    yield dg.Output(table, metadata={"docs": len(ids), "scores": ", ".join(cols) or "none"})
+    yield _check(ids, table, list(cols), frozenset())
 
 
 def pool_columns(parts: dict[str, pa.Table]) -> tuple[list[str], dict[str, np.ndarray]]:

@@ -71,6 +71,7 @@ class MetaraterConfig(dg.ConfigurableResource):
     raw_uri: str
     artifacts_uri: str
     curated_uri: str
+    storage_uri: str = ""
 
     def load(self) -> Config:
         return load_config(self.config_path)

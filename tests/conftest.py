@@ -40,6 +40,9 @@ def write_config(path: Path, **over) -> Path:
     cfg["proxies"].update(n=6, kind="ngram", preset="test", token_budget=4096)
     cfg["regressor"].update(candidates=20000, bootstrap=5, folds=3)
     cfg["evaluation"].update(preset="test", token_budget=2048, seeds=[0, 1])
+    # PRRC training is tested on its own (tests/core/test_rater_training.py, tests/assets/test_prrc.py)
+    cfg.pop("prrc", None)
+    cfg["model_raters"].update(scores=[], registry=str(REPO / "configs" / "raters.yaml"))
     for section, values in over.items():
         cfg.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(cfg))

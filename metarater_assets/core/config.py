@@ -57,6 +57,17 @@ class ProxiesConfig:
 
 
 @dataclass(frozen=True)
+class PrrcConfig:
+    """Meta-rater's own raters: PRRC labels (a file, or an LLM endpoint annotating a sample of the
+    pool) and the encoder trained on them, which then serves these ``dims`` of model_scores."""
+
+    dims: tuple[str, ...]
+    labels: str | None = None
+    annotate: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     raters: tuple[str, ...]
     dsir: DsirConfig
@@ -74,6 +85,12 @@ class Config:
     source: str = ""
     model_registry: str | None = None
     model_scores: tuple[str, ...] = ()
+    prrc: PrrcConfig | None = None
+
+    @property
+    def trained_scores(self) -> tuple[str, ...]:
+        """Model scores served by the PRRC rater this project trains (not the registry's model)."""
+        return tuple(n for n in self.model_scores if self.prrc and n in self.prrc.dims)
 
     @property
     def score_names(self) -> tuple[str, ...]:
@@ -92,7 +109,7 @@ class Config:
         fs, p = fs_and_path(self.model_registry)
         with fs.open(p, "r") as f:
             reg = parse_registry(yaml.safe_load(f) or {})
-        return {n: reg[n] for n in self.model_scores}
+        return {n: reg[n] for n in self.model_scores if n not in self.trained_scores}
 
 
 def load_config(path: str) -> Config:
@@ -176,7 +193,9 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         unknown = [n for n in model_scores if n not in known]
         if unknown:
             raise ConfigError(f"unknown model score(s) {unknown}; the registry has {sorted(known)}")
+    prrc = _prrc(raw.get("prrc"), base, model_scores)
     return Config(
+        prrc=prrc,
         raters=raters,
         dsir=DsirConfig(buckets=int(d.get("buckets", _dsir.DEFAULT_BUCKETS)), targets=targets),
         validation_sets=sets,
@@ -196,3 +215,48 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         model_registry=registry,
         model_scores=model_scores,
     )
+
+
+_ANNOTATE_KEYS = {"base_url", "model", "api_key_env", "sample", "seed", "max_chars"}
+
+
+def _prrc(raw: Any, base: str, model_scores: tuple[str, ...]) -> PrrcConfig | None:
+    if not raw:
+        return None
+    from dataclasses import fields
+
+    from .annotate import DIMENSIONS
+    from .rater_training import TrainConfig
+    from .storage import exists as _exists
+
+    dims = tuple(raw.get("dims") or DIMENSIONS)
+    bad = [d for d in dims if d not in DIMENSIONS]
+    if bad:
+        raise ConfigError(f"prrc.dims: unknown dimension(s) {bad}; PRRC dimensions: {list(DIMENSIONS)}")
+    labels = _resolve(base, raw["labels"]) if raw.get("labels") else None
+    ann = dict(raw.get("annotate") or {})
+    if bool(labels) == bool(ann):
+        raise ConfigError("prrc: give exactly one of `labels` (an annotation file) or `annotate` "
+                          "(an OpenAI-compatible endpoint that labels a sample of the pool)")
+    if labels and not _exists(labels):
+        raise ConfigError(f"prrc.labels: {labels!r} does not exist")
+    if ann:
+        if "api_key" in raw or "api_key" in ann:
+            raise ConfigError("prrc.annotate: never put an API key in the config; name the environment "
+                              "variable that holds it with api_key_env")
+        unknown = sorted(set(ann) - _ANNOTATE_KEYS)
+        if unknown:
+            raise ConfigError(f"prrc.annotate: unknown key(s) {unknown}; known: {sorted(_ANNOTATE_KEYS)}")
+        for k in ("base_url", "model"):
+            if not ann.get(k):
+                raise ConfigError(f"prrc.annotate.{k} is required")
+    train = dict(raw.get("train") or {})
+    known = {f.name for f in fields(TrainConfig)} - {"dims", "extra"}
+    unknown = sorted(set(train) - known)
+    if unknown:
+        raise ConfigError(f"prrc.train: unknown key(s) {unknown}; known: {sorted(known)}")
+    try:
+        TrainConfig(dims=dims, **train)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"prrc.train: {e}") from None
+    return PrrcConfig(dims=dims, labels=labels, annotate=ann, train=train)

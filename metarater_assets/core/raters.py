@@ -34,28 +34,39 @@ class HeadSpec:
     index: int | None = None
     values: tuple[float, ...] | None = None
     clip: tuple[float, float] | None = None
+    #: first logit of this head in a model with several heads side by side (a multi-dimension
+    #: classifier: ``offset .. offset + len(values)`` are this score's classes)
+    offset: int | None = None
 
     def __post_init__(self):
         if self.kind not in HEAD_KINDS:
             raise ValueError(f"unknown head {self.kind!r}; heads: {HEAD_KINDS}")
         if self.kind in ("head", "prob") and self.index is None:
             raise ValueError(f"head {self.kind!r} needs an index")
+        if self.offset is not None and (self.values is None or self.kind not in ("argmax", "expected", "prob")):
+            raise ValueError("a head offset needs `values` and a classification head (argmax/expected/prob)")
 
     def expected_outputs(self) -> int | None:
-        """How many logits the model must produce (None: any)."""
+        """How many logits the model must produce (None: any; with an offset, at least this many)."""
         if self.kind == "regression":
             return 1
         if self.values is not None:
-            return len(self.values)
+            return (self.offset or 0) + len(self.values)
         return None
+
+    def outputs_match(self, n: int) -> bool:
+        want = self.expected_outputs()
+        return want is None or (n >= want if self.offset is not None else n == want)
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """(B, C) logits -> (B,) scores."""
         logits = np.asarray(logits, dtype=np.float64)
         C = logits.shape[1]
-        want = self.expected_outputs()
-        if want is not None and C != want:
-            raise RaterLoadError(f"model has {C} outputs but head {self.kind!r} expects {want}")
+        if not self.outputs_match(C):
+            raise RaterLoadError(f"model has {C} outputs but head {self.kind!r} expects {self.expected_outputs()}")
+        if self.offset is not None:
+            logits = logits[:, self.offset:self.offset + len(self.values)]
+            C = logits.shape[1]
         if self.index is not None and not (0 <= self.index < C):
             raise RaterLoadError(f"head index {self.index} out of range for a model with {C} outputs")
         values = np.asarray(self.values if self.values is not None else np.arange(C), dtype=np.float64)
@@ -103,7 +114,8 @@ def parse_registry(raw: Mapping) -> dict[str, RaterSpec]:
             head = {"kind": head}
         spec = HeadSpec(kind=head.get("kind", "argmax"), index=head.get("index"),
                         values=tuple(head["values"]) if head.get("values") is not None else None,
-                        clip=tuple(head["clip"]) if head.get("clip") is not None else None)
+                        clip=tuple(head["clip"]) if head.get("clip") is not None else None,
+                        offset=int(head["offset"]) if head.get("offset") is not None else None)
         out[name] = RaterSpec(score=name, model=entry.get("model"), head=spec, revision=entry.get("revision"),
                               max_tokens=int(entry.get("max_tokens", 512)),
                               trust_remote_code=bool(entry.get("trust_remote_code", False)),
@@ -141,7 +153,7 @@ class HFRater:
         self.model.to(device).eval()
         n_out = int(self.model.config.num_labels)
         want = spec.head.expected_outputs()
-        if want is not None and n_out != want:
+        if not spec.head.outputs_match(n_out):
             raise RaterLoadError(f"model {spec.model!r} has {n_out} outputs but the registry's head for "
                                  f"{spec.score!r} ({spec.head.kind}) expects {want}")
         if spec.head.index is not None and spec.head.index >= n_out:
@@ -149,18 +161,38 @@ class HFRater:
 
     def score(self, texts: Sequence[str], sort_by_length: bool = True,
               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        return self.score_heads(texts, [self.spec.head], sort_by_length, progress)[:, 0]
+
+    def score_heads(self, texts: Sequence[str], heads: Sequence[HeadSpec], sort_by_length: bool = True,
+                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """(N, len(heads)): one forward pass per batch, every head applied to its logits (the
+        registry's scores that share a model and revision cost one pass)."""
         import torch
 
+        for h in heads:
+            if not h.outputs_match(int(self.model.config.num_labels)):
+                raise RaterLoadError(f"model {self.spec.model!r} has {self.model.config.num_labels} outputs "
+                                     f"but a head ({h.kind}) expects {h.expected_outputs()}")
         tok = self.tokenizer
         enc = tok(list(texts), truncation=True, max_length=self.spec.max_tokens, add_special_tokens=True)["input_ids"]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out = np.empty(len(enc), dtype=np.float64)
+        out = np.empty((len(enc), len(heads)), dtype=np.float64)
         done = 0
         with torch.inference_mode():
             for idx, ids, mask in padded_batches(enc, self.spec.batch_size, pad, sort_by_length):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                out[idx] = self.spec.head.apply(logits.float().cpu().numpy())
+                logits = logits.float().cpu().numpy()
+                for j, h in enumerate(heads):
+                    out[idx, j] = h.apply(logits)
                 done += len(idx)
                 if progress:
                     progress(done, len(enc))
         return out
+
+
+def group_by_model(specs: Mapping[str, RaterSpec]) -> list[list[RaterSpec]]:
+    """Specs that can share one loaded model (same model, revision, tokens, remote-code flag)."""
+    groups: dict[tuple, list[RaterSpec]] = {}
+    for s in specs.values():
+        groups.setdefault((s.model, s.revision, s.max_tokens, s.trust_remote_code, s.batch_size), []).append(s)
+    return list(groups.values())

@@ -46,6 +46,7 @@ def _reference_logits(model, tokenizer, texts, max_tokens):
     (raters.HeadSpec("regression", clip=(0, 5)), 1),
     (raters.HeadSpec("head", index=2), 4),
     (raters.HeadSpec("prob", index=1), 2),
+    (raters.HeadSpec("expected", values=(0, 1, 2, 3, 4, 5), offset=12), 24),  # 3rd of 4 six-class heads
 ])
 def test_each_head_through_from_pretrained(tmp_path, tokenizer, texts, head, labels):
     model = _tiny(tokenizer, tmp_path, labels, "regression" if head.kind in ("regression", "head") else None)
@@ -87,3 +88,27 @@ def test_registry_covers_the_eleven_paper_scores():
     assert not any(s.trust_remote_code for s in reg.values())
     assert reg["fineweb_edu"].head.kind == "regression"
     assert reg["professionalism"].version != reg["readability"].version
+
+
+def test_heads_sharing_a_model_cost_one_pass_and_match_one_by_one(tmp_path, tokenizer, texts):
+    _tiny(tokenizer, tmp_path, 24)
+    specs = {f"d{i}": raters.RaterSpec(score=f"d{i}", model=str(tmp_path), max_tokens=64, batch_size=8,
+                                       head=raters.HeadSpec("expected", values=(0, 1, 2, 3, 4, 5), offset=6 * i))
+             for i in range(4)}
+    groups = raters.group_by_model(specs)
+    assert len(groups) == 1 and [s.score for s in groups[0]] == ["d0", "d1", "d2", "d3"]
+    rater = raters.HFRater(groups[0][0])
+    together = rater.score_heads(texts, [s.head for s in groups[0]])
+    for i, s in enumerate(groups[0]):
+        np.testing.assert_allclose(together[:, i], raters.HFRater(s).score(texts), atol=1e-6)
+    assert not np.allclose(together[:, 0], together[:, 1])  # each head reads its own six logits
+
+
+def test_offset_head_needs_enough_outputs(tmp_path, tokenizer):
+    _tiny(tokenizer, tmp_path, 12)
+    spec = raters.RaterSpec(score="s", model=str(tmp_path),
+                            head=raters.HeadSpec("expected", values=(0, 1, 2, 3, 4, 5), offset=12))
+    with pytest.raises(raters.RaterLoadError, match="has 12 outputs"):
+        raters.HFRater(spec)
+    with pytest.raises(ValueError, match="offset needs"):
+        raters.HeadSpec("regression", offset=3)

