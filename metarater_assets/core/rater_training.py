@@ -319,7 +319,7 @@ def train_rater(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig,
 def save_dir(local: str, out_uri: str, report: Mapping) -> None:
     """Copy a finished local model folder to ``out_uri``: old marker removed first, files copied,
     the marker (``metarater_rater.json``) written last. A folder without the marker is incomplete."""
-    from .storage import fs_and_path, join, write_json
+    from .storage import crash_point, fs_and_path, join, write_json
 
     fs, path = fs_and_path(out_uri)
     marker = join(out_uri, MARKER)
@@ -331,6 +331,7 @@ def save_dir(local: str, out_uri: str, report: Mapping) -> None:
         if os.path.isfile(src):
             with open(src, "rb") as s, fs.open(f"{path}/{name}", "wb") as d:
                 shutil.copyfileobj(s, d, length=1 << 20)
+    crash_point(marker)
     write_json(report, marker)
 
 

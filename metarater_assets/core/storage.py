@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,17 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+def crash_point(uri: str) -> None:
+    """Fault injection for the crash-safety tests: when ``METARATER_CRASH_BEFORE_COMMIT`` is a
+    substring of ``uri``, the process SIGKILLs itself here, at the worst moment (the output's
+    bytes are written, the commit has not happened). Unset in normal use: a no-op."""
+    marker = os.environ.get("METARATER_CRASH_BEFORE_COMMIT")
+    if marker and marker in str(uri):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def atomic_open(uri: str, mode: str = "wb") -> Iterator[Any]:
     """Write to a temporary sibling, then move it into place: a crash leaves no file at ``uri``."""
@@ -35,6 +47,7 @@ def atomic_open(uri: str, mode: str = "wb") -> Iterator[Any]:
     try:
         with fs.open(tmp, mode) as f:
             yield f
+        crash_point(uri)
         fs.mv(tmp, path)
     except BaseException:
         if fs.exists(tmp):

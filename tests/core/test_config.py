@@ -41,7 +41,9 @@ def test_missing_files_and_unknown_model_scores_are_named(tmp_path):
 
 def test_demo_and_paper_configs_parse():
     demo = load_config(str(REPO / "configs" / "demo.yaml"))
-    assert len(demo.score_names) == 14
+    assert len(demo.score_names) == 18  # 11 RPv2 + 3 DSIR + 4 PRRC from the rater the demo trains
+    assert demo.trained_scores == ("professionalism", "readability", "reasoning", "cleanliness")
+    assert demo.rater_specs() == {}  # none of the demo's model scores comes from the hub registry
     paper = load_config(str(REPO / "configs" / "paper.yaml"))
     assert paper.proxies.n == 256 and len(paper.score_names) == 25
 
