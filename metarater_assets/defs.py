@@ -28,6 +28,23 @@ SHARD_ASSETS = ["raw_docs", "raw_quarantine", "rpv2_scores", "dsir_counts", "dsi
                 "doc_tokens"]
 
 
+def _automation() -> dict:
+    """Declarative automation: what follows new data or a refit by itself. Per-shard scores and
+    tokens, pool statistics, the pool index and the curated output are ``eager`` (updated after
+    their inputs change). Ingest of a new file is requested by the shard sensor. The pool-level fits
+    (DSIR raw distribution, PRRC labels and rater, tokenizer, proxies, regressor, evaluation) are
+    never automated: they run on request (`metarater run --refit` / `--force`, or the UI)."""
+    eager = dg.AutomationCondition.eager()
+    # a shard whose ingest failed must not freeze pool statistics and curation for all the others
+    pool = eager.without(~dg.AutomationCondition.any_deps_missing())
+    return {**{k: eager for k in ("rpv2_scores", "dsir_counts", "dsir_scores", "model_scores", "doc_tokens",
+                                  "curated_selection", "curated_corpus", "curated_manifest")},
+            "score_stats": pool, "pool_index": pool}
+
+
+AUTOMATED = frozenset(_automation())
+
+
 def _config_parts(c) -> dict:
     """The configuration each asset's output depends on (beyond its inputs and code)."""
     p, cur = c.proxies, c.curation
@@ -71,7 +88,13 @@ def all_assets(config=None) -> list:
     """All assets; with a config, each code_version also carries a digest of the configuration
     that shapes that asset, so changing e.g. curation.fraction stales exactly the assets it
     affects (and, through data versions, what depends on them)."""
-    assets = _base_assets()
+    conditions = _automation()
+
+    def automated(spec):
+        cond = conditions.get(spec.key.to_user_string())
+        return spec.replace_attributes(automation_condition=cond) if cond is not None else spec
+
+    assets = [a.map_asset_specs(automated) for a in _base_assets()]
     if config is None:
         return assets
     parts = _config_parts(config)
