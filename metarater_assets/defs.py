@@ -161,8 +161,23 @@ shard_job = dg.define_asset_job(
     description="Ingest and score one shard (what a new or changed file needs).")
 
 
+def distributed_jobs() -> list:
+    """``shard_job_celery``: the same per-shard work, each step sent to Celery workers (any
+    machine that can import this project and reach the broker, the storage URI and the Dagster
+    instance). Present when ``dagster-celery`` is installed (``pip install metarater[celery]``);
+    see README "From the demo to a cluster"."""
+    try:
+        from dagster_celery import celery_executor
+    except ImportError:
+        return []
+    return [dg.define_asset_job(
+        "shard_job_celery", selection=dg.AssetSelection.assets(*SHARD_ASSETS), partitions_def=shards,
+        executor_def=celery_executor,
+        description="shard_job on Celery workers (broker / backend in the run config's execution.config).")]
+
+
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     sensor = make_shard_sensor(lambda: settings.raw_uri, shard_job)
     return dg.Definitions(assets=all_assets(load_config_or_none(settings)), resources=build_resources(settings),
-                          jobs=[shard_job], sensors=[sensor])
+                          jobs=[shard_job, *distributed_jobs()], sensors=[sensor])

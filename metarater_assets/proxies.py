@@ -3,11 +3,13 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 import dagster as dg
 
 from .core import corpus, proxy_lm, selection, storage as st
 from .core.config import Config
+from .batched import SHARD_BACKFILL, map_shards, result
 from .partitions import proxy_runs, shards
 from resources import ComputeResource, MetaraterConfig
 
@@ -37,16 +39,23 @@ def tokenizer(context: dg.AssetExecutionContext, raw_docs: dict[str, pa.Table],
 
 
 @dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=GROUP,
-          code_version="doc-tokens-1",
+          code_version="doc-tokens-1", backfill_policy=SHARD_BACKFILL,
           description="Token ids of every document of one shard (doc_id, source, raw_row, n_tokens, ids).")
-def doc_tokens(context: dg.AssetExecutionContext, raw_docs: pa.Table, tokenizer: dict) -> pa.Table:
+def doc_tokens(context: dg.AssetExecutionContext, raw_docs, tokenizer: dict):
     tok = proxy_lm.load_tokenizer(tokenizer["uri"])
-    ids = proxy_lm.encode(tok, raw_docs.column("text").to_pylist())
-    n = [len(x) for x in ids]
-    context.add_output_metadata({"docs": len(ids), "tokens": int(sum(n))})
-    return pa.table({"doc_id": raw_docs.column("doc_id"), "source": raw_docs.column("source"),
-                     "raw_row": raw_docs.column("raw_row"), "n_tokens": pa.array(n, pa.int64()),
-                     "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))})
+
+    def one(raw_docs: pa.Table) -> pa.Table:
+        ids = proxy_lm.encode(tok, raw_docs.column("text").to_pylist())
+        n = [len(x) for x in ids]
+        return pa.table({"doc_id": raw_docs.column("doc_id"), "source": raw_docs.column("source"),
+                         "raw_row": raw_docs.column("raw_row"), "n_tokens": pa.array(n, pa.int64()),
+                         "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))})
+
+    parts = map_shards(context, one, raw_docs=raw_docs)
+    context.add_output_metadata({"docs": sum(t.num_rows for t in parts.values()),
+                                 "tokens": int(sum(pa.compute.sum(t.column("n_tokens")).as_py() or 0
+                                                   for t in parts.values()))})
+    return result(context, parts)
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name=GROUP, code_version="val-tokens-1",

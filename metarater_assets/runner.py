@@ -46,6 +46,12 @@ def quiet_lightning() -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    # the PRRC rater's "classifier newly initialised" load report and weight-loading bars are
+    # expected (a fresh head on a pretrained encoder); the asset logs its own summary
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 import dagster as dg
 
 from .core import corpus, dsir, rater_training, raters, signals, stats
+from .batched import SHARD_BACKFILL, combine_checks, map_shards, result
 from .partitions import shards
 from .plots import png_metadata
 from resources import ComputeResource, MetaraterConfig
@@ -37,24 +38,37 @@ def _check_spec(asset: str) -> dg.AssetCheckSpec:
 
 @dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
           code_version=f"rpv2-{signals.SIGNALS_VERSION}", check_specs=[_check_spec("rpv2_scores")],
+          backfill_policy=SHARD_BACKFILL,
           description="The 11 RedPajama-V2 natural-language signals per document of one shard.")
-def rpv2_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table):
-    ids = raw_docs.column("doc_id").to_pylist()
-    cols = signals.compute_signals(raw_docs.column("text").to_pylist())
-    table = _score_table(ids, cols, signals.INTEGER_SIGNALS)
-    yield dg.Output(table, metadata={"docs": len(ids)})
-    yield _check(ids, table, signals.SIGNAL_NAMES, signals.NULLABLE)
+def rpv2_scores(context: dg.AssetExecutionContext, raw_docs):
+    def one(raw_docs: pa.Table):
+        ids = raw_docs.column("doc_id").to_pylist()
+        table = _score_table(ids, signals.compute_signals(raw_docs.column("text").to_pylist()),
+                             signals.INTEGER_SIGNALS)
+        return table, _check(ids, table, signals.SIGNAL_NAMES, signals.NULLABLE)
+
+    yield from _emit(context, map_shards(context, one, raw_docs=raw_docs))
+
+
+def _emit(context, done: dict):
+    """Output (one table, or {shard: table} in a batched backfill run) + the combined check."""
+    yield dg.Output(result(context, {k: t for k, (t, _) in done.items()}),
+                    metadata={"docs": sum(t.num_rows for t, _ in done.values()), "shards": len(done)})
+    yield combine_checks({k: c for k, (_, c) in done.items()})
 
 
 @dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
-          code_version=f"dsir-counts-{dsir.DSIR_VERSION}",
+          code_version=f"dsir-counts-{dsir.DSIR_VERSION}", backfill_policy=SHARD_BACKFILL,
           description="Hashed unigram+bigram feature counts of one shard (summed into the pool "
                       "distribution, so a new shard never re-reads the others).")
-def dsir_counts(context: dg.AssetExecutionContext, raw_docs: pa.Table,
-                settings: MetaraterConfig) -> pa.Table:
+def dsir_counts(context: dg.AssetExecutionContext, raw_docs, settings: MetaraterConfig):
     cfg = settings.load()
-    counts = dsir.count_buckets(raw_docs.column("text").to_pylist(), cfg.dsir.buckets)
-    return pa.table({"count": pa.array(counts, pa.int64())})
+
+    def one(raw_docs: pa.Table) -> pa.Table:
+        counts = dsir.count_buckets(raw_docs.column("text").to_pylist(), cfg.dsir.buckets)
+        return pa.table({"count": pa.array(counts, pa.int64())})
+
+    return result(context, map_shards(context, one, raw_docs=raw_docs))
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
@@ -85,14 +99,18 @@ def load_dsir_model(table: pa.Table) -> dsir.DsirModel:
 
 @dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
           code_version=f"dsir-{dsir.DSIR_VERSION}", check_specs=[_check_spec("dsir_scores")],
+          backfill_policy=SHARD_BACKFILL,
           description="DSIR importance per document: dsir_books, dsir_wiki, dsir_math.")
-def dsir_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, dsir_model: pa.Table):
+def dsir_scores(context: dg.AssetExecutionContext, raw_docs, dsir_model: pa.Table):
     model = load_dsir_model(dsir_model)
-    ids = raw_docs.column("doc_id").to_pylist()
-    scored = model.score(raw_docs.column("text").to_pylist())
-    table = _score_table(ids, {f"dsir_{n}": v for n, v in scored.items()})
-    yield dg.Output(table, metadata={"docs": len(ids)})
-    yield _check(ids, table, [f"dsir_{n}" for n in scored], frozenset())
+
+    def one(raw_docs: pa.Table):
+        ids = raw_docs.column("doc_id").to_pylist()
+        scored = model.score(raw_docs.column("text").to_pylist())
+        table = _score_table(ids, {f"dsir_{n}": v for n, v in scored.items()})
+        return table, _check(ids, table, [f"dsir_{n}" for n in scored], frozenset())
+
+    yield from _emit(context, map_shards(context, one, raw_docs=raw_docs))
 
 
 @dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,

@@ -24,6 +24,22 @@ class _SafeUPath(dg.UPathIOManager):
     def make_safe_partition_path(self, base_path: UPath, partition: str) -> UPath:
         return base_path / escape_dotdot_segments(partition.replace("/", "_"))
 
+    def handle_output(self, context: OutputContext, obj) -> None:
+        """A batched backfill run (several partitions, see metarater_assets/batched.py) returns
+        ``{partition: value}``: each partition's file is written on its own, atomically."""
+        if not (context.has_asset_partitions and len(context.asset_partition_keys) > 1):
+            return super().handle_output(context, obj)
+        paths = self._get_paths_for_partitions(context)
+        if not isinstance(obj, dict) or set(obj) != set(paths):
+            raise TypeError(f"{context.asset_key.to_user_string()}: a run over {len(paths)} partitions must "
+                            f"return {{partition: value}} for exactly those partitions")
+        for key, path in paths.items():
+            self.make_directory(path.parent)
+            self.dump_to_path(context=context, obj=obj[key], path=path)
+        rows = [self.get_metadata(context, v).get("rows") for v in obj.values()]
+        context.add_output_metadata({"partitions": len(paths),
+                                     **({"rows": int(sum(rows))} if all(r is not None for r in rows) else {})})
+
     def unlink(self, path: UPath) -> None:
         if path.exists():
             path.unlink()
