@@ -228,7 +228,19 @@ def bench_incremental(root, tmp):
     # the bundled sample has no incoming/ folder: the tests' trimmed shard-0008 stands in
     new_file = incoming[0] if incoming else REPO / "tests" / "data" / "shard-0008.jsonl.gz"
     n = len(list(raw.iterdir())) + 1
-    settings = Settings(home=str(Path(tmp) / "inc_home"), raw_uri=str(raw), config_path=str(REPO / "configs" / "demo.yaml"))
+    # the demo config without the PRRC rater: its training is a pool-level fit that neither path
+    # redoes, and its per-shard inference is measured in the rater rows
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    cfg.pop("prrc", None)
+    cfg["model_raters"] = {"registry": str(REPO / "configs" / "raters.yaml"), "scores": []}
+    base = REPO / "configs"
+    cfg["dsir"]["targets"] = {k: str((base / v).resolve()) for k, v in cfg["dsir"]["targets"].items()}
+    cfg["validation"]["sets"] = {k: str((base / v).resolve()) for k, v in cfg["validation"]["sets"].items()}
+    cfg_path = Path(tmp) / "bench-incremental.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    settings = Settings(home=str(Path(tmp) / "inc_home"), raw_uri=str(raw), config_path=str(cfg_path))
     with dg.instance_for_test() as inst:
         run_pipeline(settings, "scores", instance=inst, echo=lambda m: None)
         shutil.copy(new_file, raw / new_file.name)
@@ -266,7 +278,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--only", choices=["incremental"], help="run just this row (printed, RESULTS.md untouched)")
     args = ap.parse_args()
+    if args.only == "incremental":
+        from metarater_assets.runner import quiet_lightning
+
+        quiet_lightning()
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_incremental(corpus_root(), tmp)
+        print("\n".join(f"| {' | '.join(r)} |" for r in ROWS))
+        return
     root = corpus_root()
     print(f"corpus: {root}\nmachine: {machine()}", flush=True)
     import torch

@@ -13,7 +13,7 @@ import xxhash
 
 import dagster as dg
 
-from .core import annotate, rater_training, storage
+from .core import annotate, rater_training, raters, storage
 from .scoring import SCORE_GROUP
 from resources import ComputeResource, MetaraterConfig
 
@@ -152,7 +152,10 @@ def prrc_rater(context: dg.AssetExecutionContext, prrc_annotations: pa.Table, se
     tc = rater_training.TrainConfig(dims=cfg.prrc.dims, **train)
     base = storage.join(settings.artifacts_uri, "prrc_rater")
     out = storage.join(base, context.run_id[:12])
-    report = rater_training.train_rater(prrc_annotations.to_pylist(), out, tc, log=context.log.info)
+    try:
+        report = rater_training.train_rater(prrc_annotations.to_pylist(), out, tc, log=context.log.info)
+    except (raters.RaterLoadError, ValueError) as e:
+        raise dg.Failure(str(e), allow_retries=False) from e
     fs, bpath = storage.fs_and_path(base)
     for old in fs.ls(bpath, detail=False):  # earlier models: the new one is complete (marker written)
         if old.rstrip("/").rsplit("/", 1)[-1] != context.run_id[:12]:

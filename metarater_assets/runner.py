@@ -159,6 +159,9 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
     if changed:
         echo(f"{len(changed)} shard file(s) changed since ingest: {', '.join(changed)}")
     present = {f.key for f in corpus.list_shards(settings.raw_uri)}
+    if not present:
+        echo(f"warning: no shard files under {settings.raw_uri} (looked for {', '.join(sorted(corpus.FORMATS))}; "
+             "dot-files and partial uploads are ignored)")
     failed_shards: set[str] = set()
     stages = list(STEPS)[: list(STEPS).index(stage) + 1]
     for st, steps in _coalesce(stages):

@@ -64,3 +64,38 @@ def env_home(tmp_path, monkeypatch):
     s.ensure_dagster_home()
     yield s
     os.environ.pop("DAGSTER_HOME", None)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for servers a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc, grace: float = 30) -> None:
+    """Stop a process started with start_new_session=True, and everything it started: SIGTERM to
+    the group, SIGKILL after ``grace`` seconds."""
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def chat_reply(handler, content: str) -> None:
+    """Answer an OpenAI-style /chat/completions request from a test's BaseHTTPRequestHandler."""
+    import json
+
+    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)

@@ -265,12 +265,19 @@ def train_rater(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig,
         raise ValueError(f"too few usable annotations to split ({len(good)} usable, {len(bad)} quarantined)")
     enc_name = resolve_encoder(cfg.encoder)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    tok = AutoTokenizer.from_pretrained(enc_name)
     id2label = {d * CLASSES + c: f"{name}={c}" for d, name in enumerate(dims) for c in range(CLASSES)}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        enc_name, num_labels=CLASSES * len(dims), id2label=id2label,
-        label2id={v: k for k, v in id2label.items()}, use_safetensors=True, trust_remote_code=False,
-        dtype=torch.float32)  # master weights in fp32 whatever the copy was saved in (mixed precision casts)
+    try:
+        tok = AutoTokenizer.from_pretrained(enc_name)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            enc_name, num_labels=CLASSES * len(dims), id2label=id2label,
+            label2id={v: k for k, v in id2label.items()}, use_safetensors=True, trust_remote_code=False,
+            dtype=torch.float32)  # master weights in fp32 whatever the copy was saved in (mixed precision casts)
+    except (OSError, ValueError) as e:
+        from .raters import RaterLoadError
+
+        raise RaterLoadError(f"cannot load encoder {cfg.encoder!r}: {str(e).splitlines()[0]}. Set prrc.train.encoder "
+                             "to 'minilm' (bundled), a hub id, or a local folder saved with save_pretrained "
+                             "(safetensors)") from e
     model.config.problem_type = "single_label_classification"
     model.train()  # from_pretrained returns eval mode; Lightning keeps a module's mode (dropout on)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

@@ -5,7 +5,6 @@ Debian `postgresql` package, which .ci/run installs when it is missing).
 """
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from metarater_assets.report import build_report
 from metarater_assets.runner import run_pipeline
 from resources import Settings
-from conftest import write_config, write_small_shards
+from conftest import free_port, write_config, write_small_shards
 
 
 def _pg_bin(name: str) -> str | None:
@@ -27,12 +26,6 @@ def _pg_bin(name: str) -> str | None:
         if (d / name).exists():
             return str(d / name)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -46,7 +39,7 @@ def postgres(tmp_path):
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         run_as = ["runuser", "-u", "postgres", "--"]
         shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(run_as + [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                    check=True, capture_output=True)
     subprocess.run(run_as + [pg_ctl, "-D", str(data), "-w", "-l", str(data / "log"), "-o",

@@ -14,7 +14,7 @@ import dagster as dg
 from metarater_assets.core import annotate, rater_training
 from metarater_assets.runner import run_pipeline
 from resources import Settings
-from conftest import SAMPLE
+from conftest import SAMPLE, chat_reply
 
 DIMS = ["professionalism", "readability", "reasoning", "cleanliness"]
 SECRET = "sk-prrc-test-never-logged-91ab"
@@ -82,12 +82,7 @@ class _Judge(BaseHTTPRequestHandler):
         # a deterministic judge: longer texts read as more professional etc.; one reply unusable
         score = (len(text) // 400 + DIMS.index(dim)) % 6
         content = "I cannot rate this." if len(text) % 5 == 0 and dim == "reasoning" else f"Score: {score}"
-        payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        chat_reply(self, content)
 
     def log_message(self, *args):
         pass

@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from metarater_assets.core import annotate
+from conftest import chat_reply
 
 SECRET = "sk-test-do-not-log-7c1e"
 
@@ -29,12 +30,7 @@ class _Handler(BaseHTTPRequestHandler):
         dim = next(d for d, r in annotate.RUBRICS.items() if system.startswith(r))
         text = body["messages"][1]["content"]
         content = "no idea" if "unparseable" in text else self.answers[dim]
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        chat_reply(self, content)
 
     def log_message(self, *args):
         pass

@@ -141,3 +141,9 @@ def test_bad_training_settings_are_named():
         rt.TrainConfig(dims=("fluency",))
     with pytest.raises(ValueError, match="sum below 1"):
         rt.TrainConfig(test_fraction=0.5, val_fraction=0.5)
+
+
+def test_an_encoder_that_cannot_be_loaded_is_named(rows, tmp_path):
+    with pytest.raises(raters.RaterLoadError, match=r"cannot load encoder '/nowhere/encoder'.*prrc.train.encoder"):
+        rt.train_rater(rows[:300], str(tmp_path / "m"), rt.TrainConfig(encoder="/nowhere/encoder"))
+    assert not (tmp_path / "m").exists()

@@ -4,7 +4,6 @@ result backend on this machine. On a cluster the broker is Redis/RabbitMQ and th
 elsewhere (README "From the demo to a cluster"); the job, the code and the commands are these."""
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import dagster as dg
 
 from metarater_assets.runner import run_pipeline
 from resources import Settings
-from conftest import REPO, TEST_DATA, write_config, write_small_shards
+from conftest import REPO, TEST_DATA, stop_group, write_config, write_small_shards
 
 pytest.importorskip("dagster_celery")
 NEW = "shard-0008.jsonl.gz"
@@ -78,11 +77,7 @@ def test_shard_steps_run_on_a_celery_worker(tmp_path):
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_group(worker)
         log.close()
     wlog = (tmp_path / "worker.log").read_text()
     steps = ["raw_shard", "rpv2_scores", "dsir_counts", "dsir_scores", "model_scores", "doc_tokens"]

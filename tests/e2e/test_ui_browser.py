@@ -8,8 +8,6 @@ missing browser is a failure.
 """
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config, write_small_shards
+from conftest import free_port, stop_group, write_config, write_small_shards
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -38,12 +36,6 @@ from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ui(tmp_path):
     raw = write_small_shards(tmp_path / "raw", n=40)
@@ -59,7 +51,7 @@ def ui(tmp_path):
 
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as inst:
         inst.add_dynamic_partitions("shards", sorted(p.name for p in raw.iterdir()))
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "dagster-dev.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "metarater_assets.cli", "ui", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -76,12 +68,7 @@ def ui(tmp_path):
                 time.sleep(1)
         yield base, env, tmp_path
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 
