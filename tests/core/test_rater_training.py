@@ -147,3 +147,13 @@ def test_an_encoder_that_cannot_be_loaded_is_named(rows, tmp_path):
     with pytest.raises(raters.RaterLoadError, match=r"cannot load encoder '/nowhere/encoder'.*prrc.train.encoder"):
         rt.train_rater(rows[:300], str(tmp_path / "m"), rt.TrainConfig(encoder="/nowhere/encoder"))
     assert not (tmp_path / "m").exists()
+
+
+def test_training_on_cpu_is_reproducible(trained, rows, tmp_path):
+    from safetensors.torch import load_file
+
+    out, report, cfg = trained
+    again = rt.train_rater(rows, str(tmp_path / "again"), cfg, log=lambda m: None)
+    assert again["test"] == report["test"] and again["best_epoch"] == report["best_epoch"]
+    a, b = load_file(f"{out}/model.safetensors"), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
