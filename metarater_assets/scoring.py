@@ -139,7 +139,7 @@ def model_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, prrc_rat
         try:
             rater = raters.HFRater(group[0], device=device, dtype=dtype)
             t = time.perf_counter()
-            out = rater.score_heads(texts, [s.head for s in group])
+            out = rater.score_heads(texts, [s.head for s in group], progress=_quarters(context, group[0].model))
         except raters.RaterLoadError as e:
             raise dg.Failure(str(e), allow_retries=False) from e
         for j, s in enumerate(group):
@@ -150,6 +150,19 @@ def model_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, prrc_rat
     table = _score_table(ids, cols)
     yield dg.Output(table, metadata={"docs": len(ids), "scores": ", ".join(cols) or "none"})
     yield _check(ids, table, list(cols), frozenset())
+
+
+def _quarters(context, name: str):
+    """A progress callback that logs at each quarter of the documents."""
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        q = 4 * done // max(total, 1)
+        if q > last[0]:
+            last[0] = q
+            context.log.info(f"{name}: {done}/{total} docs")
+
+    return progress
 
 
 def pool_columns(parts: dict[str, pa.Table]) -> tuple[list[str], dict[str, np.ndarray]]:
