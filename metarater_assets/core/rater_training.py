@@ -18,7 +18,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -381,6 +380,3 @@ def summary_table(report: Mapping, paper: Mapping[str, float] | None = None) -> 
 #: Meta-rater's reported F1 (%) of its ModernBERT PRRC raters (SPEC section 3).
 PAPER_MODERNBERT_F1 = {"professionalism": 91.57, "readability": 87.47, "reasoning": 89.59, "cleanliness": 87.88}
 
-
-def report_json(report: Mapping) -> str:
-    return json.dumps(report, indent=2, sort_keys=True, default=str)
