@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--proxy-steps", type=int, default=60)
     ap.add_argument("--docs", type=int, default=0, help="use only the first N pool documents (a dry run)")
     ap.add_argument("--max-train-docs", type=int, default=0)
+    ap.add_argument("--per-dimension", action="store_true",
+                    help="also train one rater per PRRC dimension (the paper's layout) to compare with the shared encoder")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     import torch
@@ -80,6 +82,18 @@ def main() -> None:
                                 "table": rt.summary_table(report, rt.PAPER_MODERNBERT_F1)}
         print(res["prrc_training"]["table"], flush=True)
         print(f"training: {wall:.1f} s", flush=True)
+
+    if a.per_dimension:
+        single = {}
+        for d in rt.DIMENSIONS:
+            cfg = rt.TrainConfig(encoder=a.encoder, dims=(d,), max_tokens=a.max_tokens, batch_size=32, lr=5e-5,
+                                 max_epochs=a.epochs, patience=2, accelerator="gpu" if gpu else "cpu",
+                                 precision="bf16-mixed" if gpu else "32-true", max_train_docs=a.max_train_docs or None)
+            rep, wall = timed(lambda: rt.train_rater(rows, os.path.join(tempfile.mkdtemp(), d), cfg), sync)
+            single[d] = {**rep["test"][d], "seconds": round(wall, 1), "best_epoch": rep["best_epoch"]}
+            print(f"per-dimension {d}: macro-F1 {single[d]['macro_f1']:.3f} accuracy {single[d]['accuracy']:.3f} "
+                  f"({wall:.1f} s)", flush=True)
+        res["prrc_per_dimension"] = single
 
     texts = pool_texts()
     if a.docs:

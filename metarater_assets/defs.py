@@ -55,7 +55,7 @@ def _config_parts(c) -> dict:
         "model_scores": ({n: s.version for n, s in c.rater_specs().items()}, c.trained_scores),
         "prrc_annotations": (c.prrc.labels, _file_digest(c.prrc.labels), dict(c.prrc.annotate),
                              c.prrc.dims) if c.prrc else None,
-        "prrc_rater": (dict(c.prrc.train), c.prrc.dims) if c.prrc else None,
+        "prrc_rater": (dict(c.prrc.train), c.prrc.dims, c.prrc.shared_encoder) if c.prrc else None,
         "dsir_model": (c.dsir.buckets, dict(c.dsir.targets)),
         "tokenizer": (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs),
         "validation_tokens": (dict(c.validation_sets), c.validation_max_docs),

@@ -134,8 +134,9 @@ def prrc_annotations(context: dg.AssetExecutionContext, settings: MetaraterConfi
 
 @dg.asset(io_manager_key="json_io_manager", group_name=SCORE_GROUP,
           code_version=f"prrc-rater-{rater_training.RATER_TRAINING_VERSION}",
-          description="The PRRC rater: an encoder fine-tuned with Lightning on the annotations (one "
-                      "6-class head per dimension, early stopping on macro-F1), saved with "
+          description="The PRRC raters: an encoder per dimension (or one shared encoder, "
+                      "prrc.shared_encoder) fine-tuned with Lightning on the annotations as 6-class "
+                      "classifiers, early stopping on macro-F1, saved with "
                       "save_pretrained and read back by model_scores through from_pretrained. Metadata: "
                       "held-out macro-F1 / accuracy per dimension beside the majority class and the paper.")
 def prrc_rater(context: dg.AssetExecutionContext, prrc_annotations: pa.Table, settings: MetaraterConfig,
@@ -153,19 +154,22 @@ def prrc_rater(context: dg.AssetExecutionContext, prrc_annotations: pa.Table, se
     base = storage.join(settings.artifacts_uri, "prrc_rater")
     out = storage.join(base, context.run_id[:12])
     try:
-        report = rater_training.train_rater(prrc_annotations.to_pylist(), out, tc, log=context.log.info)
+        report = rater_training.train_prrc(prrc_annotations.to_pylist(), out, tc, shared=cfg.prrc.shared_encoder,
+                                           log=context.log.info)
     except (raters.RaterLoadError, ValueError) as e:
         raise dg.Failure(str(e), allow_retries=False) from e
     fs, bpath = storage.fs_and_path(base)
-    for old in fs.ls(bpath, detail=False):  # earlier models: the new one is complete (marker written)
+    for old in fs.ls(bpath, detail=False):  # earlier models: the new ones are complete (markers written)
         if old.rstrip("/").rsplit("/", 1)[-1] != context.run_id[:12]:
             fs.rm(old, recursive=True)
     table = rater_training.summary_table(report, rater_training.PAPER_MODERNBERT_F1)
     context.add_output_metadata({
-        "model_uri": out, "encoder": tc.encoder, "split": dg.MetadataValue.json(report["split"]),
-        "best_epoch": report["best_epoch"], "epochs_run": report["epochs_run"],
+        "model_uri": out, "encoder": tc.encoder,
+        "layout": "shared encoder" if report["shared"] else "one model per dimension",
+        "split": dg.MetadataValue.json(report["split"]), "best_epoch": dg.MetadataValue.json(report["best_epoch"]),
         "held_out": dg.MetadataValue.md(table),
         **{f"macro_f1_{d}": round(m["macro_f1"], 4) for d, m in report["test"].items()},
     })
-    return {"enabled": True, "model_uri": out, "dims": list(cfg.prrc.dims), "max_tokens": tc.max_tokens,
-            "test": report["test"], "split": report["split"], "best_epoch": report["best_epoch"]}
+    return {"enabled": True, "models": report["models"], "dims": list(cfg.prrc.dims), "max_tokens": tc.max_tokens,
+            "shared": report["shared"], "test": report["test"], "split": report["split"],
+            "best_epoch": report["best_epoch"]}

@@ -126,8 +126,7 @@ def model_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, prrc_rat
     if cfg.trained_scores:
         if not prrc_rater.get("enabled"):
             raise dg.Failure("the PRRC rater is not trained yet: materialise prrc_rater first", allow_retries=False)
-        trained = rater_training.registry_entries(prrc_rater["model_uri"], prrc_rater["dims"],
-                                                  max_tokens=int(prrc_rater.get("max_tokens", 512)))
+        trained = rater_training.specs_for(prrc_rater["models"], max_tokens=int(prrc_rater.get("max_tokens", 512)))
         specs.update({n: trained[n] for n in cfg.trained_scores})
     comp = compute.resolve()
     device = "cuda" if comp.accelerator == "gpu" else "cpu"

@@ -65,6 +65,8 @@ class PrrcConfig:
     labels: str | None = None
     annotate: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)
+    #: one encoder for all dimensions (cheaper) instead of one per dimension (the paper's layout)
+    shared_encoder: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,4 +261,7 @@ def _prrc(raw: Any, base: str, model_scores: tuple[str, ...]) -> PrrcConfig | No
         TrainConfig(dims=dims, **train)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"prrc.train: {e}") from None
-    return PrrcConfig(dims=dims, labels=labels, annotate=ann, train=train)
+    shared = raw.get("shared_encoder", False)
+    if not isinstance(shared, bool):
+        raise ConfigError(f"prrc.shared_encoder must be true or false, got {shared!r}")
+    return PrrcConfig(dims=dims, labels=labels, annotate=ann, train=train, shared_encoder=shared)

@@ -55,7 +55,9 @@ def test_trained_prrc_rater_serves_four_scores(tmp_path):
         assert "reasoning=7 outside 0..5" in reasons and "missing cleanliness" in reasons and "not JSON" in reasons
         md = _latest(instance, "prrc_rater").metadata
         model_uri = md["model_uri"].value
-        assert rater_training.read_report(model_uri)["split"]["train"] == 96
+        assert md["layout"].value == "one model per dimension"  # the paper's layout, the default
+        for d in DIMS:
+            assert rater_training.read_report(f"{model_uri}/{d}")["split"]["train"] == 96
         assert "| professionalism |" in md["held_out"].value and "majority" in md["held_out"].value
         for part in ("shard-0000.jsonl.gz", "shard-0002.parquet"):
             t = pq.read_table(tmp_path / "home" / "storage" / "model_scores" / f"{part}.parquet")
@@ -145,6 +147,10 @@ def test_config_rejects_an_api_key_and_needs_one_label_source(tmp_path):
     missing = write_config(tmp_path / "c.yaml", prrc={"labels": str(tmp_path / "nope.jsonl")})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(missing))
+    flag = write_config(tmp_path / "e.yaml", prrc={"labels": str(SAMPLE / "annotations" / "prrc.jsonl.gz"),
+                                                   "shared_encoder": "yes"})
+    with pytest.raises(ConfigError, match="shared_encoder must be true or false"):
+        load_config(str(flag))
     typo = write_config(tmp_path / "d.yaml", prrc={"labels": str(SAMPLE / "annotations" / "prrc.jsonl.gz"),
                                                    "train": {"epochs": 3}})
     with pytest.raises(ConfigError, match=r"prrc.train: unknown key\(s\) \['epochs'\]"):
