@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 
 
 def _celery_yaml(root: Path) -> Path:
-    for d in ("broker", "processed", "results"):
+    for d in ("broker", "processed", "results", "control"):
         (root / d).mkdir(parents=True)
     y = root / "celery.yaml"
     y.write_text(f"""execution:
@@ -36,6 +36,7 @@ def _celery_yaml(root: Path) -> Path:
         data_folder_in: {root / 'broker'}
         data_folder_out: {root / 'broker'}
         data_folder_processed: {root / 'processed'}
+        control_folder: {root / 'control'}
       worker_hijack_root_logger: false
 """)
     return y
