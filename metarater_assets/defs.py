@@ -37,9 +37,18 @@ def _automation() -> dict:
     eager = dg.AutomationCondition.eager()
     # a shard whose ingest failed must not freeze pool statistics and curation for all the others
     pool = eager.without(~dg.AutomationCondition.any_deps_missing())
+    # curated_corpus (per shard) follows curated_selection (pool) only: a new shard's raw_docs must
+    # not trigger its curated file while the pool selection is still being recomputed in another
+    # run (it would race it and fail its "selection matches the shard" check); once the selection
+    # is updated, every shard's curated file is (the threshold moved)
+    A = dg.AutomationCondition
+    after_selection = (
+        A.any_deps_updated().allow(dg.AssetSelection.assets("curated_selection")).since_last_handled()
+        & ~A.any_deps_missing() & ~A.any_deps_in_progress() & ~A.in_progress()
+    ).with_label("eager after curated_selection")
     return {**{k: eager for k in ("rpv2_scores", "dsir_counts", "dsir_scores", "model_scores", "doc_tokens",
-                                  "curated_selection", "curated_corpus", "curated_manifest")},
-            "score_stats": pool, "pool_index": pool}
+                                  "curated_selection", "curated_manifest")},
+            "score_stats": pool, "pool_index": pool, "curated_corpus": after_selection}
 
 
 AUTOMATED = frozenset(_automation())
