@@ -18,16 +18,6 @@ def is_batched(context: dg.AssetExecutionContext) -> bool:
     return context.has_partition_key_range and len(context.partition_keys) > 1
 
 
-def per_partition(context: dg.AssetExecutionContext, value: Any) -> dict[str, Any]:
-    """``{partition key: value}`` whether the run covers one shard or a range of them."""
-    if is_batched(context):
-        if not isinstance(value, dict) or set(value) != set(context.partition_keys):
-            raise dg.Failure(f"a batched run over {len(context.partition_keys)} shards needs every shard's "
-                             f"input; got {sorted(value) if isinstance(value, dict) else type(value).__name__}")
-        return value
-    return {context.partition_key: value}
-
-
 def result(context: dg.AssetExecutionContext, parts: dict[str, Any]) -> Any:
     """The value to return: the one table, or ``{partition: table}`` in a batched run."""
     return parts if is_batched(context) else next(iter(parts.values()))
@@ -47,8 +37,12 @@ def combine_checks(checks: dict[str, dg.AssetCheckResult]) -> dg.AssetCheckResul
     return dg.AssetCheckResult(check_name=first.check_name, passed=not failed, metadata=md)
 
 
-def map_shards(context: dg.AssetExecutionContext, fn: Callable[..., Any], **inputs: Any) -> dict[str, Any]:
-    """``fn(**per-shard inputs)`` for each shard of the run (non-shard inputs passed through)."""
-    keys = context.partition_keys if is_batched(context) else [context.partition_key]
-    split = {n: per_partition(context, v) for n, v in inputs.items() if v is not None}
-    return {k: fn(**{n: v[k] for n, v in split.items()}) for k in keys}
+def map_shards(context: dg.AssetExecutionContext, fn: Callable[[Any], Any], shard_input: Any) -> dict[str, Any]:
+    """``{shard: fn(that shard's input)}`` for each shard of the run: ``shard_input`` is the value of
+    a per-shard input (``{partition: value}`` in a batched run)."""
+    if not is_batched(context):
+        return {context.partition_key: fn(shard_input)}
+    if not isinstance(shard_input, dict) or set(shard_input) != set(context.partition_keys):
+        raise dg.Failure(f"a batched run over {len(context.partition_keys)} shards needs every shard's input; "
+                         f"got {sorted(shard_input) if isinstance(shard_input, dict) else type(shard_input).__name__}")
+    return {k: fn(shard_input[k]) for k in context.partition_keys}

@@ -51,7 +51,7 @@ def doc_tokens(context: dg.AssetExecutionContext, raw_docs, tokenizer: dict):
                          "raw_row": raw_docs.column("raw_row"), "n_tokens": pa.array(n, pa.int64()),
                          "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))})
 
-    parts = map_shards(context, one, raw_docs=raw_docs)
+    parts = map_shards(context, one, raw_docs)
     context.add_output_metadata({"docs": sum(t.num_rows for t in parts.values()),
                                  "tokens": int(sum(pa.compute.sum(t.column("n_tokens")).as_py() or 0
                                                    for t in parts.values()))})

@@ -1,7 +1,5 @@
 """Stage 'scores', Meta-rater's own raters: PRRC annotations and the encoder trained on them."""
 
-import gzip
-import io
 import json
 import os
 import tempfile
@@ -9,6 +7,7 @@ import tempfile
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import fsspec
 import xxhash
 
 import dagster as dg
@@ -21,31 +20,24 @@ _LABEL_TYPE = pa.int64()
 
 
 def _read_label_rows(uri: str) -> tuple[list[dict], list[dict]]:
-    """Rows of a JSONL (.gz/.zst) or Parquet annotation file; unparseable lines are quarantined."""
-    fs, path = storage.fs_and_path(uri)
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    if path.endswith(".parquet"):
-        return pq.read_table(io.BytesIO(data)).to_pylist(), []
-    if path.endswith(".gz"):
-        data = gzip.decompress(data)
-    elif path.endswith(".zst"):
-        import zstandard
-
-        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+    """Rows of a JSONL (.gz/.zst: fsspec infers the compression) or Parquet annotation file;
+    unparseable lines are quarantined."""
+    if uri.endswith(".parquet"):
+        return storage.read_parquet(uri).to_pylist(), []
     rows, bad = [], []
-    for i, line in enumerate(data.decode("utf-8", errors="replace").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append({"row": i, "id": "", "reason": f"not JSON ({e.msg})"})
-            continue
-        if not isinstance(rec, dict):
-            bad.append({"row": i, "id": "", "reason": "not a JSON object"})
-            continue
-        rows.append(rec)
+    with fsspec.open(uri, "rt", compression="infer", encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad.append({"row": i, "id": "", "reason": f"not JSON ({e.msg})"})
+                continue
+            if not isinstance(rec, dict):
+                bad.append({"row": i, "id": "", "reason": "not a JSON object"})
+                continue
+            rows.append(rec)
     return rows, bad
 
 
@@ -109,12 +101,10 @@ def prrc_annotations(context: dg.AssetExecutionContext, settings: MetaraterConfi
         bad = []
         origin = f"{a['model']} at {a['base_url']}"
     good, quarantined = rater_training.load_annotations(rows, dims)
-    by_id = {str(r.get("id")): r for r in rows}
     quarantined = bad + quarantined
-    if quarantined:
-        storage.write_json(quarantined, storage.join(settings.artifacts_uri, "prrc_annotations", "quarantine.json"))
-    table = pa.Table.from_pylist([{"id": g["id"], "source": str(by_id[g["id"]].get("source") or ""),
-                                   "text": g["text"], **{d: g[d] for d in dims}} for g in good], schema=schema)
+    # written every time (an empty list when clean), so an old quarantine never outlives its labels
+    storage.write_json(quarantined, storage.join(settings.artifacts_uri, "prrc_annotations", "quarantine.json"))
+    table = pa.Table.from_pylist(good, schema=schema)
     reasons: dict[str, int] = {}
     for q in quarantined:
         for r in q["reason"].split("; "):

@@ -47,7 +47,7 @@ def rpv2_scores(context: dg.AssetExecutionContext, raw_docs):
                              signals.INTEGER_SIGNALS)
         return table, _check(ids, table, signals.SIGNAL_NAMES, signals.NULLABLE)
 
-    yield from _emit(context, map_shards(context, one, raw_docs=raw_docs))
+    yield from _emit(context, map_shards(context, one, raw_docs))
 
 
 def _emit(context, done: dict):
@@ -68,7 +68,7 @@ def dsir_counts(context: dg.AssetExecutionContext, raw_docs, settings: Metarater
         counts = dsir.count_buckets(raw_docs.column("text").to_pylist(), cfg.dsir.buckets)
         return pa.table({"count": pa.array(counts, pa.int64())})
 
-    return result(context, map_shards(context, one, raw_docs=raw_docs))
+    return result(context, map_shards(context, one, raw_docs))
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
@@ -110,7 +110,7 @@ def dsir_scores(context: dg.AssetExecutionContext, raw_docs, dsir_model: pa.Tabl
         table = _score_table(ids, {f"dsir_{n}": v for n, v in scored.items()})
         return table, _check(ids, table, [f"dsir_{n}" for n in scored], frozenset())
 
-    yield from _emit(context, map_shards(context, one, raw_docs=raw_docs))
+    yield from _emit(context, map_shards(context, one, raw_docs))
 
 
 @dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,

@@ -103,7 +103,8 @@ def load_annotations(rows: Sequence[Mapping], dims: Sequence[str] = DIMENSIONS) 
             bad.append({"row": i, "id": str(rid), "reason": "; ".join(problems)})
             continue
         seen.add(rid)
-        good.append({"id": str(rid), "text": clean_text(r["text"]), **{d: int(r[d]) for d in dims}})
+        good.append({"id": str(rid), "source": str(r.get("source") or ""), "text": clean_text(r["text"]),
+                     **{d: int(r[d]) for d in dims}})
     return good, bad
 
 
