@@ -1,26 +1,42 @@
-"""Backfills in batches: cheap per-shard assets accept a run over a range of shard partitions.
+"""Per-shard assets run over batches of shards.
 
-With ``BackfillPolicy.multi_run(max_partitions_per_run=8)`` a UI backfill over N shards launches
-about N/8 runs instead of N. In such a run Dagster hands the asset ``{partition: input}`` for each
-per-shard input, and the IO manager (``resources/storage.py``) writes ``{partition: output}`` back
-one file per partition, each atomically; a single-partition run sees plain values as before.
+Every per-shard asset carries ``BackfillPolicy.multi_run(compute.shards_per_run)``: a UI backfill
+over N shards launches about N / shards_per_run runs, the sensor and ``metarater run`` launch the
+same batches (a run over a partition-key range). Inside a run the asset walks its shards one at a
+time, reading each shard's inputs from its files and writing each output file atomically before
+the next shard, so memory is one shard whatever the batch size; a model is loaded once per run.
 """
+from __future__ import annotations
 
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Iterable
 
 import dagster as dg
 
-#: cheap per-shard assets: up to 8 shards per backfill run
-SHARD_BACKFILL = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)
+
+def policy(shards_per_run: int) -> dg.BackfillPolicy:
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=int(shards_per_run))
 
 
-def is_batched(context: dg.AssetExecutionContext) -> bool:
-    return context.has_partition_key_range and len(context.partition_keys) > 1
+def shard_keys(context) -> list[str]:
+    """The shard partitions of this run (one, or a range of a batched run), in pool order."""
+    if context.has_partition_key_range:
+        return list(context.partition_keys)
+    return [context.partition_key]
 
 
-def result(context: dg.AssetExecutionContext, parts: dict[str, Any]) -> Any:
-    """The value to return: the one table, or ``{partition: table}`` in a batched run."""
-    return parts if is_batched(context) else next(iter(parts.values()))
+def for_each_shard(context, fn: Callable[[str], Any]) -> dict[str, Any]:
+    """``{shard: fn(shard)}`` over the run's shards, logging progress; a shard that raises stops
+    the run (the CLI then retries the batch's shards one by one, so only the bad one fails)."""
+    keys = shard_keys(context)
+    out = {}
+    t0 = time.perf_counter()
+    step = max(1, len(keys) // 4)
+    for i, k in enumerate(keys):
+        out[k] = fn(k)
+        if len(keys) > 1 and ((i + 1) % step == 0 or i + 1 == len(keys)):
+            context.log.info(f"{i + 1}/{len(keys)} shards ({time.perf_counter() - t0:.1f}s)")
+    return out
 
 
 def combine_checks(checks: dict[str, dg.AssetCheckResult]) -> dg.AssetCheckResult:
@@ -31,18 +47,12 @@ def combine_checks(checks: dict[str, dg.AssetCheckResult]) -> dg.AssetCheckResul
         return first
     failed = {k: c for k, c in checks.items() if not c.passed}
     md: dict[str, Any] = {"shards": len(checks), "failed_shards": ", ".join(sorted(failed)) or "none"}
-    for k, c in failed.items():
+    for k, c in list(failed.items())[:20]:
         for name, v in (c.metadata or {}).items():
             md[f"{k}: {name}"] = v
-    return dg.AssetCheckResult(check_name=first.check_name, passed=not failed, metadata=md)
+    return dg.AssetCheckResult(asset_key=first.asset_key, check_name=first.check_name, passed=not failed,
+                               metadata=md)
 
 
-def map_shards(context: dg.AssetExecutionContext, fn: Callable[[Any], Any], shard_input: Any) -> dict[str, Any]:
-    """``{shard: fn(that shard's input)}`` for each shard of the run: ``shard_input`` is the value of
-    a per-shard input (``{partition: value}`` in a batched run)."""
-    if not is_batched(context):
-        return {context.partition_key: fn(shard_input)}
-    if not isinstance(shard_input, dict) or set(shard_input) != set(context.partition_keys):
-        raise dg.Failure(f"a batched run over {len(context.partition_keys)} shards needs every shard's input; "
-                         f"got {sorted(shard_input) if isinstance(shard_input, dict) else type(shard_input).__name__}")
-    return {k: fn(shard_input[k]) for k in context.partition_keys}
+def total(values: Iterable[dict], key: str) -> int:
+    return int(sum(v.get(key, 0) for v in values))

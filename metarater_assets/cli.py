@@ -1,9 +1,10 @@
-"""The `metarater` command: run, report, score, explain, ui."""
+"""The `metarater` command: run, report, score, propose, explain, ui."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -23,8 +24,8 @@ def cmd_run(args) -> int:
     print(f"metarater run --stage {args.stage}\n  raw: {settings.raw_uri}\n  config: {settings.config_path}\n"
           f"  home: {settings.home}", flush=True)
     summary = run_pipeline(settings, args.stage, echo=lambda m: print(m, flush=True),
-                           force=tuple(args.force or ()), refit=args.refit)
-    print(f"done: {len(summary.materialised)} asset partition(s) materialised, "
+                           force=tuple(args.force or ()), refit=args.refit, workers=args.workers)
+    print(f"done: {len(summary.materialised)} asset partition(s) materialised in {summary.runs} run(s), "
           f"{len(summary.failed)} failed")
     for f in summary.failed:
         print(f"  failed: {', '.join(f['assets'])} [{f['partition']}]: {f['error']}")
@@ -32,75 +33,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from .report import build_report, format_report
 
     rep = build_report(_settings())
-    if args.json:
-        print(json.dumps(rep, indent=2, sort_keys=True))
-        return 0
-    ing = rep["ingest"]
-    print(f"ingest: {ing['shards']} shard(s), {ing['rows_in']} rows in, {ing['rows_ok']} ok, "
-          f"{ing['rows_quarantined']} quarantined, {len(ing['failed_shards'])} failed")
-    for f in ing["failed_shards"]:
-        print(f"  failed {f['shard']}: {f['error']}")
-    if "scores" in rep:
-        print(f"scores: {len(rep['scores']['names'])} scores on {rep['scores']['docs_scored']} docs")
-    if "proxies" in rep:
-        p = rep["proxies"]
-        print(f"proxies: {p['n']} runs, target loss {p['val_loss_min']:.4f} .. {p['val_loss_max']:.4f}")
-    if "regressor" in rep:
-        r = rep["regressor"]
-        print(f"regressor: {r['model']}, CV Spearman {r['cv_spearman']:.3f}, R^2 {r['r2']:.3f}")
-    if "optimal_weights" in rep:
-        top = sorted(rep["optimal_weights"].items(), key=lambda kv: -kv[1])[:5]
-        print("optimal weights (top 5): " + ", ".join(f"{k}={v:.3f}" for k, v in top))
-    if "curated" in rep:
-        c = rep["curated"]
-        print(f"curated: {c['docs']} docs, {c['tokens']} tokens (fraction {c['fraction']}) at {c['uri']}")
-    if "evaluation" in rep:
-        e = rep["evaluation"]
-        import numpy as np
-
-        for arm in ("curated", "random", "single_best"):
-            v = np.array(e[f"{arm}_loss"])
-            print(f"evaluation {arm:12s}: {v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
-        print(f"  best single score: {e['single_best_score']}; tokens ratio: {e['tokens_ratio']}")
+    print(json.dumps(rep, indent=2, sort_keys=True) if args.json else format_report(rep))
     return 0
 
 
 def cmd_score(args) -> int:
-    from .core import corpus, dsir, signals
-    from .core import storage as st
-    from .core.config import load_config
-    import pyarrow as pa
+    from .score import score_file
 
-    raters = [r.strip() for r in args.raters.split(",") if r.strip()]
-    unknown = [r for r in raters if r not in ("rpv2", "dsir")]
-    if unknown:
-        print(f"error: unknown rater(s) {unknown}; available: rpv2, dsir", file=sys.stderr)
-        return 2
+    settings = _settings()
     try:
-        res = corpus.read_shard(args.inp)
-    except corpus.ShardError as e:
+        out, notes = score_file(settings, [r.strip() for r in args.raters.split(",") if r.strip()], args.inp,
+                                args.out, config_path=args.config)
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    texts = res.docs.column("text").to_pylist()
-    cols = {"doc_id": res.docs.column("doc_id")}
-    if "rpv2" in raters:
-        sig = signals.compute_signals(texts)
-        for n, v in sig.items():
-            cols[n] = pa.array(v, pa.int64() if n in signals.INTEGER_SIGNALS else pa.float64())
-    if "dsir" in raters:
-        settings = _settings()
-        cfg = load_config(args.config or settings.config_path)
-        raw = dsir.count_buckets(texts, cfg.dsir.buckets)
-        targets = {n: dsir.count_buckets(corpus.read_documents(u).column("text").to_pylist(), cfg.dsir.buckets)
-                   for n, u in cfg.dsir.targets.items()}
-        for n, v in dsir.DsirModel.fit(raw, targets).score(texts).items():
-            cols[f"dsir_{n}"] = pa.array(v)
-    out = pa.table(cols)
-    st.write_parquet(out, args.out)
-    print(f"scored {out.num_rows} docs ({res.rows_quarantined} quarantined) -> {args.out}")
+    for n in notes:
+        print(n)
+    print(f"scored {out.num_rows} docs -> {args.out}")
     return 0
 
 
@@ -123,38 +75,89 @@ def cmd_propose(args) -> int:
 def cmd_explain(args) -> int:
     from .explain import explain
 
-    text = explain(_settings(), args.doc_id)
+    text = explain(_settings(), args.doc_id, shard=args.shard)
     print(text)
     return 0 if "not found" not in text.splitlines()[0] else 1
 
 
+SENSORS_HELP = """sensors (Automation page of the UI; `dagster sensor start NAME -w workspace.yaml`):
+  shard_sensor          OFF by default: switch it on to watch METARATER_RAW_URI. Registers new files as
+                        shard partitions and runs shard_job (ingest, scores, tokens, shard index) for new or
+                        changed files, in batches of compute.shards_per_run shards.
+  metarater_automation  ON by default: declarative automation. Once new shards are indexed it refreshes
+                        score_stats, curated_selection, every curated_corpus shard and curated_manifest.
+                        Pool-level fits (DSIR model, PRRC rater, tokenizer, proxies, regressor,
+                        evaluation) never run by themselves: materialise them, or `metarater run --refit`."""
+
+
 def cmd_ui(args) -> int:
+    """``dagster dev`` (webserver + daemon) in its own process group; SIGTERM or SIGINT to this
+    process stops the whole group, however it was started (a shell's ``&`` ignores SIGINT)."""
     _settings()  # creates DAGSTER_HOME (telemetry off) and exports it for dagster dev
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", os.path.join(root, "workspace.yaml"),
            "-h", args.host, "-p", str(args.port)]
-    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}\n{' '.join(cmd)}", flush=True)
-    return subprocess.call(cmd, cwd=root)
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}\n{' '.join(cmd)}\n{SENSORS_HELP}", flush=True)
+
+    def child_signals():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+
+    proc = subprocess.Popen(cmd, cwd=root, start_new_session=True, preexec_fn=child_signals)
+    stopping = {"sig": None}
+
+    def stop(signum, frame):
+        stopping["sig"] = signum
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop)
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        try:  # the daemon and code servers dagster dev started
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return 0 if stopping["sig"] else rc
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .defs import STAGES
+    from .defs import STAGE_NAMES
 
     p = argparse.ArgumentParser(prog="metarater", description="Meta-rater data selection on Dagster")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="materialise every missing or stale asset up to a stage")
-    r.add_argument("--stage", default="curated", choices=list(STAGES))
+    r.add_argument("--stage", default="curated", choices=list(STAGE_NAMES))
     r.add_argument("--force", action="append", metavar="ASSET",
                    help="re-materialise this asset even if fresh (repeatable), e.g. --force dsir_model")
     r.add_argument("--refit", action="store_true",
-                   help="also refit what new data alone does not redo: the DSIR pool distribution, "
-                        "the tokenizer, the proxies and the regressor")
+                   help="also refit what new data alone does not redo: the DSIR pool distribution, the PRRC "
+                        "rater, the tokenizer, the proxies and the regressor")
+    r.add_argument("--workers", type=int, default=None,
+                   help="runs at once, each in its own process (default: compute.workers, else the cores)")
     r.set_defaults(fn=cmd_run)
     rp = sub.add_parser("report", help="what has been materialised")
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(fn=cmd_report)
     s = sub.add_parser("score", help="score one JSONL/Parquet file outside the asset graph")
-    s.add_argument("--raters", default="rpv2,dsir")
+    s.add_argument("--raters", default="rpv2,dsir",
+                   help="rpv2, dsir, prrc (the pool's trained PRRC rater), precomputed, or model score names")
     s.add_argument("--in", dest="inp", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", default=None)
@@ -166,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.set_defaults(fn=cmd_propose)
     e = sub.add_parser("explain", help="why a document was kept or dropped")
     e.add_argument("doc_id")
+    e.add_argument("--shard", default=None, help="the document's shard key (else the pool's id column is scanned)")
     e.set_defaults(fn=cmd_explain)
-    u = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
+    u = sub.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(fn=cmd_ui)
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # a clear one-line error instead of a traceback
+    except Exception as e:  # a clear one-line error instead of a traceback, for the errors we name
         from .core.config import ConfigError
         from .core.corpus import ShardError
 

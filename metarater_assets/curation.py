@@ -1,7 +1,15 @@
-"""Stage 'curated': global threshold with the optimal weights, curated shards and a manifest."""
+"""Stage 'curated': the global cut under the optimal weights, curated shards and a manifest.
 
-import collections
+``curated_selection`` is small: the weights, the normalisation, the cut (threshold and tie break)
+and the counts per shard and per source (from one group-by per shard). Each ``curated_corpus``
+shard cuts its own documents with them. The curated folder opens as a dataset as it is (pandas,
+pyarrow, DuckDB, ``datasets``): ``<name>.parquet`` per shard, ``_manifest.json`` beside them (a
+leading ``_`` is skipped by every dataset reader), ``_jsonl/<name>.jsonl.zst`` copies when asked.
+"""
+
 import datetime as _dt
+import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -9,16 +17,15 @@ import yaml
 
 import dagster as dg
 
-from .core import dsir, proxy_lm, regression, selection, signals
+from .batched import for_each_shard
+from .core import corpus, dsir, pool as cp, precomputed, proxy_lm, regression, scan, selection, signals
 from .core import storage as st
 from .partitions import shards
-from .proxies import pool_matrix
+from .pool import normalisation, pool_files
 from resources import MetaraterConfig
 
 GROUP = "curated"
-SCORE_VERSIONS = {"rpv2": signals.SIGNALS_VERSION, "dsir": dsir.DSIR_VERSION,
-                  "selection": selection.SELECTION_VERSION, "proxy": proxy_lm.PROXY_VERSION,
-                  "regression": regression.REGRESSION_VERSION}
+MANIFEST = "_manifest.json"
 
 
 def resolve_weights(cfg, optimal: dict) -> tuple[np.ndarray, list[str], str]:
@@ -37,102 +44,167 @@ def resolve_weights(cfg, optimal: dict) -> tuple[np.ndarray, list[str], str]:
     return np.array([optimal["weights"][n] for n in names]), names, "optimal_weights"
 
 
-@dg.asset(io_manager_key="parquet_io_manager", group_name=GROUP, code_version="curated-selection-1",
-          description="Combined score of every pool document under the optimal weights and the one "
-                      "global threshold for curation.fraction (of tokens or documents).")
-def curated_selection(context: dg.AssetExecutionContext, pool_index: pa.Table, optimal_weights: dict,
-                      settings: MetaraterConfig) -> pa.Table:
+def curated_names(keys) -> dict[str, str]:
+    """Curated file name per shard key: the key without its shard extension, ``.parquet``; keys
+    that would collide (``a.jsonl`` and ``a.parquet``) keep a short hash of the key."""
+    stems = {}
+    for k in keys:
+        fmt_ext = next((e for e in sorted(corpus.FORMATS, key=len, reverse=True) if k.lower().endswith(e)), "")
+        stems[k] = k[: len(k) - len(fmt_ext)] if fmt_ext else k
+    counts: dict[str, int] = {}
+    for s in stems.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {k: (s if counts[s] == 1 else f"{s}-{hashlib.sha1(k.encode()).hexdigest()[:8]}") for k, s in stems.items()}
+
+
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version=f"curated-selection-{cp.POOL_VERSION}",
+          deps=[dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping())],
+          ins={"score_stats": dg.AssetIn("score_stats"), "optimal_weights": dg.AssetIn("optimal_weights")},
+          description="The global cut of the pool under the optimal weights for curation.fraction (of "
+                      "tokens or documents) or curation.token_budget: threshold, tie break, and kept "
+                      "documents and tokens per shard and per source. Small: each curated shard cuts "
+                      "its own documents.")
+def curated_selection(context: dg.AssetExecutionContext, score_stats: dict, optimal_weights: dict,
+                      settings: MetaraterConfig):
     cfg = settings.load()
     w, names, origin = resolve_weights(cfg, optimal_weights)
-    normed = pool_matrix(pool_index, names)
-    comb = selection.combined_score(normed, w)
-    tokens = pool_index.column("n_tokens").to_numpy()
-    sel = selection.select_top(comb, tokens, fraction=cfg.curation["fraction"],
-                               by=cfg.curation["fraction_of"], token_budget=cfg.curation.get("token_budget"))
-    context.add_output_metadata({"threshold": sel.threshold, "kept_docs": sel.docs,
-                                 "kept_tokens": sel.tokens, "pool_docs": len(comb),
-                                 "pool_tokens": int(tokens.sum()), "weights_from": origin})
-    return pa.table({"shard": pool_index.column("shard"), "doc_id": pool_index.column("doc_id"),
-                     "raw_row": pool_index.column("raw_row"), "source": pool_index.column("source"),
-                     "n_tokens": pool_index.column("n_tokens"), "combined_score": pa.array(comb),
-                     "kept": pa.array(sel.mask)}).replace_schema_metadata(
-        {"threshold": repr(sel.threshold), "fraction": repr(cfg.curation["fraction"]),
-         "fraction_of": cfg.curation["fraction_of"], "weights_from": origin})
+    norm = normalisation(score_stats)
+    if list(norm.names) != names:
+        raise dg.Failure(f"the weights are over {names} but the pool statistics over {list(norm.names)}: "
+                         "re-run the proxies and the regressor (metarater run --refit)", allow_retries=False)
+    files = pool_files(settings, score_stats)
+    cur = cfg.curation
+    cut = scan.cuts(files, norm, w, totals=(score_stats["docs"], score_stats["tokens"]), fraction=cur["fraction"],
+                    by=cur["fraction_of"], token_budget=cur.get("token_budget"))[0]
+    per_shard, per_source = scan.kept_counts(files, norm, w, cut)
+    out = {"names": names, "weights": [float(x) for x in w], "weights_from": origin,
+           "normalisation": norm.to_dict(), "cut": cut.to_dict(), "fraction": cur["fraction"],
+           "fraction_of": cur["fraction_of"], "token_budget": cur.get("token_budget"),
+           "docs": cut.docs, "tokens": cut.tokens, "pool_docs": score_stats["docs"],
+           "pool_tokens": score_stats["tokens"], "per_shard": per_shard, "per_source": per_source,
+           "files": curated_names(files.keys)}
+    context.add_output_metadata({"threshold": cut.threshold_score, "kept_docs": cut.docs, "kept_tokens": cut.tokens,
+                                 "pool_docs": score_stats["docs"], "pool_tokens": score_stats["tokens"],
+                                 "weights_from": origin})
+    digest = hashlib.sha1(json.dumps(out, sort_keys=True).encode()).hexdigest()
+    return dg.Output(out, data_version=dg.DataVersion(digest))
 
 
-@dg.asset(partitions_def=shards, io_manager_key="curated_io_manager", group_name=GROUP,
-          code_version="curated-corpus-1",
-          description="The kept documents of one shard, written under the curated output URI: "
-                      "doc_id, text, source, combined_score, raw_shard, raw_row.")
-def curated_corpus(context: dg.AssetExecutionContext, raw_docs: pa.Table,
-                   curated_selection: pa.Table, settings: MetaraterConfig) -> pa.Table:
-    key = context.partition_key
-    import pyarrow.compute as pc
+def combined_of(sel: dict, index: pa.Table) -> np.ndarray:
+    """Combined-score units of one shard's documents under the selection's weights."""
+    norm = cp.Normalisation.from_dict(sel["normalisation"])
+    units = norm.units({n: index.column(n).to_numpy(zero_copy_only=False) for n in norm.names})
+    return cp.combined_units(units, cp.weight_units(np.asarray(sel["weights"])))
 
-    mine = curated_selection.filter(pc.equal(curated_selection.column("shard"), key))
-    if mine.num_rows != raw_docs.num_rows or mine.column("doc_id").to_pylist() != raw_docs.column("doc_id").to_pylist():
-        raise dg.Failure(f"{key}: curated_selection does not match the shard's documents; "
-                         "re-materialise pool_index and curated_selection")
-    kept = np.asarray(mine.column("kept"))
-    idx = pa.array(np.flatnonzero(kept))
-    out = pa.table({"doc_id": raw_docs.column("doc_id").take(idx), "text": raw_docs.column("text").take(idx),
-                    "source": raw_docs.column("source").take(idx),
-                    "combined_score": mine.column("combined_score").take(idx),
-                    "raw_shard": pa.array([key] * len(idx), pa.string()),
-                    "raw_row": raw_docs.column("raw_row").take(idx)})
-    md = {"kept_docs": out.num_rows, "shard_docs": raw_docs.num_rows}
-    if settings.load().curation["format"] == "jsonl.zst":  # in addition to the Parquet file
-        uri = f"{settings.curated_uri.rstrip('/')}/{key}.jsonl.zst"
-        st.write_jsonl_zst(out, uri)
-        md["jsonl_zst"] = dg.MetadataValue.path(uri)
-    context.add_output_metadata(md)
+
+def make_curated_corpus(policy):
+    @dg.asset(partitions_def=shards, group_name=GROUP, code_version="curated-corpus-2", backfill_policy=policy,
+              deps=["raw_docs", "shard_index"], ins={"curated_selection": dg.AssetIn("curated_selection")},
+              description="The kept documents of one shard, written under the curated output URI as "
+                          "<shard>.parquet: doc_id, text, source, n_tokens, combined_score, raw_shard, raw_row.")
+    def curated_corpus(context: dg.AssetExecutionContext, curated_selection: dict,
+                       settings: MetaraterConfig) -> dg.MaterializeResult:
+        sel = curated_selection
+        cut = cp.Cut.from_dict(sel["cut"])
+        fmt = settings.load().curation["format"]
+
+        def one(key):
+            if key not in sel["per_shard"]:
+                raise dg.Failure(f"{key} is not in the pool curated_selection was cut from: re-materialise "
+                                 "score_stats and curated_selection first")
+            index = settings.files.read("shard_index", key, ["doc_id", "n_tokens", *sel["names"]])
+            docs = settings.files.read("raw_docs", key, ["doc_id", "text", "source", "raw_row"])
+            c = combined_of(sel, index)
+            kept = cut.keep(key, c)
+            if int(kept.sum()) != sel["per_shard"][key]["docs"] or not index.column("doc_id").equals(docs.column("doc_id")):
+                raise dg.Failure(f"{key}: the shard's documents differ from those curated_selection was cut from; "
+                                 "re-materialise shard_index, score_stats and curated_selection")
+            idx = pa.array(np.flatnonzero(kept))
+            out = pa.table({"doc_id": docs.column("doc_id").take(idx), "text": docs.column("text").take(idx),
+                            "source": docs.column("source").take(idx),
+                            "n_tokens": index.column("n_tokens").take(idx),
+                            "combined_score": pa.array(cp.to_score(c[kept])),
+                            "raw_shard": pa.array([key] * len(idx), pa.string()),
+                            "raw_row": docs.column("raw_row").take(idx)})
+            base = settings.curated_uri.rstrip("/")
+            st.write_parquet(out, f"{base}/{sel['files'][key]}.parquet")
+            if fmt == "jsonl.zst":  # in addition to the Parquet file
+                st.write_jsonl_zst(out, f"{base}/_jsonl/{sel['files'][key]}.jsonl.zst")
+            return out.num_rows
+
+        done = for_each_shard(context, one)
+        return dg.MaterializeResult(metadata={"kept_docs": sum(done.values()), "shards": len(done)})
+
+    return curated_corpus
+
+
+def score_code_versions(cfg, prrc_rater: dict | None) -> dict:
+    """The code behind every active score: RPv2 and DSIR versions, each model score's model,
+    revision and head (or the trained PRRC rater), the precomputed mapping."""
+    from .core import raters, rater_training
+
+    out = {"rpv2": signals.SIGNALS_VERSION, "dsir": dsir.DSIR_VERSION, "selection": cp.POOL_VERSION,
+           "proxy": proxy_lm.PROXY_VERSION, "regression": regression.REGRESSION_VERSION}
+    if cfg.precomputed:
+        out["precomputed"] = f"{precomputed.PRECOMPUTED_VERSION}:{precomputed.digest(cfg.precomputed)}"
+    specs = cfg.rater_specs()
+    models = {}
+    for n in cfg.model_scores:
+        if n in specs:
+            models[n] = specs[n].version
+        else:
+            m = (prrc_rater or {}).get("models", {}).get(n, {})
+            models[n] = (f"{raters.RATERS_VERSION}:trained PRRC {(prrc_rater or {}).get('method', 'finetune')} "
+                         f"{rater_training.RATER_TRAINING_VERSION} at {m.get('uri')} offset {m.get('offset')}")
+    if models:
+        out["model_scores"] = models
     return out
 
 
-@dg.asset(io_manager_key="curated_io_manager_json", group_name=GROUP, code_version="manifest-1",
-          deps=["curated_corpus"],
-          description="manifest.json next to the curated data: weights, regressor and proxy runs "
-                      "behind them, score code versions, threshold, counts and tokens per shard "
-                      "and per source, Dagster run id, time.")
-def curated_manifest(context: dg.AssetExecutionContext, curated_selection: pa.Table,
-                     optimal_weights: dict, regressor: dict, settings: MetaraterConfig) -> dict:
+def manifest_uri(curated_uri: str) -> str:
+    return f"{curated_uri.rstrip('/')}/{MANIFEST}"
+
+
+@dg.asset(group_name=GROUP, code_version="manifest-2",
+          deps=[dg.AssetDep("curated_corpus", partition_mapping=dg.AllPartitionMapping()), "prrc_rater"],
+          ins={"curated_selection": dg.AssetIn("curated_selection"), "optimal_weights": dg.AssetIn("optimal_weights"),
+               "regressor": dg.AssetIn("regressor")},
+          description="_manifest.json next to the curated data: weights, regressor and proxy runs behind "
+                      "them, score code versions, threshold, counts and tokens per shard and per source, "
+                      "the files, Dagster run id, time.")
+def curated_manifest(context: dg.AssetExecutionContext, curated_selection: dict, optimal_weights: dict,
+                     regressor: dict, settings: MetaraterConfig) -> dg.MaterializeResult:
     cfg = settings.load()
-    w, names, origin = resolve_weights(cfg, optimal_weights)
-    sel = curated_selection.to_pydict()
-    per_shard = collections.defaultdict(lambda: {"docs": 0, "tokens": 0, "pool_docs": 0, "pool_tokens": 0})
-    per_source = collections.defaultdict(lambda: {"docs": 0, "tokens": 0, "pool_docs": 0, "pool_tokens": 0})
-    for shard, src, n, kept in zip(sel["shard"], sel["source"], sel["n_tokens"], sel["kept"]):
-        for d in (per_shard[shard], per_source[src]):
-            d["pool_docs"] += 1
-            d["pool_tokens"] += n
-            if kept:
-                d["docs"] += 1
-                d["tokens"] += n
-    meta = curated_selection.schema.metadata or {}
-    kept_docs = sum(sel["kept"])
+    sel = curated_selection
+    base = settings.curated_uri.rstrip("/")
+    files = [f"{base}/{sel['files'][k]}.parquet" for k in sorted(sel["per_shard"])]
+    missing = [f for f in files if not st.exists(f)]
+    if missing:
+        raise dg.Failure(f"{len(missing)} curated shard file(s) are missing (e.g. {missing[0]}): materialise "
+                         "curated_corpus for every shard first")
+    prrc_uri = f"{settings.storage_uri}/prrc_rater.json"
+    prrc = st.read_json(prrc_uri) if st.exists(prrc_uri) else None
     manifest = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "dagster_run_id": context.run_id,
         "config": cfg.source,
-        "weights": dict(zip(names, map(float, w))), "weights_from": origin,
-        "regressor": {"model": regressor["best"], "cv": {m: {k: v for k, v in r.items() if k != "oof_pred"}
-                                                         for m, r in regressor["cv"].items()},
-                      "target": regressor["target"]},
+        "weights": dict(zip(sel["names"], sel["weights"])), "weights_from": sel["weights_from"],
+        "normalisation": sel["normalisation"],
+        "regressor": {"model": regressor["best"], "target": regressor["target"], "heldout": regressor.get("heldout"),
+                      "cv": {m: {k: v for k, v in r.items() if k != "oof_pred"} for m, r in regressor["cv"].items()}},
         "proxy_runs": regressor["keys"],
         "predicted_loss": optimal_weights.get("predicted_loss"),
-        "score_code_versions": SCORE_VERSIONS,
-        "threshold": float(meta.get(b"threshold", b"nan")),
-        "fraction": cfg.curation["fraction"], "fraction_of": cfg.curation["fraction_of"],
-        "docs": int(kept_docs), "tokens": int(sum(n for n, k in zip(sel["n_tokens"], sel["kept"]) if k)),
-        "pool_docs": len(sel["kept"]), "pool_tokens": int(sum(sel["n_tokens"])),
-        "per_shard": {k: per_shard[k] for k in sorted(per_shard)},
-        "per_source": {k: per_source[k] for k in sorted(per_source)},
-        "files": [f"{settings.curated_uri.rstrip('/')}/{k}.parquet" for k in sorted(per_shard)],
-        "format": cfg.curation["format"],
-        **({"jsonl_zst_files": [f"{settings.curated_uri.rstrip('/')}/{k}.jsonl.zst" for k in sorted(per_shard)]}
+        "score_code_versions": score_code_versions(cfg, prrc),
+        "threshold": sel["cut"]["threshold_score"], "cut": sel["cut"],
+        "fraction": sel["fraction"], "fraction_of": sel["fraction_of"], "token_budget": sel["token_budget"],
+        "docs": sel["docs"], "tokens": sel["tokens"], "pool_docs": sel["pool_docs"], "pool_tokens": sel["pool_tokens"],
+        "per_shard": {k: sel["per_shard"][k] for k in sorted(sel["per_shard"])},
+        "per_source": {k: sel["per_source"][k] for k in sorted(sel["per_source"])},
+        "files": files, "format": cfg.curation["format"], "uri": settings.curated_uri,
+        **({"jsonl_zst_files": [f"{base}/_jsonl/{sel['files'][k]}.jsonl.zst" for k in sorted(sel["per_shard"])]}
            if cfg.curation["format"] == "jsonl.zst" else {}),
-        "uri": settings.curated_uri,
     }
-    context.add_output_metadata({"docs": manifest["docs"], "tokens": manifest["tokens"],
-                                 "threshold": manifest["threshold"]})
-    return manifest
+    st.write_json(manifest, manifest_uri(settings.curated_uri))
+    return dg.MaterializeResult(metadata={"docs": manifest["docs"], "tokens": manifest["tokens"],
+                                          "threshold": manifest["threshold"], "shards": len(files),
+                                          "manifest": dg.MetadataValue.path(manifest_uri(settings.curated_uri))})

@@ -1,4 +1,9 @@
-"""Builds the one Definitions object from settings (environment by default)."""
+"""Builds the one Definitions object from settings (environment by default).
+
+The graph depends on the run configuration (which raters, which model scores, the batch size),
+so a config that cannot be loaded fails here, loudly, naming the file and the field: the UI and
+the daemon never run on silently-defaulted settings.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,81 +11,146 @@ import json
 
 import dagster as dg
 
-from . import curation, evaluation, ingest, prrc, proxies, regression, scoring
+from . import batched, curation, evaluation, ingest, pool, prrc, proxies, regression, scoring, tokens
 from .partitions import shards
-from .sensors import make_shard_sensor
-from resources import (ComputeResource, CuratedIOManager, CuratedManifestIOManager, JsonIOManager,
-                       MetaraterConfig, ParquetIOManager, Settings)
+from .sensors import AUTOMATION_SENSOR, make_automation_sensor, make_shard_sensor
+from resources import ComputeResource, JsonIOManager, MetaraterConfig, Settings
 
-#: Stages in order, each with the assets it materialises. ``metarater run --stage X`` runs all
-#: stages up to and including X.
-STAGES: dict[str, list[str]] = {
-    "ingest": ["raw_docs", "raw_quarantine"],
-    "scores": ["rpv2_scores", "dsir_counts", "dsir_model", "prrc_annotations", "prrc_rater", "dsir_scores",
-               "model_scores", "score_stats"],
-    "proxies": ["tokenizer", "doc_tokens", "validation_tokens", "pool_index", "proxy_plan", "proxy_run"],
-    "regressor": ["regressor", "optimal_weights"],
-    "curated": ["curated_selection", "curated_corpus", "curated_manifest"],
-    "evaluation": ["evaluation"],
+#: The stages, in order; ``metarater run --stage X`` runs every step up to X's assets.
+STAGE_NAMES = ("ingest", "scores", "pool", "proxies", "regressor", "curated", "evaluation")
+
+#: Execution steps in dependency order: (assets, partitions: "shards" / "proxy_runs" / None). A
+#: step's assets run together (one Dagster run per batch of shards, or one run).
+STEPS: tuple[tuple[tuple[str, ...], str | None], ...] = (
+    (("raw_docs", "raw_quarantine", "precomputed_scores", "rpv2_scores", "dsir_counts"), "shards"),
+    (("dsir_model", "prrc_annotations", "prrc_rater", "tokenizer"), None),
+    (("dsir_scores", "@model_scores", "doc_tokens", "shard_index"), "shards"),
+    (("score_stats", "validation_tokens"), None),
+    (("proxy_plan",), None),
+    (("proxy_data",), "proxy_runs"),
+    (("proxy_run",), "proxy_runs"),
+    (("regressor", "optimal_weights"), None),
+    (("curated_selection",), None),
+    (("curated_corpus",), "shards"),
+    (("curated_manifest",), None),
+    (("evaluation",), None),
+)
+
+_STAGE_OF = {
+    "raw_docs": "ingest", "raw_quarantine": "ingest", "precomputed_scores": "ingest",
+    "rpv2_scores": "scores", "dsir_counts": "scores", "dsir_model": "scores", "dsir_scores": "scores",
+    "prrc_annotations": "scores", "prrc_rater": "scores", "@model_scores": "scores",
+    "tokenizer": "pool", "doc_tokens": "pool", "shard_index": "pool", "score_stats": "pool",
+    "validation_tokens": "pool", "proxy_plan": "proxies", "proxy_data": "proxies", "proxy_run": "proxies",
+    "regressor": "regressor", "optimal_weights": "regressor", "curated_selection": "curated",
+    "curated_corpus": "curated", "curated_manifest": "curated", "evaluation": "evaluation",
 }
-#: Assets partitioned by shard, recomputed per new shard by the sensor's job.
-SHARD_ASSETS = ["raw_docs", "raw_quarantine", "rpv2_scores", "dsir_counts", "dsir_scores", "model_scores",
-                "doc_tokens"]
+
+#: Pool-level fits that new data alone does not redo: the DSIR raw distribution, the PRRC labels
+#: and rater, the tokenizer and the proxies' data and runs (and so the regressor). They run when
+#: missing, when their own code or config changed, with --force ASSET, or all of them with --refit.
+ON_REQUEST = frozenset({"dsir_model", "prrc_annotations", "prrc_rater", "tokenizer", "proxy_data", "proxy_run"})
 
 
-def _automation() -> dict:
-    """Declarative automation: what follows new data or a refit by itself. Per-shard scores and
-    tokens, pool statistics, the pool index and the curated output are ``eager`` (updated after
-    their inputs change). Ingest of a new file is requested by the shard sensor. The pool-level fits
-    (DSIR raw distribution, PRRC labels and rater, tokenizer, proxies, regressor, evaluation) are
-    never automated: they run on request (`metarater run --refit` / `--force`, or the UI)."""
-    eager = dg.AutomationCondition.eager()
-    # a shard whose ingest failed must not freeze pool statistics and curation for all the others
-    pool = eager.without(~dg.AutomationCondition.any_deps_missing())
-    # curated_corpus (per shard) follows curated_selection (pool) only: a new shard's raw_docs must
-    # not trigger its curated file while the pool selection is still being recomputed in another
-    # run (it would race it and fail its "selection matches the shard" check); once the selection
-    # is updated, every shard's curated file is (the threshold moved)
+def stage_of(asset: str) -> str:
+    return "scores" if asset.startswith("score_") else _STAGE_OF[asset]
+
+
+def steps_for(cfg, stage: str) -> list[tuple[list[str], str | None]]:
+    """The steps (with the config's actual asset keys) that ``--stage stage`` runs."""
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
+    upto = STAGE_NAMES.index(stage)
+    present = {k.to_user_string() for a in all_assets(cfg) for k in a.keys}
+    out = []
+    for keys, part in STEPS:
+        chosen = []
+        for k in keys:
+            if STAGE_NAMES.index(_STAGE_OF[k]) > upto:
+                continue
+            if k == "@model_scores":
+                chosen += [scoring.score_asset(n) for n in cfg.model_scores]
+            elif k in present:
+                chosen.append(k)
+        if chosen:
+            out.append((chosen, part))
+    return out
+
+
+def stage_assets(cfg) -> dict[str, list[str]]:
+    """{stage: its assets} for this config."""
+    out: dict[str, list[str]] = {s: [] for s in STAGE_NAMES}
+    for a in all_assets(cfg):
+        for k in a.keys:
+            out[stage_of(k.to_user_string())].append(k.to_user_string())
+    return out
+
+
+def shard_assets(cfg) -> list[str]:
+    """The per-shard chain a new or changed file needs (ingest through the shard index)."""
+    keys = []
+    for step, part in STEPS[:3]:
+        if part != "shards":
+            continue
+        for k in step:
+            keys += [scoring.score_asset(n) for n in cfg.model_scores] if k == "@model_scores" else [k]
+    present = {k.to_user_string() for a in all_assets(cfg) for k in a.keys}
+    return [k for k in keys if k in present]
+
+
+def _automation(cfg) -> dict:
+    """Declarative automation: what follows new data or a refit by itself. Per-shard scores,
+    tokens and the shard index follow their inputs; the pool statistics, the curated selection and
+    the manifest follow the pool; ingest of a new file is requested by the shard sensor. The
+    pool-level fits (DSIR raw distribution, PRRC labels and rater, tokenizer, proxies, regressor,
+    evaluation) are never automated: they run on request (`metarater run --refit` / `--force`, or
+    the UI). ``eager`` waits while any input is in progress, so a burst of new shards (batched
+    runs of the sensor's job) refreshes the pool once the burst's runs are done, not per shard."""
     A = dg.AutomationCondition
+    eager = A.eager()
+    # a shard whose ingest failed must not freeze pool statistics and curation for all the others
+    pool_ = eager.without(~A.any_deps_missing())
+    # curated_corpus (per shard) follows curated_selection (pool) only: a new shard's files must
+    # not trigger its curated file while the pool selection is still being recomputed in another run
     after_selection = (
         A.any_deps_updated().allow(dg.AssetSelection.assets("curated_selection")).since_last_handled()
         & ~A.any_deps_missing() & ~A.any_deps_in_progress() & ~A.in_progress()
     ).with_label("eager after curated_selection")
-    return {**{k: eager for k in ("rpv2_scores", "dsir_counts", "dsir_scores", "model_scores", "doc_tokens",
-                                  "curated_selection", "curated_manifest")},
-            "score_stats": pool, "pool_index": pool, "curated_corpus": after_selection}
-
-
-AUTOMATED = frozenset(_automation())
+    per_shard = ["rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens", "shard_index",
+                 *[scoring.score_asset(n) for n in (cfg.model_scores if cfg else ())]]
+    return {**{k: eager for k in per_shard}, "curated_selection": eager, "curated_manifest": pool_,
+            "score_stats": pool_, "curated_corpus": after_selection}
 
 
 def _config_parts(c) -> dict:
     """The configuration each asset's output depends on (beyond its inputs and code)."""
     p, cur = c.proxies, c.curation
-    curation = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), cur.get("weights_file"),
-                _file_digest(cur.get("weights_file")))
+    curation_ = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), cur.get("weights_file"),
+                 _file_digest(cur.get("weights_file")))
+    model_cfg = (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget, p.seed)
     return {
+        "raw_docs": [(s.score, s.column, s.reduce, s.index, s.length) for s in c.precomputed],
         "dsir_counts": c.dsir.buckets,
-        "model_scores": ({n: s.version for n, s in c.rater_specs().items()}, c.trained_scores),
         "prrc_annotations": (c.prrc.labels, _file_digest(c.prrc.labels), dict(c.prrc.annotate),
                              c.prrc.dims) if c.prrc else None,
-        "prrc_rater": (dict(c.prrc.train), c.prrc.dims, c.prrc.shared_encoder) if c.prrc else None,
+        "prrc_rater": (dict(c.prrc.train), c.prrc.dims, c.prrc.shared_encoder, c.prrc.method) if c.prrc else None,
         "dsir_model": (c.dsir.buckets, dict(c.dsir.targets)),
         "tokenizer": (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs),
-        "validation_tokens": (dict(c.validation_sets), c.validation_max_docs),
-        "pool_index": c.score_names,
+        "validation_tokens": (dict(c.validation_sets), c.validation_max_docs, c.validation_held_out),
+        "score_stats": (c.score_names, c.stats_sample_docs, sorted(c.orientation.items())),
         "proxy_plan": (c.score_names, p.n, p.seed, p.single_score_runs),
-        # proxies are refit on request only (runner.ON_REQUEST), so everything that changes what
-        # they learn or how they are measured is part of their own version
-        "proxy_run": (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget,
-                      dict(c.validation_sets), c.validation_max_docs,
-                      (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs)),
-        "regressor": (c.regressor["folds"], c.validation_target),
+        # proxies are refit on request only (ON_REQUEST), so everything that changes what they
+        # learn or how they are measured is part of their own version
+        "proxy_data": model_cfg,
+        "proxy_run": (model_cfg, dict(c.validation_sets), c.validation_max_docs, c.validation_held_out,
+                      c.validation_target, (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs)),
+        "regressor": (c.regressor["folds"], c.regressor["holdout"], list(c.regressor["models"]),
+                      c.regressor.get("seed"), c.validation_target),
         "optimal_weights": (c.regressor["candidates"], c.regressor["top_k"], c.regressor["bootstrap"]),
-        "curated_selection": curation,
+        "curated_selection": curation_,
         "curated_corpus": cur["format"],
-        "curated_manifest": (curation, cur["format"]),
-        "evaluation": (dict(c.evaluation), cur["fraction"], cur["fraction_of"], c.validation_target),
+        "curated_manifest": (curation_, cur["format"]),
+        "evaluation": (dict(c.evaluation), curation_, c.validation_target),
     }
 
 
@@ -93,100 +163,97 @@ def _file_digest(uri: str | None) -> str | None:
     return hashlib.sha1(fs.cat_file(path)).hexdigest()
 
 
-def all_assets(config=None) -> list:
-    """All assets; with a config, each code_version also carries a digest of the configuration
-    that shapes that asset, so changing e.g. curation.fraction stales exactly the assets it
-    affects (and, through data versions, what depends on them)."""
-    conditions = _automation()
-
-    def automated(spec):
-        cond = conditions.get(spec.key.to_user_string())
-        return spec.replace_attributes(automation_condition=cond) if cond is not None else spec
-
-    assets = [a.map_asset_specs(automated) for a in _base_assets()]
-    if config is None:
-        return assets
-    parts = _config_parts(config)
-
-    def versioned(spec):
-        part = parts.get(spec.key.to_user_string())
-        if part is None:
-            return spec
-        digest = hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        return spec.replace_attributes(code_version=f"{spec.code_version}-cfg{digest}")
-
-    return [a.map_asset_specs(versioned) for a in assets]
+def _base_assets(cfg) -> list:
+    policy = batched.policy(cfg.compute["shards_per_run"] if cfg else 64)
+    out = [ingest.make_ingest(cfg, policy)]
+    raters = cfg.raters if cfg else ("rpv2", "dsir")
+    if "rpv2" in raters:
+        out.append(scoring.make_rpv2(policy))
+    if "dsir" in raters:
+        out += [scoring.make_dsir_counts(cfg, policy), scoring.dsir_model, scoring.make_dsir_scores(policy)]
+    out += [prrc.prrc_annotations, prrc.prrc_rater]
+    ms = scoring.make_model_scores(cfg, policy)
+    if ms is not None:
+        out.append(ms)
+    out += [tokens.tokenizer, tokens.make_doc_tokens(policy), tokens.validation_tokens,
+            pool.make_shard_index(cfg, policy), pool.score_stats,
+            proxies.proxy_plan, proxies.make_proxy_data(cfg), proxies.make_proxy_run(cfg),
+            regression.regressor, regression.optimal_weights,
+            curation.curated_selection, curation.make_curated_corpus(policy), curation.curated_manifest,
+            evaluation.evaluation]
+    return out
 
 
-def load_config_or_none(settings: Settings):
-    from .core.config import load_config
+def all_assets(config) -> list:
+    """All assets; each code_version also carries a digest of the configuration that shapes that
+    asset, so changing e.g. curation.fraction stales exactly the assets it affects (and, through
+    data versions, what depends on them)."""
+    conditions = _automation(config)
+    parts = _config_parts(config) if config is not None else {}
 
-    try:
-        return load_config(settings.config_path)
-    except Exception:  # a broken config fails loudly, with its message, in the assets that read it
-        return None
+    def spec_fn(spec):
+        key = spec.key.to_user_string()
+        attrs = {}
+        if key in conditions:
+            attrs["automation_condition"] = conditions[key]
+        part = parts.get("raw_docs" if key in ("raw_quarantine", "precomputed_scores") else key)
+        if part:
+            digest = hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            attrs["code_version"] = f"{spec.code_version}-cfg{digest}"
+        return spec.replace_attributes(**attrs) if attrs else spec
+
+    return [a.map_asset_specs(spec_fn) for a in _base_assets(config)]
 
 
-def _base_assets() -> list:
-    return [ingest.raw_shard, scoring.rpv2_scores, scoring.dsir_counts, scoring.dsir_model,
-            scoring.dsir_scores, prrc.prrc_annotations, prrc.prrc_rater, scoring.model_scores, scoring.score_stats, proxies.tokenizer, proxies.doc_tokens,
-            proxies.validation_tokens, proxies.pool_index, proxies.proxy_plan, proxies.proxy_run,
-            regression.regressor, regression.optimal_weights, curation.curated_selection,
-            curation.curated_corpus, curation.curated_manifest, evaluation.evaluation]
-
-
-def build_resources(settings: Settings) -> dict:
-    curated = settings_curated_uri(settings)
+def build_resources(settings: Settings, cfg) -> dict:
+    curated = settings_curated_uri(settings, cfg)
+    c = dict(cfg.compute)
     return {
-        "parquet_io_manager": ParquetIOManager(base_path=settings.storage_uri),
         "json_io_manager": JsonIOManager(base_path=settings.storage_uri),
-        "curated_io_manager": CuratedIOManager(base_path=curated),
-        "curated_io_manager_json": CuratedManifestIOManager(base_path=curated),
         "settings": MetaraterConfig(config_path=settings.config_path, raw_uri=settings.raw_uri,
                                     artifacts_uri=settings.artifacts_uri, curated_uri=curated,
                                     storage_uri=settings.storage_uri),
-        "compute": _compute(settings),
+        "compute": ComputeResource(accelerator=str(c.get("accelerator") or "auto"), devices=int(c.get("devices") or 1),
+                                   precision=str(c.get("precision") or "auto"), threads=int(c.get("threads") or 0),
+                                   strategy=str(c.get("strategy") or "auto")),
     }
 
 
-def _compute(settings: Settings) -> ComputeResource:
-    cfg = load_config_or_none(settings)
-    c = dict(cfg.compute) if cfg else {}
-    return ComputeResource(accelerator=str(c.get("accelerator") or "auto"),
-                           devices=int(c.get("devices") or 1),
-                           precision=str(c.get("precision") or "auto"),
-                           threads=int(c.get("threads") or 0),
-                           strategy=str(c.get("strategy") or "auto"))
+def settings_curated_uri(settings: Settings, cfg) -> str:
+    return cfg.curation.get("output_uri") or f"{settings.home.rstrip('/')}/curated"
 
 
-def settings_curated_uri(settings: Settings) -> str:
-    cfg = load_config_or_none(settings)
-    out = cfg.curation.get("output_uri") if cfg else None
-    return out or f"{settings.home.rstrip('/')}/curated"
+def load(settings: Settings):
+    from .core.config import load_config
+
+    return load_config(settings.config_path)
 
 
-shard_job = dg.define_asset_job(
-    "shard_job", selection=dg.AssetSelection.assets(*SHARD_ASSETS), partitions_def=shards,
-    description="Ingest and score one shard (what a new or changed file needs).")
-
-
-def distributed_jobs() -> list:
-    """``shard_job_celery``: the same per-shard work, each step sent to Celery workers (any
-    machine that can import this project and reach the broker, the storage URI and the Dagster
-    instance). Present when ``dagster-celery`` is installed (``pip install metarater[celery]``);
-    see README "From the demo to a cluster"."""
+def jobs(cfg) -> list:
+    sel = dg.AssetSelection.assets(*shard_assets(cfg))
+    out = [dg.define_asset_job("shard_job", selection=sel, partitions_def=shards,
+                               description="Ingest, score, tokenise and index shards (what a new or changed "
+                                           "file needs); runs over a batch of shards at once.")]
     try:
         from dagster_celery import celery_executor
     except ImportError:
-        return []
-    return [dg.define_asset_job(
-        "shard_job_celery", selection=dg.AssetSelection.assets(*SHARD_ASSETS), partitions_def=shards,
-        executor_def=celery_executor,
-        description="shard_job on Celery workers (broker / backend in the run config's execution.config).")]
+        return out
+    out.append(dg.define_asset_job(
+        "shard_job_celery", selection=sel, partitions_def=shards, executor_def=celery_executor,
+        description="shard_job on Celery workers (broker / backend in the run config's execution.config)."))
+    return out
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
-    sensor = make_shard_sensor(lambda: settings.raw_uri, shard_job)
-    return dg.Definitions(assets=all_assets(load_config_or_none(settings)), resources=build_resources(settings),
-                          jobs=[shard_job, *distributed_jobs()], sensors=[sensor])
+    cfg = load(settings)  # a broken config fails here, naming the file and the field
+    js = jobs(cfg)
+    shard_job = js[0]
+    sensors = [make_shard_sensor(lambda: settings.raw_uri, shard_job, int(cfg.compute["shards_per_run"])),
+               make_automation_sensor()]
+    return dg.Definitions(assets=all_assets(cfg), resources=build_resources(settings, cfg), jobs=js,
+                          sensors=sensors)
+
+
+__all__ = ["AUTOMATION_SENSOR", "ON_REQUEST", "STAGE_NAMES", "STEPS", "all_assets", "build_definitions",
+           "build_resources", "shard_assets", "stage_assets", "steps_for"]

@@ -1,132 +1,143 @@
 """Stage 'evaluation': does the curated selection train a better LM than random or one score?
 
 A target LM (larger than the proxies, same tokenizer) is trained on equal token budgets from
-(a) the curated selection, (b) a uniform random selection of the same number of tokens and
-(c) the top of the pool by the best single score (the single-score proxy with the lowest loss),
-for several seeds, with loss curves on every validation set.
+(a) the curated selection, (b) a uniform random selection of the pool of the same expected size
+and (c) the top of the pool by the best single score (the single-score proxy with the lowest
+tuning loss) cut with the same rule as the curated corpus (fraction or token budget), for several
+seeds. Each arm's training data is written to a token store in one pass over the pool. Losses are
+measured on the validation sets' **held-out** part (which no proxy and no regressor ever saw) and,
+for reference, on the tuning part; loss curves on a subset of the held-out documents.
 """
 
 import tempfile
 
 import numpy as np
-import pyarrow as pa
 
 import dagster as dg
 
-from .core import proxy_lm, selection, stats
-from .plots import png_metadata
-from .proxies import pool_matrix, pool_token_lists, target_loss, validation_sets
-from .scoring import _md_table
+from .core import pool as cp, proxy_lm, scan, storage as st
+from .core.stats import md_table
+from .partitions import proxy_runs
+from .plots import curves_png, png_metadata
+from .pool import normalisation, pool_files
+from .proxies import proxy_results, target_loss, write_training_data
+from .tokens import validation_sets
 from resources import ComputeResource, MetaraterConfig
 
 GROUP = "evaluation"
 ARMS = ("curated", "random", "single_best")
 
 
-def random_mask(tokens: np.ndarray, want_tokens: int, seed: int) -> np.ndarray:
-    order = np.random.default_rng(seed).permutation(len(tokens))
-    k = int(np.searchsorted(np.cumsum(tokens[order]), want_tokens, side="left")) + 1
-    mask = np.zeros(len(tokens), dtype=bool)
-    mask[order[:min(k, len(tokens))]] = True
-    return mask
-
-
-def best_single(proxy_run: dict[str, dict], target: str) -> str:
-    singles = [r for r in proxy_run.values() if r.get("kind") == "single"]
+def best_single(results: dict[str, dict], target: str) -> str:
+    singles = [r for r in results.values() if r.get("kind") == "single"]
     if not singles:
         raise dg.Failure("no single-score proxy runs: set proxies.single_score_runs: true")
     return min(singles, key=lambda r: target_loss(r["losses"], target))["score"]
 
 
-def composition(sources: list[str], mask: np.ndarray, tokens: np.ndarray) -> dict[str, dict]:
-    tot = tokens.sum()
-    kept = tokens[mask].sum()
-    out = {}
-    for s in sorted(set(sources)):
-        m = np.array([x == s for x in sources])
-        out[s] = {"pool_share": float(tokens[m].sum() / tot),
-                  "curated_share": float(tokens[m & mask].sum() / kept) if kept else 0.0}
-    return out
+def _summary(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max())}
 
 
-@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-2",
-          pool="metarater_train",
-          ins={"doc_tokens": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True}),
-               "proxy_run": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
-                                       metadata={"allow_missing_partitions": True})},
-          description="Target LMs on curated vs random vs best-single-score selections at equal "
-                      "tokens, several seeds; loss curves per validation set and the tokens the "
-                      "curated model needs to reach the random model's final loss.")
-def evaluation(context: dg.AssetExecutionContext, curated_selection: pa.Table, pool_index: pa.Table,
-               doc_tokens: dict[str, pa.Table], validation_tokens: pa.Table, tokenizer: dict,
-               proxy_run: dict[str, dict], settings: MetaraterConfig,
-               compute: ComputeResource) -> dict:
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-3", pool="metarater_train",
+          deps=["validation_tokens", dg.AssetDep("proxy_run", partition_mapping=dg.AllPartitionMapping()),
+                dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping()),
+                dg.AssetDep("doc_tokens", partition_mapping=dg.AllPartitionMapping())],
+          ins={"curated_selection": dg.AssetIn("curated_selection"), "score_stats": dg.AssetIn("score_stats"),
+               "tokenizer": dg.AssetIn("tokenizer")},
+          description="Target LMs on curated vs random vs best-single-score selections at equal tokens, "
+                      "several seeds, scored on the held-out validation documents; loss curves and the "
+                      "tokens the curated model needs to reach the random model's final loss.")
+def evaluation(context: dg.AssetExecutionContext, curated_selection: dict, score_stats: dict, tokenizer: dict,
+               settings: MetaraterConfig, compute: ComputeResource) -> dict:
     cfg = settings.load()
     ev = cfg.evaluation
     pcfg = proxy_lm.get_preset(ev["preset"], token_budget=ev.get("token_budget"))
-    tokens = pool_index.column("n_tokens").to_numpy()
-    lists = pool_token_lists(doc_tokens)
-    vsets = validation_sets(validation_tokens)
-    sets = list(vsets)
-    curated = np.asarray(curated_selection.column("kept"))
-    single = best_single(proxy_run, cfg.validation_target)
-    names = [single]
-    sel1 = selection.select_top(pool_matrix(pool_index, names)[:, 0], tokens,
-                                fraction=cfg.curation["fraction"], by=cfg.curation["fraction_of"])
-    eos, V = int(tokenizer.get("eos_id", 0)), int(tokenizer["vocab_size"])
-    comp = compute.resolve()
-    device = "cuda" if comp.accelerator == "gpu" else "cpu"
-    every = max(1, pcfg.steps // int(ev.get("curve_points", 4)))
-    # loss curves on a subset of each set (cheap); final losses on the whole configured sets
-    curve_docs = int(ev.get("curve_docs", 100))
-    curve_sets = {s: (d[:curve_docs], src[:curve_docs]) for s, (d, src) in vsets.items()}
+    budget = pcfg.steps * pcfg.batch_size * pcfg.seq_len
+    results_p = proxy_results(settings, sorted(context.instance.get_dynamic_partitions(proxy_runs.name)))
+    single = best_single(results_p, cfg.validation_target)
+    names = list(curated_selection["names"])
+    held = validation_sets(settings.storage_uri, "held_out")
+    tune = validation_sets(settings.storage_uri, "tune")
+    eval_part = "held_out" if held else "tune"
+    vsets = held or tune
+    if not held:
+        context.log.warning("validation.held_out is 0: the evaluation reads the tuning documents the proxies "
+                            "were scored on (biased towards the curated and single-score arms)")
+    seeds = [int(s) for s in ev["seeds"]]
+    cur = cfg.curation
+    w_cur = np.asarray(curated_selection["weights"])
+    w_one = np.zeros(len(names))
+    w_one[names.index(single)] = 1.0
+    rate = curated_selection["tokens"] / max(curated_selection["pool_tokens"], 1)
+    work = tempfile.mkdtemp(prefix="metarater-eval-")
+    store_uri = lambda arm, seed: f"{settings.artifacts_uri}/evaluation_data/{arm}-{seed}"  # noqa: E731
+    # every arm and seed in one pass over the pool: curated and single-best cut like the curated
+    # corpus; random = a seeded hash sample of the pool of the curated selection's expected size
+    cols, masks, uris, arms = [], [], [], []
+    for seed in seeds:
+        for arm in ARMS:
+            cols.append(w_cur if arm != "single_best" else w_one)
+            masks.append((lambda s: lambda key, c, t: cp.uniform(t.column("doc_hash").to_numpy(), 7919 + s) < rate)(seed)
+                         if arm == "random" else None)
+            uris.append(store_uri(arm, seed))
+            arms.append((arm, seed))
+    W = np.stack(cols, axis=1)
+    data = write_training_data(settings, score_stats, tokenizer, W, uris, fraction=cur["fraction"], by=cur["fraction_of"],
+                               token_budget=cur.get("token_budget"), sample_budget=budget, seed=seeds[0],
+                               log=context.log.info, masks=masks)
     results = {arm: [] for arm in ARMS}
     curves = {arm: [] for arm in ARMS}
-    for seed in ev["seeds"]:
-        masks = {"curated": curated, "random": random_mask(tokens, int(tokens[curated].sum()), seed),
-                 "single_best": sel1.mask}
-        for arm, mask in masks.items():
-            docs = [lists[i] for i in np.flatnonzero(mask)]
-            cb = proxy_lm.eval_callback(curve_sets, every, pcfg.seq_len, eos, device)
-            with tempfile.TemporaryDirectory() as tmp:
-                model, info = proxy_lm.train_lm(docs, eos, V, pcfg, int(seed), tmp, comp, callbacks=[cb])
-            losses = {s: proxy_lm.evaluate_loss(model, d, src, pcfg.seq_len, eos, device=device)
-                      for s, (d, src) in vsets.items()}
+    curve_docs = int(ev.get("curve_docs", 100))
+    curve_sets = {s: (d[:curve_docs], src[:curve_docs]) for s, (d, src) in vsets.items()}
+    every = max(1, pcfg.steps // int(ev.get("curve_points", 4)))
+    eos = int(tokenizer.get("eos_id", 0))
+    from .proxies import train_and_evaluate
+
+    with compute.claim() as comp:
+        for (arm, seed), d in zip(arms, data):
+            cb = proxy_lm.eval_callback(curve_sets, every, pcfg.seq_len, eos, comp.torch_device)
+            with tempfile.TemporaryDirectory(dir=work) as tmp:
+                losses, info, model = train_and_evaluate("transformer", pcfg, d["store"]["uri"], vsets, tokenizer,
+                                                         tmp, comp, seed, callbacks=[cb])
+            tune_losses = {s: proxy_lm.evaluate_loss(model, x, src, pcfg.seq_len, eos, device=comp.torch_device)
+                           for s, (x, src) in tune.items()} if held else losses
+            sel = d["sampled"] if arm == "random" else d["selected"]
             results[arm].append({"seed": seed, "target_loss": target_loss(losses, cfg.validation_target),
-                                 **{s: losses[s]["loss"] for s in sets},
-                                 "selected_docs": int(mask.sum()), "selected_tokens": int(tokens[mask].sum())})
-            pts = [{**p, "target": target_loss({s: {"loss": p[s]} for s in sets}, cfg.validation_target)}
-                   for p in cb.points]
-            curves[arm].append(pts)
-            context.log.info(f"seed {seed} {arm}: {results[arm][-1]['target_loss']:.4f}")
+                                 "tune_target_loss": target_loss(tune_losses, cfg.validation_target),
+                                 **{s: losses[s]["loss"] for s in vsets},
+                                 **{f"tune_{s}": tune_losses[s]["loss"] for s in tune},
+                                 "selected_docs": int(sel["docs"]), "selected_tokens": int(sel["tokens"]),
+                                 "trained_tokens": info["tokens"]})
+            curves[arm].append([{**p, "target": target_loss({s: {"loss": p[s]} for s in vsets}, cfg.validation_target)}
+                                for p in cb.points])
+            context.log.info(f"seed {seed} {arm}: {results[arm][-1]['target_loss']:.4f} ({eval_part})")
     ratios = []
-    for i in range(len(ev["seeds"])):
-        final_random = curves["random"][i][-1]["target"]  # same subset as the curated curve
+    for i in range(len(seeds)):
+        final_random = curves["random"][i][-1]["target"]
         reach = proxy_lm.tokens_to_reach(curves["curated"][i], "target", final_random)
         ratios.append(None if reach is None else reach / curves["random"][i][-1]["tokens"])
-
-    def summary(arm, key):
-        v = np.array([r[key] for r in results[arm]])
-        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                "min": float(v.min()), "max": float(v.max())}
-
-    table = [{"arm": arm, "set": key, **summary(arm, key)} for key in ["target_loss", *sets] for arm in ARMS]
-    comp_table = composition(pool_index.column("source").to_pylist(), curated, tokens)
-    md = {"single_best_score": single,
-          "losses": dg.MetadataValue.md(_md_table(table, ["arm", "set", "mean", "std", "min", "max"])),
-          "composition": dg.MetadataValue.md(_md_table(
+    table = [{"arm": arm, "set": key, **_summary([r[key] for r in results[arm]])}
+             for key in ["target_loss", *vsets, "tune_target_loss"] for arm in ARMS]
+    comp_table = {s: {"pool_share": v["pool_tokens"] / max(curated_selection["pool_tokens"], 1),
+                      "curated_share": v["tokens"] / max(curated_selection["tokens"], 1)}
+                  for s, v in curated_selection["per_source"].items()}
+    md = {"single_best_score": single, "evaluated_on": eval_part,
+          "held_out_docs": dg.MetadataValue.json({s: len(d) for s, (d, _) in held.items()}),
+          "losses": dg.MetadataValue.md(md_table(table, ["arm", "set", "mean", "std", "min", "max"])),
+          "composition": dg.MetadataValue.md(md_table(
               [{"source": s, **v} for s, v in sorted(comp_table.items(), key=lambda kv: -kv[1]["pool_share"])],
               ["source", "pool_share", "curated_share"])),
           "tokens_ratio": str(ratios)}
-    plot_curves = {}
-    for arm in ARMS:
-        c = curves[arm][0]
-        plot_curves[arm] = ([p["tokens"] for p in c], [p["target"] for p in c])
-    md.update(png_metadata(stats.curves_png(plot_curves, f"seed {ev['seeds'][0]}: {cfg.validation_target} loss",
-                                            "validation loss"),
+    md.update(png_metadata(curves_png({arm: ([p["tokens"] for p in curves[arm][0]], [p["target"] for p in curves[arm][0]])
+                                       for arm in ARMS}, f"seed {seeds[0]}: {cfg.validation_target} loss ({eval_part})",
+                                      "validation loss"),
                            f"{settings.artifacts_uri}/evaluation/curves.png", "loss_curves"))
     context.add_output_metadata(md)
-    return {"seeds": list(ev["seeds"]), "sets": sets, "target": cfg.validation_target,
-            "single_best_score": single, "preset": ev["preset"], "token_budget": pcfg.steps * pcfg.batch_size * pcfg.seq_len,
+    st_ = {s: len(d) for s, (d, _) in held.items()}
+    return {"seeds": seeds, "sets": list(vsets), "target": cfg.validation_target, "evaluated_on": eval_part,
+            "held_out_docs": st_, "single_best_score": single, "preset": ev["preset"], "token_budget": budget,
             "results": results, "curves": curves, "summary": table, "tokens_ratio": ratios,
             "composition": comp_table}

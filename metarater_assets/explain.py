@@ -1,46 +1,64 @@
-"""`metarater explain DOC_ID`: a document's scores, weighted contributions and the verdict."""
+"""`metarater explain DOC_ID`: a document's scores, weighted contributions and the verdict.
+
+Reads the curated selection (small) and one shard's index file: the document's shard is given
+with ``--shard`` or found by scanning the pool's id column (one column of each shard index)."""
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.compute as pc
 
-from .core import selection, storage as st
-from resources import Settings
+from .core import pool as cp, scan, storage as st
+from resources import Settings, ShardFiles
 
 
-def explain(settings: Settings, doc_id: str) -> str:
+def explain(settings: Settings, doc_id: str, shard: str | None = None) -> str:
     base = settings.storage_uri
-    for need in ("pool_index.parquet", "curated_selection.parquet", "optimal_weights.json"):
+    for need in ("score_stats.json", "curated_selection.json", "optimal_weights.json"):
         if not st.exists(f"{base}/{need}"):
             return f"{doc_id}: not found (no {need} yet: run `metarater run --stage curated`)"
-    pool = st.read_parquet(f"{base}/pool_index.parquet")
-    sel = st.read_parquet(f"{base}/curated_selection.parquet")
+    stats = st.read_json(f"{base}/score_stats.json")
+    sel = st.read_json(f"{base}/curated_selection.json")
     opt = st.read_json(f"{base}/optimal_weights.json")
-    hits = np.flatnonzero(np.asarray(pc.equal(pool.column("doc_id"), doc_id)))
-    if not len(hits):
-        return f"{doc_id}: not found in the pool ({pool.num_rows} documents)"
-    names = list(opt["names"])
-    cols = {n: pool.column(n).to_numpy(zero_copy_only=False) for n in names}
-    normed = selection.normalise(cols, selection.minmax_stats(cols), names)
-    meta = sel.schema.metadata or {}
-    threshold = float(meta.get(b"threshold", b"nan"))
-    w = np.array([opt["weights"][n] for n in names])
+    files = ShardFiles(base)
+    if shard is not None:
+        import pyarrow.compute as pc
+
+        ids = files.read("shard_index", shard, ["doc_id"]).column("doc_id")
+        hits = [(shard, int(r)) for r in np.flatnonzero(np.asarray(pc.equal(ids, doc_id)))]
+    else:
+        pf = scan.PoolFiles(tuple(stats["keys"]), tuple(files.uri("shard_index", k) for k in stats["keys"]))
+        hits = scan.find_doc(pf, doc_id)
+    if not hits:
+        return f"{doc_id}: not found in the pool ({stats['docs']} documents in {stats['shards']} shards)"
+    norm = cp.Normalisation.from_dict(sel["normalisation"])
+    names = list(norm.names)
+    w = np.asarray(sel["weights"])
+    cut = cp.Cut.from_dict(sel["cut"])
     out = []
-    for i in hits:
-        kept = bool(sel.column("kept")[i].as_py())
-        comb = float(sel.column("combined_score")[i].as_py())
-        out.append(f"{doc_id}  shard={pool.column('shard')[i].as_py()} row={pool.column('raw_row')[i].as_py()} "
-                   f"source={pool.column('source')[i].as_py()} tokens={pool.column('n_tokens')[i].as_py()}")
+    for key, row in hits:
+        t = files.read("shard_index", key).slice(row, 1)
+        raw = {n: t.column(n).to_numpy(zero_copy_only=False) for n in names}
+        normed = norm.matrix(raw)[0]
+        units = cp.combined_units(norm.units(raw), cp.weight_units(w))
+        # the verdict of the whole shard's row (the tie break needs the row's position)
+        whole = files.read("shard_index", key, names)
+        c_all = cp.combined_units(norm.units({n: whole.column(n).to_numpy(zero_copy_only=False) for n in names}),
+                                  cp.weight_units(w))
+        kept = bool(cut.keep(key, c_all)[row])
+        out.append(f"{doc_id}  shard={key} row={t.column('raw_row')[0].as_py()} source={t.column('source')[0].as_py()} "
+                   f"tokens={t.column('n_tokens')[0].as_py()}")
         out.append(f"{'score':50s} {'raw':>12s} {'norm[0,5]':>10s} {'weight':>8s} {'contrib':>8s}")
-        contrib = normed[i] * w
+        contrib = normed * w
         for j in np.argsort(-contrib):
-            raw = cols[names[j]][i]
-            out.append(f"{names[j]:50s} {raw:12.5g} {normed[i, j]:10.4f} {w[j]:8.4f} {contrib[j]:8.4f}")
+            v = raw[names[j]][0]
+            out.append(f"{names[j]:50s} {v:12.5g} {normed[j]:10.4f} {w[j]:8.4f} {contrib[j]:8.4f}")
         verdict = "KEPT" if kept else "DROPPED"
-        out.append(f"combined score {comb:.4f} vs threshold {threshold:.4f} -> {verdict} "
-                   f"(fraction {meta.get(b'fraction', b'?').decode()} of {meta.get(b'fraction_of', b'?').decode()}, "
-                   f"weights from {meta.get(b'weights_from', b'?').decode()})")
-        out.append(f"weights: {opt['model']} regressor (CV Spearman {opt['cv_spearman']:.3f}) fitted on "
+        rule = (f"token budget {sel['token_budget']}" if sel.get("token_budget")
+                else f"fraction {sel['fraction']} of {sel['fraction_of']}")
+        out.append(f"combined score {cp.to_score(units)[0]:.4f} vs threshold {cut.threshold_score:.4f} -> {verdict} "
+                   f"({rule}, weights from {sel['weights_from']})")
+        ho = opt.get("heldout_spearman")
+        out.append(f"weights: {opt['model']} regressor (CV Spearman {opt['cv_spearman']:.3f}"
+                   + (f", held-out {ho:.3f}" if ho is not None else "") + f") fitted on "
                    f"{len(opt['proxy_runs'])} proxy runs; predicted loss {opt['predicted_loss']:.4f} "
                    f"(90% CI {opt['ci90'][0]:.4f}..{opt['ci90'][1]:.4f})")
         out.append("proxy runs: " + ", ".join(opt["proxy_runs"][:8]) + (" ..." if len(opt["proxy_runs"]) > 8 else ""))

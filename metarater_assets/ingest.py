@@ -1,55 +1,104 @@
-"""Stage 'ingest': one raw shard file -> normalised documents + quarantine rows."""
+"""Stage 'ingest': raw shard files -> normalised documents + quarantine rows (+ scores already in
+the shards, with ``precomputed``), one shard at a time, batched runs."""
 
 import os
 import tempfile
 
 import dagster as dg
 
-from .core import corpus
-from .core.storage import StagedFile
+from .batched import combine_checks, for_each_shard
+from .core import corpus, precomputed
 from .partitions import shards
 from resources import MetaraterConfig
 
-INGEST_VERSION = "1"
+INGEST_VERSION = "2"
+GROUP = "ingest"
 
 
-@dg.multi_asset(
-    outs={
+def ingest_facts(instance: dg.DagsterInstance, keys: list[str] | None = None) -> dict[str, dict]:
+    """The latest ingest facts of each shard (file, fingerprint, row counts, reasons) from the
+    per-shard observations the ingest step records: a few paged queries, not one per shard."""
+    out: dict[str, dict] = {}
+    cursor = None
+    while True:
+        res = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_docs")),
+                                          limit=5000, cursor=cursor)
+        for rec in res.records:
+            pk = rec.partition_key
+            if pk in out or (keys is not None and pk not in keys):
+                continue
+            md = rec.asset_observation.metadata
+            out[pk] = {k: getattr(v, "value", v) for k, v in md.items()}
+        cursor = res.cursor
+        if not res.has_more:
+            return out
+
+
+def make_ingest(cfg, policy):
+    extractor = precomputed.Extractor(cfg.precomputed) if cfg and cfg.precomputed else None
+    outs = {
         "raw_docs": dg.AssetOut(
             description="Normalised documents of one shard: doc_id, text, source, meta, raw_row.",
-            io_manager_key="parquet_io_manager", code_version=INGEST_VERSION, group_name="ingest",
-        ),
+            code_version=INGEST_VERSION, group_name=GROUP, is_required=True),
         "raw_quarantine": dg.AssetOut(
             description="Rows of the shard that could not be used: raw_row, reason, preview.",
-            io_manager_key="parquet_io_manager", code_version=INGEST_VERSION, group_name="ingest",
-        ),
-    },
-    partitions_def=shards,
-    check_specs=[dg.AssetCheckSpec("rows_balance", asset="raw_docs", blocking=True,
-                                   description="rows_in == rows_ok + rows_quarantined")],
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=2),
-)
-def raw_shard(context: dg.AssetExecutionContext, settings: MetaraterConfig):
-    """Stream one shard file through fsspec (JSONL, JSONL.gz, JSONL.zst, Parquet) into Parquet."""
-    key = context.partition_key
-    with tempfile.TemporaryDirectory(prefix="metarater-ingest-") as tmp:
-        docs_path, q_path = os.path.join(tmp, "docs.parquet"), os.path.join(tmp, "quarantine.parquet")
-        try:
-            shard = corpus.find_shard(settings.raw_uri, key)
-            context.log.info(f"reading {shard.uri}")
-            res = corpus.ingest_shard(shard.uri, shard.name, docs_path, q_path)
-        except corpus.ShardError as e:  # the file itself is bad: retrying cannot help
-            raise dg.Failure(description=f"ShardError: {e}", allow_retries=False) from e
-        meta = {"file": shard.uri, "fingerprint": shard.fingerprint, "rows_in": res.rows_in,
-                "rows_ok": res.rows_ok, "rows_quarantined": res.rows_quarantined,
-                "quarantine_reasons": res.reasons}
-        context.log.info(f"{key}: {res.rows_ok} ok, {res.rows_quarantined} quarantined {res.reasons}")
-        # the IO manager moves each streamed file into place as the output is yielded
-        yield dg.Output(StagedFile(docs_path, res.rows_ok), "raw_docs", metadata=meta,
-                        data_version=dg.DataVersion(shard.fingerprint))
-        yield dg.Output(StagedFile(q_path, res.rows_quarantined), "raw_quarantine",
-                        metadata={"rows": res.rows_quarantined, "reasons": res.reasons})
-    balanced = res.rows_in == res.rows_ok + res.rows_quarantined
-    yield dg.AssetCheckResult(check_name="rows_balance", asset_key="raw_docs", passed=balanced,
-                              metadata={"rows_in": res.rows_in, "rows_ok": res.rows_ok,
-                                        "rows_quarantined": res.rows_quarantined})
+            code_version=INGEST_VERSION, group_name=GROUP, is_required=True),
+    }
+    if extractor is not None:
+        outs["precomputed_scores"] = dg.AssetOut(
+            description="Scores read from the shard's own columns (precomputed.scores in the config): "
+                        "doc_id + one column per score.",
+            code_version=f"precomputed-{precomputed.PRECOMPUTED_VERSION}-{precomputed.digest(cfg.precomputed)}",
+            group_name="scores", is_required=True)
+
+    @dg.multi_asset(
+        name="raw_shard", outs=outs, partitions_def=shards, backfill_policy=policy,
+        check_specs=[dg.AssetCheckSpec("rows_balance", asset="raw_docs", blocking=True,
+                                       description="rows read from the file == rows written + rows quarantined")],
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=2),
+    )
+    def raw_shard(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+        """Stream each shard file through fsspec (JSONL, JSONL.gz, JSONL.zst, Parquet) into Parquet."""
+        files = settings.files
+
+        def one(key: str):
+            with tempfile.TemporaryDirectory(prefix="metarater-ingest-") as tmp:
+                paths = {n: os.path.join(tmp, f"{n}.parquet") for n in ("docs", "quarantine", "scores")}
+                try:
+                    shard = corpus.find_shard(settings.raw_uri, key)
+                    res = corpus.ingest_shard(shard.uri, shard.name, paths["docs"], paths["quarantine"],
+                                              extractor=extractor,
+                                              scores_path=paths["scores"] if extractor else None)
+                except corpus.ShardError as e:  # the file itself is bad: retrying cannot help
+                    raise dg.Failure(description=f"ShardError: {e}", allow_retries=False) from e
+                files.put("raw_docs", key, paths["docs"])
+                files.put("raw_quarantine", key, paths["quarantine"])
+                if extractor:
+                    files.put("precomputed_scores", key, paths["scores"])
+            facts = {"file": shard.uri, "fingerprint": shard.fingerprint, "rows_in": res.rows_in,
+                     "rows_ok": res.rows_ok, "rows_quarantined": res.rows_quarantined,
+                     "quarantine_reasons": dg.MetadataValue.json(res.reasons)}
+            context.log_event(dg.AssetObservation(asset_key="raw_docs", partition=key, metadata=facts))
+            balanced = res.rows_in == res.rows_ok + res.rows_quarantined
+            check = dg.AssetCheckResult(asset_key="raw_docs", check_name="rows_balance", passed=balanced,
+                                        metadata={"rows_in": res.rows_in, "rows_written": res.rows_ok,
+                                                  "rows_quarantined": res.rows_quarantined})
+            return res, check
+
+        done = for_each_shard(context, one)
+        rows = {k: r for k, (r, _) in done.items()}
+        reasons: dict[str, int] = {}
+        for r in rows.values():
+            for k, v in r.reasons.items():
+                reasons[k] = reasons.get(k, 0) + v
+        yield dg.MaterializeResult(asset_key="raw_docs", metadata={
+            "shards": len(rows), "rows_in": sum(r.rows_in for r in rows.values()),
+            "rows_ok": sum(r.rows_ok for r in rows.values())})
+        yield dg.MaterializeResult(asset_key="raw_quarantine", metadata={
+            "rows": sum(r.rows_quarantined for r in rows.values()), "reasons": dg.MetadataValue.json(reasons)})
+        if extractor:
+            yield dg.MaterializeResult(asset_key="precomputed_scores", metadata={
+                "scores": ", ".join(extractor.names), "docs": sum(r.rows_ok for r in rows.values())})
+        yield combine_checks({k: c for k, (_, c) in done.items()})
+
+    return raw_shard

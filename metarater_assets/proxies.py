@@ -1,137 +1,30 @@
-"""Stage 'proxies': tokenizer, tokenised pool, pool index, weight-vector plan and proxy runs."""
+"""Stage 'proxies': the weight-vector plan, each run's training data, and the proxy runs.
 
+* ``proxy_plan``: N Dirichlet vectors (+ one single-score vector per score), each registered as a
+  ``proxy_runs`` partition keyed by a hash of (scores, weights, seed).
+* ``proxy_data[run]``: the run's selection (top ``proxies.fraction`` of the pool by its combined
+  score, one exact global cut) hash-sampled down to the training budget and written to an on-disk
+  token store. A batch of runs (``BackfillPolicy.single_run``) shares the passes over the pool:
+  one matrix product per shard serves every vector.
+* ``proxy_run[run]``: a proxy trained on its store (a Lightning transformer, or an n-gram count
+  model), its loss on every validation set's tuning part.
+"""
+
+import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 
 import dagster as dg
 
-from .core import corpus, proxy_lm, selection, storage as st
+from .batched import for_each_shard
+from .core import pool as cp, proxy_lm, scan, selection, storage as st, token_store as ts
 from .core.config import Config
-from .batched import SHARD_BACKFILL, map_shards, result
-from .partitions import proxy_runs, shards
+from .partitions import proxy_runs
+from .pool import normalisation, pool_files
+from .tokens import validation_sets
 from resources import ComputeResource, MetaraterConfig
 
 GROUP = "proxies"
-ALL = dg.AllPartitionMapping()
-MISSING_OK = {"allow_missing_partitions": True}
-
-
-@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tokenizer-1",
-          ins={"raw_docs": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK)},
-          description="Byte-level BPE trained on the pool with HF tokenizers (saved with "
-                      "save_pretrained), or the HF tokenizer named by tokenizer.path.")
-def tokenizer(context: dg.AssetExecutionContext, raw_docs: dict[str, pa.Table],
-              settings: MetaraterConfig) -> dict:
-    cfg = settings.load()
-    if cfg.tokenizer_path:
-        tok = proxy_lm.load_tokenizer(cfg.tokenizer_path)
-        return {"uri": cfg.tokenizer_path, "vocab_size": len(tok), "trained": False}
-    texts: list[str] = []
-    for k in sorted(raw_docs):
-        texts.extend(raw_docs[k].column("text").to_pylist()[: max(0, cfg.tokenizer_sample_docs - len(texts))])
-    tok = proxy_lm.train_tokenizer(texts, cfg.tokenizer_vocab_size)
-    uri = f"{settings.artifacts_uri}/tokenizer"
-    proxy_lm.save_tokenizer(tok, uri)
-    context.add_output_metadata({"vocab_size": len(tok), "trained_on_docs": len(texts), "uri": uri})
-    return {"uri": uri, "vocab_size": len(tok), "trained": True, "eos_id": tok.eos_token_id}
-
-
-@dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=GROUP,
-          code_version="doc-tokens-1", backfill_policy=SHARD_BACKFILL,
-          description="Token ids of every document of one shard (doc_id, source, raw_row, n_tokens, ids).")
-def doc_tokens(context: dg.AssetExecutionContext, raw_docs, tokenizer: dict):
-    tok = proxy_lm.load_tokenizer(tokenizer["uri"])
-
-    def one(raw_docs: pa.Table) -> pa.Table:
-        ids = proxy_lm.encode(tok, raw_docs.column("text").to_pylist())
-        n = [len(x) for x in ids]
-        return pa.table({"doc_id": raw_docs.column("doc_id"), "source": raw_docs.column("source"),
-                         "raw_row": raw_docs.column("raw_row"), "n_tokens": pa.array(n, pa.int64()),
-                         "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))})
-
-    parts = map_shards(context, one, raw_docs)
-    context.add_output_metadata({"docs": sum(t.num_rows for t in parts.values()),
-                                 "tokens": int(sum(pa.compute.sum(t.column("n_tokens")).as_py() or 0
-                                                   for t in parts.values()))})
-    return result(context, parts)
-
-
-@dg.asset(io_manager_key="parquet_io_manager", group_name=GROUP, code_version="val-tokens-1",
-          description="Token ids of every configured validation set (first validation.max_docs docs).")
-def validation_tokens(context: dg.AssetExecutionContext, tokenizer: dict,
-                      settings: MetaraterConfig) -> pa.Table:
-    cfg = settings.load()
-    tok = proxy_lm.load_tokenizer(tokenizer["uri"])
-    rows = {"set": [], "doc_id": [], "source": [], "ids": []}
-    for name, uri in cfg.validation_sets.items():
-        docs = corpus.read_documents(uri).slice(0, cfg.validation_max_docs)
-        ids = proxy_lm.encode(tok, docs.column("text").to_pylist())
-        rows["set"] += [name] * len(ids)
-        rows["doc_id"] += docs.column("doc_id").to_pylist()
-        rows["source"] += docs.column("source").to_pylist()
-        rows["ids"] += [x.tolist() for x in ids]
-    return pa.table({**{k: rows[k] for k in ("set", "doc_id", "source")},
-                     "ids": pa.array(rows["ids"], pa.list_(pa.int32()))})
-
-
-@dg.asset(io_manager_key="parquet_io_manager", group_name=GROUP, code_version="pool-index-1",
-          ins={"doc_tokens": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK),
-               "rpv2_scores": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK),
-               "dsir_scores": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK),
-               "model_scores": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK)},
-          check_specs=[dg.AssetCheckSpec("every_doc_every_score", asset="pool_index", blocking=True,
-                                         description="every pool document has every active score")],
-          description="One row per pool document: shard, doc_id, raw_row, source, n_tokens and "
-                      "every raw score. The pool-level data every global threshold is computed from.")
-def pool_index(context: dg.AssetExecutionContext, doc_tokens: dict[str, pa.Table],
-               rpv2_scores: dict[str, pa.Table], dsir_scores: dict[str, pa.Table],
-               model_scores: dict[str, pa.Table], settings: MetaraterConfig):
-    cfg = settings.load()
-    problems = []
-    tables = []
-    for key in sorted(doc_tokens):
-        tok = doc_tokens[key]
-        ids = tok.column("doc_id").to_pylist()
-        cols = {"shard": pa.array([key] * tok.num_rows, pa.string()), "doc_id": tok.column("doc_id"),
-                "raw_row": tok.column("raw_row"), "source": tok.column("source"),
-                "n_tokens": tok.column("n_tokens")}
-        for label, parts in (("rpv2", rpv2_scores), ("dsir", dsir_scores), ("model", model_scores)):
-            t = parts.get(key)
-            if t is None or t.column("doc_id").to_pylist() != ids:
-                problems.append(f"{key}: {label} scores missing or not aligned with the documents")
-                continue
-            for n in t.column_names[1:]:
-                cols[n] = t.column(n).cast(pa.float64())
-        tables.append(pa.table(cols))
-    missing_shards = sorted((set(rpv2_scores) | set(dsir_scores)) - set(doc_tokens))
-    problems += [f"{k}: scored but not tokenised" for k in missing_shards]
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-    for name in cfg.score_names:
-        if name not in table.column_names:
-            problems.append(f"score {name} absent")
-    yield dg.Output(table, metadata={"docs": table.num_rows, "shards": len(tables),
-                                     "tokens": int(pa.compute.sum(table.column("n_tokens")).as_py() or 0) if tables else 0})
-    yield dg.AssetCheckResult(check_name="every_doc_every_score", passed=not problems,
-                              metadata={"problems": "\n".join(problems[:50]) or "none"})
-
-
-def pool_matrix(pool: pa.Table, names) -> np.ndarray:
-    cols = {n: pool.column(n).to_numpy(zero_copy_only=False) for n in names}
-    return selection.normalise(cols, selection.minmax_stats(cols), names)
-
-
-def validation_sets(val: pa.Table) -> dict[str, tuple[list[np.ndarray], list[str]]]:
-    out: dict[str, tuple[list, list]] = {}
-    sets = val.column("set").to_pylist()
-    srcs = val.column("source").to_pylist()
-    ids = val.column("ids").to_pylist()
-    for s, src, x in zip(sets, srcs, ids):
-        out.setdefault(s, ([], []))
-        out[s][0].append(np.asarray(x, dtype=np.int32))
-        out[s][1].append(src)
-    return out
 
 
 def target_loss(losses: dict[str, dict], target: str) -> float:
@@ -145,31 +38,18 @@ def spec_uri(artifacts_uri: str, key: str) -> str:
 
 
 def register_runs(instance: dg.DagsterInstance, artifacts_uri: str, names, seed: int,
-                  runs: list[dict]) -> list[str]:
+                  runs: list[dict], partitions=proxy_runs) -> list[str]:
     """Write each run's spec (content-addressed by its key, never rewritten) and add its
-    proxy_runs partition; returns the keys that were new."""
-    existing = set(instance.get_dynamic_partitions(proxy_runs.name))
+    partition; returns the keys that were new."""
+    existing = set(instance.get_dynamic_partitions(partitions.name))
     for r in runs:
         uri = spec_uri(artifacts_uri, r["key"])
         if not st.exists(uri):
             st.write_json({**r, "names": list(names), "seed": int(seed)}, uri)
     new = [r["key"] for r in runs if r["key"] not in existing]
     if new:
-        instance.add_dynamic_partitions(proxy_runs.name, new)
+        instance.add_dynamic_partitions(partitions.name, new)
     return new
-
-
-@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="plan-2",
-          description="The weight vectors to try: N from a flat Dirichlet (seeded) plus one "
-                      "single-score vector per score. Each becomes a proxy_runs partition keyed "
-                      "by a hash of weights + seed, so the same vector is never trained twice; "
-                      "`metarater propose` adds adaptive vectors the same way.")
-def proxy_plan(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> dict:
-    cfg = settings.load()
-    plan = build_plan(cfg)
-    new = register_runs(context.instance, settings.artifacts_uri, plan["names"], plan["seed"], plan["runs"])
-    context.add_output_metadata({"runs": len(plan["runs"]), "new_partitions": len(new)})
-    return plan
 
 
 def build_plan(cfg: Config, extra: list[dict] | None = None) -> dict:
@@ -185,89 +65,162 @@ def build_plan(cfg: Config, extra: list[dict] | None = None) -> dict:
             w[i] = 1.0
             runs.append({"key": selection.weights_key(names, w, p.seed), "kind": "single",
                          "score": n, "weights": w.tolist()})
-    for r in extra or []:
-        runs.append(r)
+    runs.extend(extra or [])
     return {"names": names, "seed": p.seed, "runs": runs}
 
 
-def proxy_settings(cfg: Config) -> proxy_lm.ProxyConfig:
-    return proxy_lm.get_preset(cfg.proxies.preset, token_budget=cfg.proxies.token_budget)
-
-
-def run_proxy(cfg: Config, weights: np.ndarray, names, pool: pa.Table, token_lists, val_sets,
-              tok_info: dict, ckpt_uri: str, compute, pcfg: proxy_lm.ProxyConfig, seed: int,
-              kind: str, log=print) -> dict:
-    """Select with ``weights``, train one proxy (or n-gram model), evaluate on every set."""
-    normed = pool_matrix(pool, names)
-    comb = selection.combined_score(normed, weights)
-    sel = selection.select_top(comb, pool.column("n_tokens").to_numpy(), fraction=cfg.proxies.fraction,
-                               by=cfg.proxies.fraction_of)
-    docs = [token_lists[i] for i in np.flatnonzero(sel.mask)]
-    eos = int(tok_info.get("eos_id", 0))
-    V = int(tok_info["vocab_size"])
-    if kind == "ngram":
-        model = proxy_lm.NgramProxy(V).fit(proxy_lm.pack(docs, eos, pcfg, seed))
-        losses = {s: model.evaluate(d, src, pcfg.seq_len, eos) for s, (d, src) in val_sets.items()}
-        info = {"tokens": pcfg.steps * pcfg.batch_size * pcfg.seq_len}
-    else:
-        model, info = proxy_lm.train_lm(docs, eos, V, pcfg, seed, ckpt_uri, compute)
-        losses = {s: proxy_lm.evaluate_loss(model, d, src, pcfg.seq_len, eos,
-                                            device="cuda" if compute.accelerator == "gpu" else "cpu")
-                  for s, (d, src) in val_sets.items()}
-    return {"selection": {"docs": sel.docs, "tokens": sel.tokens, "threshold": sel.threshold},
-            "losses": losses, "target_loss": target_loss(losses, cfg.validation_target),
-            "train": info}
-
-
-def pool_token_lists(doc_tokens: dict[str, pa.Table]) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    for k in sorted(doc_tokens):
-        col = doc_tokens[k].column("ids")
-        flat = col.combine_chunks()
-        values = flat.values.to_numpy()
-        offs = flat.offsets.to_numpy()
-        out.extend(values[offs[i]:offs[i + 1]] for i in range(len(offs) - 1))
-    return out
-
-
-@dg.asset(partitions_def=proxy_runs, io_manager_key="json_io_manager", group_name=GROUP,
-          code_version=f"proxy-{proxy_lm.PROXY_VERSION}",
-          ins={"doc_tokens": dg.AssetIn(partition_mapping=ALL, metadata=MISSING_OK)},
-          deps=["proxy_plan"], pool="metarater_train", retry_policy=dg.RetryPolicy(max_retries=1),
-          description="One proxy: select the top fraction of the pool by this weight vector, "
-                      "train a small LM on a fixed token budget with Lightning, and record its "
-                      "loss on every validation set (overall and per source). Resumes from its "
-                      "last checkpoint when re-run after an interruption.")
-def proxy_run(context: dg.AssetExecutionContext, pool_index: pa.Table,
-              doc_tokens: dict[str, pa.Table], validation_tokens: pa.Table, tokenizer: dict,
-              settings: MetaraterConfig, compute: ComputeResource) -> dict:
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="plan-2",
+          description="The weight vectors to try: N from a flat Dirichlet (seeded) plus one "
+                      "single-score vector per score. Each becomes a proxy_runs partition keyed "
+                      "by a hash of weights + seed, so the same vector is never trained twice; "
+                      "`metarater propose` adds adaptive vectors the same way.")
+def proxy_plan(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> dict:
     cfg = settings.load()
-    key = context.partition_key
+    plan = build_plan(cfg)
+    new = register_runs(context.instance, settings.artifacts_uri, plan["names"], plan["seed"], plan["runs"])
+    context.add_output_metadata({"runs": len(plan["runs"]), "new_partitions": len(new)})
+    return plan
+
+
+def model_config(kind_cfg) -> proxy_lm.ProxyConfig:
+    return proxy_lm.get_preset(kind_cfg.preset, token_budget=kind_cfg.token_budget)
+
+
+def read_spec(settings: MetaraterConfig, key: str, names) -> dict:
     uri = spec_uri(settings.artifacts_uri, key)
     if not st.exists(uri):
         raise dg.Failure(f"proxy run {key} has no spec at {uri}; materialise proxy_plan (or "
                          "`metarater propose`) to register runs", allow_retries=False)
     run = st.read_json(uri)
-    names = run["names"]
-    if list(names) != list(cfg.score_names):
-        raise dg.Failure(f"proxy run {key} was planned for scores {names}, but the active scores "
-                         f"are {list(cfg.score_names)}", allow_retries=False)
-    w = np.asarray(run["weights"], dtype=np.float64)
-    pcfg = proxy_settings(cfg)
-    ckpt = f"{settings.artifacts_uri}/proxy_runs/{key}"
-    st.write_json({"key": key, "names": names, "weights": run["weights"], "seed": run["seed"],
-                   "model": pcfg.__dict__, "kind": cfg.proxies.kind}, f"{ckpt}/config.json")
-    res = run_proxy(cfg, w, names, pool_index, pool_token_lists(doc_tokens),
-                    validation_sets(validation_tokens), tokenizer, ckpt, compute.resolve(), pcfg,
-                    run["seed"], cfg.proxies.kind)
-    out = {"key": key, "kind": run["kind"], "score": run.get("score"), "names": names,
-           "weights": dict(zip(names, run["weights"])), "seed": run["seed"], "round": run.get("round", 0),
-           "proxy_kind": cfg.proxies.kind, **res}
-    context.add_output_metadata({
-        "target_loss": res["target_loss"],
-        **{f"loss_{s}": v["loss"] for s, v in res["losses"].items()},
-        "selected_docs": res["selection"]["docs"], "selected_tokens": res["selection"]["tokens"],
-        "tokens_per_second": float(res["train"].get("tokens_per_second", float("nan"))),
-    })
-    context.log.info(f"{key}: target loss {res['target_loss']:.4f}")
+    if list(run["names"]) != list(names):
+        raise dg.Failure(f"proxy run {key} was planned for scores {run['names']}, but the active scores "
+                         f"are {list(names)}", allow_retries=False)
+    return run
+
+
+def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: dict, W: np.ndarray,
+                        store_uris: list[str], *, fraction: float, by: str, token_budget: int | None,
+                        sample_budget: int, seed: int, log=None, masks=None) -> list[dict]:
+    """The cut of every column of ``W`` over the pool, then one pass writing each selection,
+    hash-sampled to ``sample_budget`` tokens, to its token store. Returns per column: the cut,
+    the selection and the sample written."""
+    norm = normalisation(stats_out)
+    files = pool_files(settings, stats_out, tokens=True)
+    totals = (int(stats_out["docs"]), int(stats_out["tokens"]))
+    cuts = scan.cuts(files, norm, W, totals=totals, fraction=fraction, by=by, token_budget=token_budget)
+    writers = [ts.TokenStoreWriter(u, int(tokenizer["vocab_size"]), int(tokenizer.get("eos_id", 0)))
+               for u in store_uris]
+    try:
+        counts = scan.write_stores(files, norm, W, cuts, [scan.Sample(sample_budget, seed)] * len(writers),
+                                   writers, masks=masks, log=log)
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    infos = [w.close() for w in writers]
+    return [{"cut": c.to_dict(), "selected": {"docs": c.docs, "tokens": c.tokens}, "sampled": n,
+             "store": {"uri": u, **i}} for c, n, u, i in zip(cuts, counts, store_uris, infos)]
+
+
+def make_proxy_data(cfg):
+    @dg.asset(partitions_def=proxy_runs, group_name=GROUP, backfill_policy=dg.BackfillPolicy.single_run(),
+              code_version=f"proxy-data-{cp.POOL_VERSION}-{ts.STORE_VERSION}",
+              deps=["proxy_plan", dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping()),
+                    dg.AssetDep("doc_tokens", partition_mapping=dg.AllPartitionMapping())],
+              ins={"score_stats": dg.AssetIn("score_stats"), "tokenizer": dg.AssetIn("tokenizer")},
+              description="Each run's training data: its exact top-fraction selection of the pool, "
+                          "hash-sampled (seeded) to the proxy's token budget, in an on-disk token store "
+                          "(.bin/.idx). One batch of runs shares the passes over the pool.")
+    def proxy_data(context: dg.AssetExecutionContext, score_stats: dict, tokenizer: dict,
+                   settings: MetaraterConfig) -> dg.MaterializeResult:
+        cfg_ = settings.load()
+        keys = list(context.partition_keys) if context.has_partition_key_range else [context.partition_key]
+        specs = [read_spec(settings, k, cfg_.score_names) for k in keys]
+        W = np.array([s["weights"] for s in specs]).T  # (S, P)
+        p = cfg_.proxies
+        budget = model_config(p).steps * model_config(p).batch_size * model_config(p).seq_len
+        stores = [f"{settings.artifacts_uri}/proxy_data/{k}" for k in keys]
+        res = write_training_data(settings, score_stats, tokenizer, W, stores, fraction=p.fraction, by=p.fraction_of,
+                                  token_budget=None, sample_budget=budget, seed=p.seed, log=context.log.info)
+        for k, r in zip(keys, res):
+            st.write_json({"key": k, **r}, settings.files.uri("proxy_data", k, ".json"))
+        context.log.info(f"{len(keys)} run(s): training data written")
+        return dg.MaterializeResult(metadata={"runs": len(keys),
+                                              "selected_tokens_min": min(r["selected"]["tokens"] for r in res),
+                                              "sampled_tokens_min": min(r["sampled"]["tokens"] for r in res)})
+
+    return proxy_data
+
+
+def train_and_evaluate(kind: str, pcfg: proxy_lm.ProxyConfig, store_uri: str, val_sets: dict, tok_info: dict,
+                       ckpt_uri: str, compute, seed: int, callbacks=()) -> tuple[dict, dict, object]:
+    """(losses per set, train info, model) of one proxy trained from its token store."""
+    store = ts.TokenStore.open(store_uri)
+    source = ts.WindowSource(store.tokens, pcfg.seq_len, pcfg.batch_size, seed)
+    eos, V = int(tok_info.get("eos_id", 0)), int(tok_info["vocab_size"])
+    if kind == "ngram":
+        model = proxy_lm.NgramProxy(V).fit(source.stream(pcfg.steps))
+        losses = {s: model.evaluate(d, src, pcfg.seq_len, eos) for s, (d, src) in val_sets.items()}
+        return losses, {"tokens": pcfg.steps * pcfg.batch_size * pcfg.seq_len, "store_tokens": len(store.tokens)}, model
+    model, info = proxy_lm.train_lm(source, eos, V, pcfg, seed, ckpt_uri, compute, callbacks=callbacks)
+    losses = {s: proxy_lm.evaluate_loss(model, d, src, pcfg.seq_len, eos, device=compute.torch_device)
+              for s, (d, src) in val_sets.items()}
+    return losses, {**info, "store_tokens": len(store.tokens)}, model
+
+
+def make_proxy_run(cfg):
+    kind = cfg.proxies.kind if cfg else "transformer"
+    policy = dg.BackfillPolicy.multi_run(64) if kind == "ngram" else None
+
+    @dg.asset(partitions_def=proxy_runs, group_name=GROUP, code_version=f"proxy-{proxy_lm.PROXY_VERSION}-2",
+              deps=["proxy_data", "validation_tokens"], ins={"tokenizer": dg.AssetIn("tokenizer")},
+              pool="metarater_train", retry_policy=dg.RetryPolicy(max_retries=1), backfill_policy=policy,
+              description="One proxy: a small LM trained on a fixed token budget with Lightning (or an "
+                          "n-gram count model, proxies.kind: ngram) on its run's token store, and its "
+                          "loss on every validation set's tuning part (overall and per source). Resumes "
+                          "from its last checkpoint when re-run after an interruption.")
+    def proxy_run(context: dg.AssetExecutionContext, tokenizer: dict, settings: MetaraterConfig,
+                  compute: ComputeResource) -> dg.MaterializeResult:
+        cfg_ = settings.load()
+        pcfg = model_config(cfg_.proxies)
+        vsets = validation_sets(settings.storage_uri, "tune")
+        with compute.claim() as comp:
+            def one(key):
+                run = read_spec(settings, key, cfg_.score_names)
+                data_uri = settings.files.uri("proxy_data", key, ".json")
+                if not st.exists(data_uri):
+                    raise dg.Failure(f"proxy run {key} has no training data: materialise proxy_data[{key}]")
+                data = st.read_json(data_uri)
+                ckpt = f"{settings.artifacts_uri}/proxy_runs/{key}"
+                st.write_json({"key": key, "names": run["names"], "weights": run["weights"], "seed": run["seed"],
+                               "model": pcfg.__dict__, "kind": cfg_.proxies.kind}, f"{ckpt}/config.json")
+                losses, info, _ = train_and_evaluate(cfg_.proxies.kind, pcfg, data["store"]["uri"], vsets, tokenizer,
+                                                     ckpt, comp, run["seed"])
+                out = {"key": key, "kind": run["kind"], "score": run.get("score"), "names": run["names"],
+                       "weights": dict(zip(run["names"], run["weights"])), "seed": run["seed"],
+                       "round": run.get("round", 0), "proxy_kind": cfg_.proxies.kind,
+                       "selection": data["selected"], "sampled": data["sampled"], "threshold": data["cut"]["threshold_score"],
+                       "losses": losses, "target_loss": target_loss(losses, cfg_.validation_target), "train": info}
+                st.write_json(out, settings.files.uri("proxy_run", key, ".json"))
+                return out
+
+            done = for_each_shard(context, one)
+        losses = [r["target_loss"] for r in done.values()]
+        md = {"runs": len(done), "target_loss_min": min(losses), "target_loss_max": max(losses)}
+        if len(done) == 1:
+            r = next(iter(done.values()))
+            md.update({f"loss_{s}": v["loss"] for s, v in r["losses"].items()})
+            md["tokens_per_second"] = float(r["train"].get("tokens_per_second", float("nan")))
+        return dg.MaterializeResult(metadata=md)
+
+    return proxy_run
+
+
+def proxy_results(settings: MetaraterConfig, keys) -> dict[str, dict]:
+    """The finished proxy runs among ``keys`` (their result files)."""
+    out = {}
+    for k in keys:
+        uri = settings.files.uri("proxy_run", k, ".json")
+        if st.exists(uri):
+            out[k] = st.read_json(uri)
     return out

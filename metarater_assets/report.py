@@ -1,29 +1,25 @@
 """`metarater report`: what has been materialised, one key per stage."""
 from __future__ import annotations
 
+import numpy as np
+
 import dagster as dg
 
 from .core import storage as st
+from .ingest import ingest_facts
 from .partitions import proxy_runs, shards
-from .runner import _latest, user_error
+from .runner import user_error
 from resources import Settings
 
 
-def _meta(rec, key, default=None):
-    if rec is None or key not in rec.metadata:
-        return default
-    return rec.metadata[key].value
-
-
-def _failures(instance: dg.DagsterInstance, keys: list[str]) -> list[dict]:
-    """Shards whose latest ingest attempt failed (no materialisation after the failure)."""
-    out = []
+def _failures(instance: dg.DagsterInstance, keys: set[str], facts: dict) -> list[dict]:
+    """Shards whose latest ingest attempt failed (no ingest recorded after the failure)."""
+    out, seen = [], set()
     runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]), limit=500)
-    seen = set()
     for rec in runs:  # newest first
         run = rec.dagster_run
         pk = run.tags.get("dagster/partition")
-        if pk not in keys or pk in seen:
+        if pk not in keys or pk in seen or "raw_docs" not in run.tags.get("metarater/assets", "raw_docs"):
             continue
         sel = run.asset_selection or set()
         if dg.AssetKey("raw_docs") not in sel and "raw_docs" not in run.tags.get("metarater/assets", ""):
@@ -41,60 +37,111 @@ def _failures(instance: dg.DagsterInstance, keys: list[str]) -> list[dict]:
 
 
 def build_report(settings: Settings, instance: dg.DagsterInstance | None = None) -> dict:
+    from .core.config import load_config
+    from .defs import settings_curated_uri
+
     instance = instance or dg.DagsterInstance.get()
+    cfg = load_config(settings.config_path)
     keys = sorted(instance.get_dynamic_partitions(shards.name))
-    rep: dict = {}
-    ing = {"shards": 0, "rows_in": 0, "rows_ok": 0, "rows_quarantined": 0, "failed_shards": [],
-           "per_shard": {}}
+    facts = ingest_facts(instance)
+    ing = {"shards": 0, "rows_in": 0, "rows_ok": 0, "rows_quarantined": 0, "failed_shards": [], "per_shard": {}}
     for k in keys:
-        rec = _latest(instance, "raw_docs", k)
-        if rec is None:
+        f = facts.get(k)
+        if f is None or not settings_files(settings).exists("raw_docs", k):
             continue
         ing["shards"] += 1
-        row = {m: int(_meta(rec, m, 0)) for m in ("rows_in", "rows_ok", "rows_quarantined")}
+        row = {m: int(f.get(m, 0)) for m in ("rows_in", "rows_ok", "rows_quarantined")}
         ing["per_shard"][k] = row
         for m, v in row.items():
             ing[m] += v
-    ing["failed_shards"] = _failures(instance, keys)
-    rep["ingest"] = ing
-    scored = [(_latest(instance, "rpv2_scores", k), _latest(instance, "dsir_scores", k)) for k in keys]
-    if any(r for r, _ in scored):
-        from .core.config import load_config
-
-        names = list(load_config(settings.config_path).score_names)
-        rep["scores"] = {"names": names,
-                         "docs_scored": int(sum(_meta(r, "docs", 0) for r, d in scored if r and d))}
-    runs = instance.get_dynamic_partitions(proxy_runs.name)
-    losses = []
-    for k in runs:
-        rec = _latest(instance, "proxy_run", k)
-        if rec is not None:
-            losses.append(float(_meta(rec, "target_loss")))
-    if losses:
-        rep["proxies"] = {"n": len(losses), "val_loss_min": min(losses), "val_loss_max": max(losses)}
+    ing["failed_shards"] = _failures(instance, set(keys), facts)
+    rep: dict = {"ingest": ing}
     base = settings.storage_uri
+    if st.exists(f"{base}/score_stats.json"):
+        s = st.read_json(f"{base}/score_stats.json")
+        rep["scores"] = {"names": [r["score"] for r in s["scores"]], "docs_scored": s["docs"], "tokens": s["tokens"],
+                         "shards": s["shards"], "excluded_shards": s["excluded"]}
+    runs = instance.get_dynamic_partitions(proxy_runs.name)
+    from .proxies import proxy_results
+
+    res = proxy_results(_cfg_settings(settings), runs)
+    if res:
+        losses = [r["target_loss"] for r in res.values()]
+        rep["proxies"] = {"n": len(losses), "val_loss_min": min(losses), "val_loss_max": max(losses),
+                          "kind": cfg.proxies.kind}
     if st.exists(f"{base}/regressor.json"):
         r = st.read_json(f"{base}/regressor.json")
+        ho = r.get("heldout") or {}
         rep["regressor"] = {"model": r["best"], "cv_spearman": r["cv"][r["best"]]["spearman"],
-                            "r2": r["cv"][r["best"]]["r2"], "proxy_runs": len(r["keys"])}
+                            "r2": r["cv"][r["best"]]["r2"], "proxy_runs": len(r["keys"]),
+                            "heldout_spearman": ho.get("spearman"), "heldout_r2": ho.get("r2"),
+                            "heldout_mae": ho.get("mae"), "heldout_runs": ho.get("n")}
     if st.exists(f"{base}/optimal_weights.json"):
         rep["optimal_weights"] = st.read_json(f"{base}/optimal_weights.json")["weights"]
-    from .defs import settings_curated_uri
-
-    man_uri = f"{settings_curated_uri(settings).rstrip('/')}/manifest.json"
+    man_uri = f"{settings_curated_uri(settings, cfg).rstrip('/')}/_manifest.json"
     if st.exists(man_uri):
         m = st.read_json(man_uri)
-        rep["curated"] = {"docs": m["docs"], "tokens": m["tokens"], "fraction": m["fraction"],
-                          "uri": m["uri"], "threshold": m["threshold"]}
+        rep["curated"] = {"docs": m["docs"], "tokens": m["tokens"], "fraction": m["fraction"], "uri": m["uri"],
+                          "threshold": m["threshold"], "shards": len(m["files"])}
     if st.exists(f"{base}/evaluation.json"):
         e = st.read_json(f"{base}/evaluation.json")
-        res = e["results"]
+        res_ = e["results"]
         rep["evaluation"] = {
-            "random_loss": [r["target_loss"] for r in res["random"]],
-            "curated_loss": [r["target_loss"] for r in res["curated"]],
-            "single_best_loss": [r["target_loss"] for r in res["single_best"]],
+            "random_loss": [r["target_loss"] for r in res_["random"]],
+            "curated_loss": [r["target_loss"] for r in res_["curated"]],
+            "single_best_loss": [r["target_loss"] for r in res_["single_best"]],
             "single_best_score": e["single_best_score"], "tokens_ratio": e["tokens_ratio"],
-            "by_set": {s: {arm: [r[s] for r in res[arm]] for arm in res} for s in e["sets"]},
-            "target": e["target"], "seeds": e["seeds"],
+            "by_set": {s: {arm: [r[s] for r in res_[arm]] for arm in res_} for s in e["sets"]},
+            "tune_loss": {arm: [r["tune_target_loss"] for r in res_[arm]] for arm in res_},
+            "target": e["target"], "seeds": e["seeds"], "evaluated_on": e["evaluated_on"],
+            "held_out_docs": e["held_out_docs"],
         }
     return rep
+
+
+def settings_files(settings: Settings):
+    from resources import ShardFiles
+
+    return ShardFiles(settings.storage_uri)
+
+
+def _cfg_settings(settings: Settings):
+    from resources import MetaraterConfig
+
+    return MetaraterConfig(config_path=settings.config_path, raw_uri=settings.raw_uri,
+                           artifacts_uri=settings.artifacts_uri, curated_uri="", storage_uri=settings.storage_uri)
+
+
+def format_report(rep: dict) -> str:
+    lines = []
+    ing = rep["ingest"]
+    lines.append(f"ingest: {ing['shards']} shard(s), {ing['rows_in']} rows in, {ing['rows_ok']} ok, "
+                 f"{ing['rows_quarantined']} quarantined, {len(ing['failed_shards'])} failed")
+    for f in ing["failed_shards"]:
+        lines.append(f"  failed {f['shard']}: {f['error']}")
+    if "scores" in rep:
+        s = rep["scores"]
+        lines.append(f"scores: {len(s['names'])} scores on {s['docs_scored']} docs in {s['shards']} shard(s)"
+                     + (f", {len(s['excluded_shards'])} shard(s) not in the pool" if s["excluded_shards"] else ""))
+    if "proxies" in rep:
+        p = rep["proxies"]
+        lines.append(f"proxies: {p['n']} {p['kind']} runs, target loss {p['val_loss_min']:.4f} .. {p['val_loss_max']:.4f}")
+    if "regressor" in rep:
+        r = rep["regressor"]
+        ho = (f"; held-out Spearman {r['heldout_spearman']:.3f} on {r['heldout_runs']} runs it never saw"
+              if r.get("heldout_spearman") is not None else "")
+        lines.append(f"regressor: {r['model']}, CV Spearman {r['cv_spearman']:.3f}, R^2 {r['r2']:.3f}{ho}")
+    if "optimal_weights" in rep:
+        top = sorted(rep["optimal_weights"].items(), key=lambda kv: -kv[1])[:5]
+        lines.append("optimal weights (top 5): " + ", ".join(f"{k}={v:.3f}" for k, v in top))
+    if "curated" in rep:
+        c = rep["curated"]
+        lines.append(f"curated: {c['docs']} docs, {c['tokens']} tokens (fraction {c['fraction']}) at {c['uri']}")
+    if "evaluation" in rep:
+        e = rep["evaluation"]
+        for arm in ("curated", "random", "single_best"):
+            v = np.array(e[f"{arm}_loss"])
+            lines.append(f"evaluation {arm:12s}: {v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f} "
+                         f"({e['evaluated_on']})")
+        lines.append(f"  best single score: {e['single_best_score']}; tokens ratio: {e['tokens_ratio']}")
+    return "\n".join(lines)

@@ -1,7 +1,11 @@
-"""In-process execution for the CLI: register shards, then materialise what is missing or stale.
+"""Execution for the CLI: register shards, then materialise what is missing or stale, step by step.
 
-Each step materialises a few assets for one partition with ``dagster.materialize`` on the
-persistent instance, so the UI shows every run and later runs see what is already done.
+Each step's stale partitions are grouped into batches of up to ``compute.shards_per_run``
+consecutive shards (the same partition-key ranges a UI backfill launches with the assets'
+``BackfillPolicy``); each batch is one Dagster run on the persistent instance, so the UI shows
+every run. Up to ``compute.workers`` runs go at once, each in its own process. A batch that fails
+is retried shard by shard, so one bad file fails alone. The raw folder is listed once per
+invocation and staleness costs a few paged queries per asset, whatever the number of partitions.
 """
 from __future__ import annotations
 
@@ -9,36 +13,32 @@ import logging
 import os
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
 import dagster as dg
 
 from .core import corpus
-from .defs import STAGES, all_assets, build_resources
+from .defs import ON_REQUEST, STAGE_NAMES, all_assets, build_resources, steps_for
+from .ingest import ingest_facts
 from .partitions import proxy_runs, shards
 from .staleness import Staleness
 from resources import Settings
 
-#: Execution steps per stage: (asset keys, partitions: "shards" / "proxy_runs" / None).
-STEPS: dict[str, list[tuple[tuple[str, ...], str | None]]] = {
-    "ingest": [(("raw_docs", "raw_quarantine"), "shards")],
-    "scores": [(("rpv2_scores", "dsir_counts"), "shards"), (("dsir_model",), None),
-               (("prrc_annotations",), None), (("prrc_rater",), None),
-               (("dsir_scores", "model_scores"), "shards"), (("score_stats",), None)],
-    "proxies": [(("tokenizer",), None), (("doc_tokens",), "shards"), (("validation_tokens",), None),
-                (("pool_index",), None), (("proxy_plan",), None), (("proxy_run",), "proxy_runs")],
-    "regressor": [(("regressor",), None), (("optimal_weights",), None)],
-    "curated": [(("curated_selection",), None), (("curated_corpus",), "shards"),
-                (("curated_manifest",), None)],
-    "evaluation": [(("evaluation",), None)],
-}
-assert list(STEPS) == list(STAGES)
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
 
-#: Dagster's console logger at WARNING (the CLI prints its own progress); METARATER_LOG_LEVEL overrides.
-LOGS = {"loggers": {"console": {"config": {"log_level": os.environ.get("METARATER_LOG_LEVEL", "WARNING")}}}}
+#: Dagster's console logger is silent in the CLI (it prints its own progress and each error once;
+#: the full trace stays in the run's event log, visible in the UI); METARATER_LOG_LEVEL overrides.
+def _logs() -> dict:
+    return {"loggers": {"console": {"config": {"log_level": os.environ.get("METARATER_LOG_LEVEL", "CRITICAL")}}}}
+
+
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
 
 def quiet_lightning() -> None:
     """Lightning sets its loggers to INFO on import; import it first, then turn them down."""
@@ -48,17 +48,8 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 
-    # the PRRC rater's "classifier newly initialised" load report and weight-loading bars are
-    # expected (a fresh head on a pretrained encoder); the asset logs its own summary
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-
-
-#: Pool-level fits that new data alone does not redo: the DSIR raw distribution, the PRRC labels
-#: and rater, the tokenizer and the proxy runs (and so the regressor). They run when missing, when their own code or config
-#: changed, with --force ASSET, or all of them with --refit.
-ON_REQUEST = frozenset({"dsir_model", "prrc_annotations", "prrc_rater", "tokenizer", "proxy_run"})
 
 
 @dataclass
@@ -67,49 +58,19 @@ class RunSummary:
     failed: list[dict] = field(default_factory=list)
     new_shards: list[str] = field(default_factory=list)
     changed_shards: list[str] = field(default_factory=list)
+    runs: int = 0
+    queries: int = 0
 
 
-def _coalesce(stages: list[str]) -> list[tuple[str, list]]:
-    """The steps of each stage, with a stage's first shard step merged into the previous stage's
-    last shard step (ingest + first scores run as one Dagster run per shard: less overhead)."""
-    out: list[tuple[str, list]] = []
-    for st in stages:
-        steps = list(STEPS[st])
-        if out and steps and steps[0][1] == "shards" and out[-1][1][-1][1] == "shards":
-            name, prev = out[-1]
-            prev[-1] = (prev[-1][0] + steps[0][0], "shards")
-            out[-1] = (f"{name}+{st}", prev)
-            steps = steps[1:]
-        if steps:
-            out.append((st, steps))
-    return out
-
-
-def register_shards(instance: dg.DagsterInstance, raw_uri: str) -> tuple[list[str], list[str], dict[str, str]]:
-    """Add a partition for each new shard file; return (new, changed, key -> fingerprint)."""
-    files = corpus.list_shards(raw_uri)
+def register_shards(instance: dg.DagsterInstance, files: list[corpus.ShardFile]) -> tuple[list[str], list[str]]:
+    """Add a partition for each new shard file; return (new, changed since ingest)."""
     registered = set(instance.get_dynamic_partitions(shards.name))
     new = [f.key for f in files if f.key not in registered]
     if new:
         instance.add_dynamic_partitions(shards.name, new)
-    changed = []
-    for f in files:
-        if f.key in new:
-            continue
-        rec = _latest(instance, "raw_docs", f.key)
-        fp = rec.metadata.get("fingerprint") if rec else None
-        if fp is not None and getattr(fp, "value", fp) != f.fingerprint:
-            changed.append(f.key)
-    return new, changed, {f.key: f.fingerprint for f in files}
-
-
-def _latest(instance: dg.DagsterInstance, key: str, partition: str | None):
-    result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key),
-                              asset_partitions=[partition] if partition else None), limit=1)
-    if not result.records:
-        return None
-    return result.records[0].asset_materialization
+    facts = ingest_facts(instance)
+    changed = [f.key for f in files if f.key in facts and facts[f.key].get("fingerprint") not in (None, f.fingerprint)]
+    return new, changed
 
 
 def user_error(err) -> str:
@@ -118,7 +79,7 @@ def user_error(err) -> str:
     def short(e):
         return e.cls_name.rsplit(".", 1)[-1]
 
-    while short(err).startswith("Dagster") and err.cause is not None:
+    while (short(err).startswith("Dagster") or short(err).startswith("RetryRequested")) and err.cause is not None:
         err = err.cause
     msg = err.message.strip()
     if short(err) == "Failure":
@@ -138,75 +99,241 @@ def _error_message(result) -> str:
     return "run failed"
 
 
+@dataclass(frozen=True)
+class Batch:
+    assets: tuple[str, ...]
+    partitions: tuple[str, ...]  # () for an unpartitioned step
+    stage: str
+
+    @property
+    def label(self) -> str:
+        p = self.partitions
+        where = "" if not p else f" [{p[0]}]" if len(p) == 1 else f" [{p[0]} .. {p[-1]}: {len(p)}]"
+        return ", ".join(self.assets) + where
+
+
+# ------------------------------------------------------------------------------------------
+# Running one batch (here or in a worker process)
+
+_CHILD: dict = {}
+
+
+def _execute(settings: Settings, batch: Batch, instance: dg.DagsterInstance | None = None,
+             assets=None, resources=None) -> tuple[bool, str, float]:
+    t0 = time.perf_counter()
+    instance = instance or dg.DagsterInstance.get()
+    tags = {"metarater/cli": "run", "metarater/stage": batch.stage, "metarater/assets": ",".join(batch.assets)}
+    kw = {}
+    if len(batch.partitions) == 1:
+        kw["partition_key"] = batch.partitions[0]
+    elif batch.partitions:
+        tags.update({RANGE_START: batch.partitions[0], RANGE_END: batch.partitions[-1]})
+    result = dg.materialize(assets, selection=list(batch.assets), instance=instance, resources=resources,
+                            raise_on_error=False, run_config=_logs(), tags=tags, **kw)
+    return result.success, "" if result.success else _error_message(result), time.perf_counter() - t0
+
+
+def _child_init(settings: tuple, dagster_home: str, threads: int) -> None:
+    os.environ["DAGSTER_HOME"] = dagster_home
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    quiet_lightning()
+    s = Settings(*settings)
+    from .core.config import load_config
+
+    cfg = load_config(s.config_path)
+    _CHILD.update(settings=s, assets=all_assets(cfg), resources=build_resources(s, cfg),
+                  instance=dg.DagsterInstance.get())
+
+
+def _child_run(batch: Batch) -> tuple[bool, str, float]:
+    return _execute(_CHILD["settings"], batch, _CHILD["instance"], _CHILD["assets"], _CHILD["resources"])
+
+
+class Launcher:
+    """Runs batches in this process (``workers`` 1) or in a pool of worker processes."""
+
+    def __init__(self, settings: Settings, instance: dg.DagsterInstance, assets, resources, workers: int):
+        self.settings, self.instance, self.assets, self.resources = settings, instance, assets, resources
+        self.workers = max(1, workers)
+        self._pool = None
+
+    def _ensure_pool(self):
+        if self._pool is None:
+            import multiprocessing as mp
+
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            s = self.settings
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=mp.get_context("spawn"), initializer=_child_init,
+                initargs=((s.home, s.raw_uri, s.config_path), self.instance.root_directory, threads))
+        return self._pool
+
+    def run(self, batches: list[Batch], done: Callable[[Batch, bool, str, float], list[Batch]]) -> None:
+        """Run every batch; ``done`` is called as each finishes and may return batches to run next."""
+        queue = list(batches)
+        if self.workers == 1 or len(queue) == 1 or self.instance.root_directory is None:
+            while queue:
+                b = queue.pop(0)
+                queue.extend(done(b, *_execute(self.settings, b, self.instance, self.assets, self.resources)))
+            return
+        pool = self._ensure_pool()
+        running = {}
+        while queue or running:
+            while queue and len(running) < self.workers:
+                b = queue.pop(0)
+                running[pool.submit(_child_run, b)] = b
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                b = running.pop(fut)
+                queue.extend(done(b, *fut.result()))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _contiguous(keys: list[str], order: list[str], size: int) -> list[list[str]]:
+    pos = {k: i for i, k in enumerate(order)}
+    out, cur = [], []
+    for k in sorted(keys, key=pos.__getitem__):
+        if cur and (pos[k] != pos[cur[-1]] + 1 or len(cur) >= size):
+            out.append(cur)
+            cur = []
+        cur.append(k)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _workers(cfg, override: int | None) -> int:
+    if override:
+        return override
+    w = cfg.compute.get("workers")
+    return int(w) if w not in (None, "auto") else max(1, os.cpu_count() or 1)
+
+
 def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | None = None,
                  echo: Callable[[str], None] = print, force: tuple[str, ...] = (),
-                 refit: bool = False) -> RunSummary:
-    """Materialise, stage by stage up to ``stage``, every asset partition that is missing or stale
+                 refit: bool = False, workers: int | None = None) -> RunSummary:
+    """Materialise, step by step up to ``stage``, every asset partition that is missing or stale
     (``ON_REQUEST`` assets: only when missing, their own code/config changed, forced or ``refit``)."""
-    if stage not in STEPS:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STEPS)}")
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
     instance = instance or dg.DagsterInstance.get()
     quiet_lightning()
     from .core.config import load_config
 
-    assets = all_assets(load_config(settings.config_path))  # a broken config stops here, clearly
-    resources = build_resources(settings)
+    cfg = load_config(settings.config_path)  # a broken config stops here, clearly
+    assets = all_assets(cfg)
+    resources = build_resources(settings, cfg)
+    size = int(cfg.compute["shards_per_run"])
     summary = RunSummary()
-    new, changed, _ = register_shards(instance, settings.raw_uri)
+    files = corpus.list_shards(settings.raw_uri)  # the only listing of the raw folder
+    new, changed = register_shards(instance, files)
     summary.new_shards, summary.changed_shards = new, changed
     if new:
-        echo(f"registered {len(new)} new shard(s): {', '.join(new)}")
+        echo(f"registered {len(new)} new shard(s): {_short(new)}")
     if changed:
-        echo(f"{len(changed)} shard file(s) changed since ingest: {', '.join(changed)}")
-    present = {f.key for f in corpus.list_shards(settings.raw_uri)}
+        echo(f"{len(changed)} shard file(s) changed since ingest: {_short(changed)}")
+    present = {f.key for f in files}
     if not present:
         echo(f"warning: no shard files under {settings.raw_uri} (looked for {', '.join(sorted(corpus.FORMATS))}; "
              "dot-files and partial uploads are ignored)")
+    launcher = Launcher(settings, instance, assets, resources, _workers(cfg, workers))
     failed_shards: set[str] = set()
-    stages = list(STEPS)[: list(STEPS).index(stage) + 1]
-    for st, steps in _coalesce(stages):
-        echo(f"== stage {st}")
-        for keys, part in steps:
+    stop = False
+    try:
+        for keys, part in steps_for(cfg, stage):
+            if stop:
+                break
+            state = Staleness(instance, assets)  # fresh records at each step
             if part == "shards":
-                partitions = [k for k in sorted(instance.get_dynamic_partitions(shards.name))
-                              if k in present and k not in failed_shards]
+                order = list(instance.get_dynamic_partitions(shards.name))
+                partitions = [k for k in order if k in present and k not in failed_shards]
             elif part == "proxy_runs":
-                partitions = sorted(instance.get_dynamic_partitions(proxy_runs.name))
+                order = list(instance.get_dynamic_partitions(proxy_runs.name))
+                partitions = order
             else:
-                partitions = [None]
-            res = Staleness(instance, assets)  # partitions of one step never feed each other
+                order, partitions = [], [None]
+            todo: dict = {}
             for pk in partitions:
-                todo = []
+                stale = []
                 for k in keys:
-                    why = "forced" if k in force else res.needs_run(k, pk)
-                    if why == "stale" and k in ON_REQUEST and not refit and not res.own_code_changed(k, pk):
+                    why = "forced" if k in force else state.needs_run(k, pk)
+                    if why == "stale" and k in ON_REQUEST and not refit and not state.own_code_changed(k, pk):
                         why = None  # upstream data changed (e.g. a new shard): refit on request
                     if why is None and k == "raw_docs" and pk in changed:
                         why = "file changed"
                     if why:
-                        todo.append((k, why))
-                if not todo:
-                    continue
-                sel = [k for k, _ in todo]
-                if "raw_docs" in sel or "raw_quarantine" in sel:  # one multi-asset: both or neither
-                    sel = ["raw_docs", "raw_quarantine"] + [k for k in sel if not k.startswith("raw_")]
-                label = ", ".join(sel) + (f" [{pk}]" if pk else "")
-                t0 = time.perf_counter()
-                result = dg.materialize(assets, selection=sel, partition_key=pk, instance=instance,
-                                        resources=resources, raise_on_error=False, run_config=LOGS,
-                                        tags={"metarater/cli": "run", "metarater/stage": st,
-                                              "metarater/assets": ",".join(sel)})
-                dt = time.perf_counter() - t0
-                if result.success:
-                    echo(f"  ok   {label} ({todo[0][1]}, {dt:.1f}s)")
-                    summary.materialised.extend((k, pk) for k in sel)
+                        stale.append(k)
+                        if part is None and why == "stale":
+                            echo(f"  {k}: {'; '.join(state.reasons(k, pk))}")
+                for k in keys:  # what runs in this step stales what reads it in this step
+                    if k not in stale and any(u in stale for u, _ in state.nodes[k].deps):
+                        stale.append(k)
+                stale.sort(key=keys.index)
+                if stale:
+                    if any(k.startswith("raw_") for k in stale) or "precomputed_scores" in stale:
+                        stale = sorted(set(stale) | {k for k in keys if k in ("raw_docs", "raw_quarantine",
+                                                                              "precomputed_scores")}, key=keys.index)
+                    todo.setdefault(tuple(stale), []).append(pk)
+            summary.queries += state.queries
+            if not todo:
+                continue
+            stage_name = _stage(keys)
+            batches = []
+            for sel, pks in todo.items():
+                if part is None:
+                    batches.append(Batch(sel, (), stage_name))
                 else:
-                    msg = _error_message(result)
-                    echo(f"  FAIL {label}: {msg}")
-                    summary.failed.append({"assets": sel, "partition": pk, "error": msg})
-                    if part == "shards":
-                        failed_shards.add(pk)
-                    elif part is None:
-                        echo(f"stopping: {label} failed")
-                        return summary
+                    per = size if part == "shards" or keys == ["proxy_run"] else len(pks)
+                    if keys == ["proxy_run"] and cfg.proxies.kind != "ngram":
+                        per = 1  # a transformer proxy per run: they go in parallel up to compute.workers
+                    batches += [Batch(sel, tuple(c), stage_name) for c in _contiguous(pks, order, per)]
+            total = sum(max(1, len(b.partitions)) for b in batches)
+            echo(f"== {stage_name}: {', '.join(sorted({k for b in batches for k in b.assets}))} "
+                 f"({total} partition(s), {len(batches)} run(s))" if part else f"== {stage_name}: {', '.join(keys)}")
+            progress = {"done": 0, "t0": time.perf_counter()}
+
+            def done(b: Batch, ok: bool, err: str, dt: float) -> list[Batch]:
+                nonlocal stop
+                summary.runs += 1
+                if ok:
+                    summary.materialised.extend((k, p) for k in b.assets for p in (b.partitions or (None,)))
+                    progress["done"] += max(1, len(b.partitions))
+                    el = time.perf_counter() - progress["t0"]
+                    eta = el / progress["done"] * (total - progress["done"])
+                    echo(f"  ok   {b.label} ({dt:.1f}s)" + (f"  {progress['done']}/{total} done, "
+                                                            f"ETA {eta:.0f}s" if total > 1 else ""))
+                    return []
+                if len(b.partitions) > 1:  # retry shard by shard: only the bad one fails
+                    echo(f"  retry {b.label} one by one: {err}")
+                    return [Batch(b.assets, (p,), b.stage) for p in b.partitions]
+                echo(f"  FAIL {b.label}: {err}")
+                summary.failed.append({"assets": list(b.assets), "partition": b.partitions[0] if b.partitions else None,
+                                       "error": err})
+                if part == "shards" and b.partitions:
+                    failed_shards.add(b.partitions[0])
+                elif not b.partitions:
+                    echo(f"stopping: {b.label} failed")
+                    stop = True
+                progress["done"] += max(1, len(b.partitions))
+                return []
+
+            launcher.run(batches, done)
+    finally:
+        launcher.close()
     return summary
+
+
+def _stage(keys) -> str:
+    from .defs import stage_of
+
+    return "+".join(dict.fromkeys(stage_of(k) for k in keys))
+
+
+def _short(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")

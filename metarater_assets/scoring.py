@@ -1,5 +1,12 @@
-"""Stage 'scores': per-shard RedPajama-V2 signals and DSIR importance, plus pool statistics."""
+"""Stage 'scores': per-shard RedPajama-V2 signals, DSIR importance and model-rater scores.
 
+Each per-shard asset reads one shard's documents at a time (``raw_docs`` file, text column) and
+writes one score file per shard (``storage/<asset>/<shard>.parquet``: doc_id + score columns, in
+the shard's document order). Each model score is an asset of its own (``score_<name>``) with its
+own code version (model, revision, head), so a changed rater stales exactly that score.
+"""
+
+import hashlib
 import time
 
 import numpy as np
@@ -7,206 +14,212 @@ import pyarrow as pa
 
 import dagster as dg
 
-from .core import corpus, dsir, rater_training, raters, signals, stats
-from .batched import SHARD_BACKFILL, combine_checks, map_shards, result
+from .batched import combine_checks, for_each_shard
+from .core import dsir, rater_training, raters, signals, stats, storage as st
 from .partitions import shards
-from .plots import png_metadata
 from resources import ComputeResource, MetaraterConfig
 
 SCORE_GROUP = "scores"
 
 
-def _score_table(doc_ids, cols: dict[str, list], ints=frozenset()) -> pa.Table:
+def score_table(doc_ids, cols: dict[str, list], ints=frozenset()) -> pa.Table:
     arrays = {"doc_id": pa.array(doc_ids, pa.string())}
     for name, v in cols.items():
         arrays[name] = pa.array(v, pa.int64() if name in ints else pa.float64())
     return pa.table(arrays)
 
 
-def _check(doc_ids, table: pa.Table, names, nullable) -> dg.AssetCheckResult:
+def check_scores(asset: str, doc_ids, table: pa.Table, names, nullable) -> dg.AssetCheckResult:
     cols = {n: table.column(n).to_pylist() for n in names}
     problems = stats.score_table_problems(doc_ids, table.column("doc_id").to_pylist(), cols, nullable)
-    return dg.AssetCheckResult(check_name="scores_complete", passed=not problems,
+    return dg.AssetCheckResult(asset_key=asset, check_name="scores_complete", passed=not problems,
                                metadata={"docs": len(doc_ids), **{k: str(v) for k, v in problems.items()}})
 
 
-def _check_spec(asset: str) -> dg.AssetCheckSpec:
+def check_spec(asset: str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec("scores_complete", asset=asset, blocking=True,
                              description="every ingested document scored; no NaN/inf; nulls only "
                                          "where the score's definition allows them")
 
 
-@dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
-          code_version=f"rpv2-{signals.SIGNALS_VERSION}", check_specs=[_check_spec("rpv2_scores")],
-          backfill_policy=SHARD_BACKFILL,
-          description="The 11 RedPajama-V2 natural-language signals per document of one shard.")
-def rpv2_scores(context: dg.AssetExecutionContext, raw_docs):
-    def one(raw_docs: pa.Table):
-        ids = raw_docs.column("doc_id").to_pylist()
-        table = _score_table(ids, signals.compute_signals(raw_docs.column("text").to_pylist()),
-                             signals.INTEGER_SIGNALS)
-        return table, _check(ids, table, signals.SIGNAL_NAMES, signals.NULLABLE)
-
-    yield from _emit(context, map_shards(context, one, raw_docs))
+def _docs(settings: MetaraterConfig, key: str) -> tuple[list[str], list[str]]:
+    t = settings.files.read("raw_docs", key, ["doc_id", "text"])
+    return t.column("doc_id").to_pylist(), t.column("text").to_pylist()
 
 
-def _emit(context, done: dict):
-    """Output (one table, or {shard: table} in a batched backfill run) + the combined check."""
-    yield dg.Output(result(context, {k: t for k, (t, _) in done.items()}),
-                    metadata={"docs": sum(t.num_rows for t, _ in done.values()), "shards": len(done)})
-    yield combine_checks({k: c for k, (_, c) in done.items()})
+def make_rpv2(policy):
+    @dg.asset(partitions_def=shards, group_name=SCORE_GROUP, deps=["raw_docs"], backfill_policy=policy,
+              code_version=f"rpv2-{signals.SIGNALS_VERSION}", check_specs=[check_spec("rpv2_scores")],
+              description="The 11 RedPajama-V2 natural-language signals per document of one shard.")
+    def rpv2_scores(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+        def one(key):
+            ids, texts = _docs(settings, key)
+            table = score_table(ids, signals.compute_signals(texts), signals.INTEGER_SIGNALS)
+            settings.files.write("rpv2_scores", key, table)
+            return len(ids), check_scores("rpv2_scores", ids, table, signals.SIGNAL_NAMES, signals.NULLABLE)
+
+        done = for_each_shard(context, one)
+        yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done)})
+        yield combine_checks({k: c for k, (_, c) in done.items()})
+
+    return rpv2_scores
 
 
-@dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
-          code_version=f"dsir-counts-{dsir.DSIR_VERSION}", backfill_policy=SHARD_BACKFILL,
-          description="Hashed unigram+bigram feature counts of one shard (summed into the pool "
-                      "distribution, so a new shard never re-reads the others).")
-def dsir_counts(context: dg.AssetExecutionContext, raw_docs, settings: MetaraterConfig):
-    cfg = settings.load()
+def make_dsir_counts(cfg, policy):
+    buckets = cfg.dsir.buckets if cfg else dsir.DEFAULT_BUCKETS
 
-    def one(raw_docs: pa.Table) -> pa.Table:
-        counts = dsir.count_buckets(raw_docs.column("text").to_pylist(), cfg.dsir.buckets)
-        return pa.table({"count": pa.array(counts, pa.int64())})
+    @dg.asset(partitions_def=shards, group_name=SCORE_GROUP, deps=["raw_docs"], backfill_policy=policy,
+              code_version=f"dsir-counts-{dsir.DSIR_VERSION}",
+              description="Hashed unigram+bigram feature counts of one shard (summed into the pool "
+                          "distribution, so a new shard never re-reads the others).")
+    def dsir_counts(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+        def one(key):
+            _, texts = _docs(settings, key)
+            settings.files.write("dsir_counts", key, pa.table({"count": dsir.count_buckets(texts, buckets)}))
+            return len(texts)
 
-    return result(context, map_shards(context, one, raw_docs))
+        done = for_each_shard(context, one)
+        return dg.MaterializeResult(metadata={"docs": sum(done.values()), "shards": len(done)})
+
+    return dsir_counts
 
 
-@dg.asset(io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
-          code_version=f"dsir-model-{dsir.DSIR_VERSION}",
-          ins={"dsir_counts": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})},
+def dsir_model_uri(storage_uri: str) -> str:
+    return f"{storage_uri.rstrip('/')}/dsir_model.parquet"
+
+
+@dg.asset(group_name=SCORE_GROUP, code_version=f"dsir-model-{dsir.DSIR_VERSION}",
+          deps=[dg.AssetDep("dsir_counts", partition_mapping=dg.AllPartitionMapping())],
           description="DSIR log-ratio weights per bucket: log p_target - log p_raw for each target "
-                      "(books, wiki, math); p_raw from the pool's summed shard counts. Refit on "
-                      "request, not on every new shard (see README).")
-def dsir_model(context: dg.AssetExecutionContext, dsir_counts: dict[str, pa.Table],
-               settings: MetaraterConfig) -> pa.Table:
+                      "(books, wiki, math); p_raw from the pool's shard counts, summed as they are "
+                      "streamed (one shard's counts in memory). Refit on request, not on every new "
+                      "shard (see README).")
+def dsir_model(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> dg.MaterializeResult:
+    from .core import corpus
+
     cfg = settings.load()
-    raw = sum(np.asarray(t.column("count")) for t in dsir_counts.values())
+    keys = [k for k in sorted(context.instance.get_dynamic_partitions(shards.name))
+            if settings.files.exists("dsir_counts", k)]
+    if not keys:
+        raise dg.Failure("no shard has dsir_counts yet: materialise the per-shard scores first", allow_retries=False)
+    raw = np.zeros(cfg.dsir.buckets, dtype=np.int64)
+    for k in keys:
+        c = settings.files.read("dsir_counts", k).column("count").to_numpy()
+        if len(c) != len(raw):
+            raise dg.Failure(f"dsir_counts[{k}] has {len(c)} buckets, the config {len(raw)}: re-materialise it")
+        raw += c
     targets = {}
     for name, uri in cfg.dsir.targets.items():
         docs = corpus.read_documents(uri)
         targets[name] = dsir.count_buckets(docs.column("text").to_pylist(), cfg.dsir.buckets)
         context.log.info(f"target {name}: {docs.num_rows} docs, {int(targets[name].sum())} features")
     model = dsir.DsirModel.fit(raw, targets)
-    context.add_output_metadata({"pool_shards": len(dsir_counts), "pool_features": int(raw.sum()),
-                                 "targets": ", ".join(targets)})
-    return pa.table({f"dsir_{n}": pa.array(w) for n, w in model.weights.items()})
+    table = pa.table({f"dsir_{n}": pa.array(w) for n, w in model.weights.items()})
+    st.write_parquet(table, dsir_model_uri(settings.storage_uri))
+    digest = hashlib.sha1(b"".join(np.ascontiguousarray(w).tobytes() for w in model.weights.values())).hexdigest()
+    return dg.MaterializeResult(metadata={"pool_shards": len(keys), "pool_features": int(raw.sum()),
+                                          "targets": ", ".join(targets)}, data_version=dg.DataVersion(digest))
 
 
-def load_dsir_model(table: pa.Table) -> dsir.DsirModel:
+def load_dsir_model(storage_uri: str) -> dsir.DsirModel:
+    table = st.read_parquet(dsir_model_uri(storage_uri))
     weights = {n.removeprefix("dsir_"): np.asarray(table.column(n)) for n in table.column_names}
     return dsir.DsirModel(buckets=table.num_rows, weights=weights)
 
 
-@dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
-          code_version=f"dsir-{dsir.DSIR_VERSION}", check_specs=[_check_spec("dsir_scores")],
-          backfill_policy=SHARD_BACKFILL,
-          description="DSIR importance per document: dsir_books, dsir_wiki, dsir_math.")
-def dsir_scores(context: dg.AssetExecutionContext, raw_docs, dsir_model: pa.Table):
-    model = load_dsir_model(dsir_model)
+def make_dsir_scores(policy):
+    names = [f"dsir_{n}" for n in ("books", "wiki", "math")]
 
-    def one(raw_docs: pa.Table):
-        ids = raw_docs.column("doc_id").to_pylist()
-        scored = model.score(raw_docs.column("text").to_pylist())
-        table = _score_table(ids, {f"dsir_{n}": v for n, v in scored.items()})
-        return table, _check(ids, table, [f"dsir_{n}" for n in scored], frozenset())
+    @dg.asset(partitions_def=shards, group_name=SCORE_GROUP, deps=["raw_docs", "dsir_model"], backfill_policy=policy,
+              code_version=f"dsir-{dsir.DSIR_VERSION}", check_specs=[check_spec("dsir_scores")],
+              description="DSIR importance per document: dsir_books, dsir_wiki, dsir_math.")
+    def dsir_scores(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+        model = load_dsir_model(settings.storage_uri)
 
-    yield from _emit(context, map_shards(context, one, raw_docs))
+        def one(key):
+            ids, texts = _docs(settings, key)
+            scored = model.score(texts)
+            table = score_table(ids, {f"dsir_{n}": v for n, v in scored.items()})
+            settings.files.write("dsir_scores", key, table)
+            return len(ids), check_scores("dsir_scores", ids, table, names, frozenset())
+
+        done = for_each_shard(context, one)
+        yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done)})
+        yield combine_checks({k: c for k, (_, c) in done.items()})
+
+    return dsir_scores
 
 
-@dg.asset(partitions_def=shards, io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
-          code_version=f"model-{raters.RATERS_VERSION}", check_specs=[_check_spec("model_scores")],
-          pool="metarater_gpu",
-          description="Model-rater scores (PRRC, QuRating, FineWeb-Edu, WanjuanCC, or any HF "
-                      "sequence classifier in the registry) for one shard; one column per active "
-                      "score in model_raters.scores (none: doc_id only).")
-def model_scores(context: dg.AssetExecutionContext, raw_docs: pa.Table, prrc_rater: dict,
-                 settings: MetaraterConfig, compute: ComputeResource):
-    cfg = settings.load()
+def score_asset(name: str) -> str:
+    """The asset key of a model score: one asset per score."""
+    return f"score_{name}"
+
+
+def make_model_scores(cfg, policy):
+    """One asset per active model score (``score_<name>``), built in one subsettable multi-asset:
+    scores that share a model cost one forward pass when they run together, and each carries its
+    own code version (model id, revision, head), so a new revision stales only its scores."""
+    if cfg is None or not cfg.model_scores:
+        return None
     specs = cfg.rater_specs()
-    if cfg.trained_scores:
-        if not prrc_rater.get("enabled"):
-            raise dg.Failure("the PRRC rater is not trained yet: materialise prrc_rater first", allow_retries=False)
-        trained = rater_training.specs_for(prrc_rater["models"], max_tokens=int(prrc_rater.get("max_tokens", 512)))
-        specs.update({n: trained[n] for n in cfg.trained_scores})
-    comp = compute.resolve()
-    device = "cuda" if comp.accelerator == "gpu" else "cpu"
-    dtype = "bf16" if comp.precision.startswith("bf16") else None
-    ids = raw_docs.column("doc_id").to_pylist()
-    texts = raw_docs.column("text").to_pylist()
-    cols = {}
-    for group in raters.group_by_model(specs):
-        try:
-            rater = raters.HFRater(group[0], device=device, dtype=dtype)
-            t = time.perf_counter()
-            out = rater.score_heads(texts, [s.head for s in group], progress=_quarters(context, group[0].model))
-        except raters.RaterLoadError as e:
-            raise dg.Failure(str(e), allow_retries=False) from e
-        for j, s in enumerate(group):
-            cols[s.score] = out[:, j].tolist()
-        context.log.info(f"{', '.join(s.score for s in group)} ({group[0].model}): "
-                         f"{len(texts) / (time.perf_counter() - t):.1f} docs/s on {device}")
-    cols = {n: cols[n] for n in cfg.model_scores}
-    table = _score_table(ids, cols)
-    yield dg.Output(table, metadata={"docs": len(ids), "scores": ", ".join(cols) or "none"})
-    yield _check(ids, table, list(cols), frozenset())
+    trained = set(cfg.trained_scores)
+    outs = {}
+    for n in cfg.model_scores:
+        if n in trained:  # the model comes from prrc_rater (its data version); the head is fixed
+            version = f"model-{raters.RATERS_VERSION}-trained-{rater_training.RATER_TRAINING_VERSION}"
+        else:
+            version = f"model-{raters.RATERS_VERSION}-{hashlib.sha1(specs[n].version.encode()).hexdigest()[:10]}"
+        outs[n] = dg.AssetOut(key=score_asset(n), code_version=version, group_name=SCORE_GROUP,
+                              is_required=False,
+                              description=f"Model-rater score {n} per document of one shard (doc_id, {n}, "
+                                          f"{n}_class for classifier heads).")
+    ins = {"prrc_rater": dg.AssetIn("prrc_rater")} if trained else {}
 
+    @dg.multi_asset(name="model_scores", outs=outs, ins=ins, deps=["raw_docs"], partitions_def=shards,
+                    can_subset=True, backfill_policy=policy, pool="metarater_gpu",
+                    check_specs=[check_spec(score_asset(n)) for n in cfg.model_scores])
+    def model_scores(context: dg.AssetExecutionContext, settings: MetaraterConfig, compute: ComputeResource,
+                     **inputs):
+        cfg_ = settings.load()
+        selected = [n for n in cfg_.model_scores if dg.AssetKey(score_asset(n)) in context.selected_asset_keys]
+        all_specs = cfg_.rater_specs()
+        if set(selected) & set(cfg_.trained_scores):
+            prrc = inputs.get("prrc_rater") or {}
+            if not prrc.get("enabled"):
+                raise dg.Failure("the PRRC rater is not trained yet: materialise prrc_rater first", allow_retries=False)
+            all_specs.update(rater_training.specs_for(prrc["models"], max_tokens=int(prrc.get("max_tokens", 512))))
+        specs = {n: all_specs[n] for n in selected}
+        with compute.claim() as comp:
+            dtype = "bf16" if comp.precision.startswith("bf16") else None
+            loaded = []
+            try:
+                for group in raters.group_by_model(specs):
+                    loaded.append((group, raters.load_rater(group[0], device=comp.torch_device, dtype=dtype)))
+            except raters.RaterLoadError as e:
+                raise dg.Failure(str(e), allow_retries=False) from e
 
-def _quarters(context, name: str):
-    """A progress callback that logs at each quarter of the documents."""
-    last = [0]
+            def one(key):
+                ids, texts = _docs(settings, key)
+                checks = {}
+                for group, rater in loaded:
+                    t = time.perf_counter()
+                    logits = rater.logits(texts)
+                    scores, classes = raters.apply_heads(logits, [s.head for s in group], group[0].model)
+                    for j, s in enumerate(group):
+                        cols = {s.score: scores[:, j].tolist()}
+                        if s.head.is_classifier:
+                            cols[f"{s.score}_class"] = classes[:, j].tolist()
+                        table = score_table(ids, cols)
+                        settings.files.write(score_asset(s.score), key, table)
+                        checks[s.score] = check_scores(score_asset(s.score), ids, table, [s.score], frozenset())
+                    context.log.info(f"{key}: {', '.join(s.score for s in group)} ({group[0].model}): "
+                                     f"{len(texts) / max(time.perf_counter() - t, 1e-9):.1f} docs/s on {comp.torch_device}")
+                return len(ids), checks
 
-    def progress(done: int, total: int) -> None:
-        q = 4 * done // max(total, 1)
-        if q > last[0]:
-            last[0] = q
-            context.log.info(f"{name}: {done}/{total} docs")
+            done = for_each_shard(context, one)
+        for n in selected:
+            yield dg.MaterializeResult(asset_key=score_asset(n), metadata={
+                "docs": sum(d for d, _ in done.values()), "shards": len(done), "model": str(specs[n].model)})
+            yield combine_checks({k: c[n] for k, (_, c) in done.items()})
 
-    return progress
-
-
-def pool_columns(parts: dict[str, pa.Table]) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Concatenate per-shard score tables (sorted by shard key) into pool columns."""
-    keys = sorted(parts)
-    tables = [parts[k] for k in keys]
-    names = [c for c in tables[0].column_names if c != "doc_id"] if tables else []
-    cols = {}
-    for n in names:
-        arr = pa.chunked_array([t.column(n) for t in tables]).cast(pa.float64())
-        cols[n] = arr.to_numpy(zero_copy_only=False)
-    return keys, cols
-
-
-@dg.asset(io_manager_key="parquet_io_manager", group_name=SCORE_GROUP,
-          ins={"rpv2_scores": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True}),
-               "dsir_scores": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True}),
-               "model_scores": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})},
-          code_version="score-stats-1",
-          description="Pool statistics per score (count, min, max, mean, std, quantiles) with "
-                      "histograms and the Spearman correlation matrix as plots.")
-def score_stats(context: dg.AssetExecutionContext, rpv2_scores: dict[str, pa.Table],
-                dsir_scores: dict[str, pa.Table], model_scores: dict[str, pa.Table],
-                settings: MetaraterConfig) -> pa.Table:
-    _, cols = pool_columns(rpv2_scores)
-    for part in (dsir_scores, model_scores):
-        cols.update(pool_columns(part)[1])
-    summary = stats.summarise(cols)
-    names, M = stats.spearman_matrix(cols)
-    art = settings.artifacts_uri
-    md = {"docs": int(len(next(iter(cols.values())))), "scores": len(cols),
-          "summary": dg.MetadataValue.md(_md_table(summary, ["score", "count", "nulls", "min", "max", "mean", "std", "q50"]))}
-    md.update(png_metadata(stats.histograms_png(cols), f"{art}/score_stats/histograms.png", "histograms"))
-    md.update(png_metadata(stats.heatmap_png(names, M), f"{art}/score_stats/spearman.png", "spearman"))
-    context.add_output_metadata(md)
-    table = pa.Table.from_pylist(summary)
-    corr = {f"rho_{n}": pa.array(M[:, i]) for i, n in enumerate(names)}
-    for n, arr in corr.items():
-        table = table.append_column(n, arr)
-    return table
-
-
-def _md_table(rows: list[dict], cols: list[str]) -> str:
-    def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    return head + "\n".join("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows)
+    return model_scores

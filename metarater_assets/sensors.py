@@ -1,48 +1,120 @@
-"""Sensors: new or changed files in METARATER_RAW_URI become shard partitions and ingest runs."""
+"""Sensors, and what each one triggers (README "Automation" has the same table):
 
+* ``shard_sensor`` (off by default; switch it on to watch ``METARATER_RAW_URI``): each tick lists
+  the raw folder once (a fresh listing: object-store listing caches are dropped), registers new
+  files as ``shards`` partitions (at most ``max_new`` per tick, the rest carried to the next tick
+  by the cursor) and requests ``shard_job`` for them in batched runs of up to
+  ``compute.shards_per_run`` shards (a partition-key range each), plus a run for each changed file.
+* ``metarater_automation`` (running by default): Dagster's declarative automation. After new
+  shards are indexed it refreshes the pool statistics, the curated selection, every curated shard
+  and the manifest (``AutomationCondition`` on each asset, see ``defs._automation``).
+"""
+from __future__ import annotations
+
+import base64
 import json
+import zlib
 
 import dagster as dg
 
 from .core import corpus
 from .partitions import shards
 
+AUTOMATION_SENSOR = "metarater_automation"
+MAX_NEW_PER_TICK = 2000
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
 
-def plan_new_shards(raw_uri: str, cursor: str | None, registered: set[str]):
-    """(new keys, changed keys, new cursor) for the files under ``raw_uri``.
 
-    The cursor maps partition key -> fingerprint (size + mtime/etag) of the file last seen.
+def _load_cursor(cursor: str | None) -> dict:
+    if not cursor:
+        return {"seen": {}, "pending": []}
+    raw = json.loads(zlib.decompress(base64.b64decode(cursor)).decode()) if not cursor.startswith("{") else json.loads(cursor)
+    return raw if "seen" in raw else {"seen": raw, "pending": []}
+
+
+def _dump_cursor(state: dict) -> str:
+    return base64.b64encode(zlib.compress(json.dumps(state, sort_keys=True).encode(), 6)).decode()
+
+
+def plan_new_shards(raw_uri: str, cursor: str | None, registered: set[str], max_new: int = MAX_NEW_PER_TICK):
+    """(new keys to register now, changed keys, fingerprints of the new keys, new cursor).
+
+    The cursor (parsed once, zlib-compressed JSON) maps partition key -> fingerprint (size +
+    mtime/etag) of each file seen, and carries the new files beyond ``max_new`` to the next tick.
     """
-    seen: dict[str, str] = json.loads(cursor) if cursor else {}
-    files = corpus.list_shards(raw_uri)
+    state = _load_cursor(cursor)
+    seen: dict[str, str] = state["seen"]
+    files = corpus.list_shards(raw_uri, fresh=True)
     new, changed = [], []
     for f in files:
-        if f.key not in registered and f.key not in new:
+        if f.key not in registered:
             new.append(f.key)
         elif f.key in seen and seen[f.key] != f.fingerprint:
             changed.append(f.key)
+    now, later = new[:max_new], set(new[max_new:])
+    fps = {}
+    for f in files:
+        if f.key in later:
+            continue  # seen next tick
         seen[f.key] = f.fingerprint
-    return new, changed, json.dumps(seen, sort_keys=True)
+        fps[f.key] = f.fingerprint
+    state = {"seen": seen, "pending": sorted(later)}
+    return now, changed, fps, _dump_cursor(state)
 
 
-def make_shard_sensor(raw_uri_getter, job):
+def _ranges(keys: list[str], order: list[str], size: int) -> list[tuple[str, str, list[str]]]:
+    """Consecutive runs of ``keys`` in partition order, at most ``size`` each: (start, end, keys)."""
+    pos = {k: i for i, k in enumerate(order)}
+    ks = sorted(keys, key=pos.__getitem__)
+    out, cur = [], []
+    for k in ks:
+        if cur and (pos[k] != pos[cur[-1]] + 1 or len(cur) >= size):
+            out.append((cur[0], cur[-1], cur))
+            cur = []
+        cur.append(k)
+    if cur:
+        out.append((cur[0], cur[-1], cur))
+    return out
+
+
+def make_shard_sensor(raw_uri_getter, job, shards_per_run: int = 64, max_new: int = MAX_NEW_PER_TICK):
     @dg.sensor(job=job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Registers each new data file under METARATER_RAW_URI as a shard "
-                           "partition and requests ingest + scoring for new or changed files.")
+               name="shard_sensor",
+               description="Registers each new data file under METARATER_RAW_URI as a shard partition "
+                           "and requests shard_job (ingest, scores, tokens, shard index) for new or changed "
+                           "files, in batched runs of up to compute.shards_per_run shards.")
     def shard_sensor(context: dg.SensorEvaluationContext):
         registered = set(context.instance.get_dynamic_partitions(shards.name))
         try:
-            new, changed, cursor = plan_new_shards(raw_uri_getter(), context.cursor, registered)
+            new, changed, fps, cursor = plan_new_shards(raw_uri_getter(), context.cursor, registered, max_new)
         except corpus.ShardError as e:
             return dg.SkipReason(str(e))
-        if not new and not changed:
-            context.update_cursor(cursor)
-            return dg.SkipReason("no new or changed shard files")
         context.update_cursor(cursor)
-        runs = [dg.RunRequest(partition_key=k, run_key=f"{k}:{json.loads(cursor)[k]}",
-                              tags={"metarater/reason": "new" if k in new else "changed"})
-                for k in new + changed]
+        if not new and not changed:
+            return dg.SkipReason("no new or changed shard files")
+        order = list(context.instance.get_dynamic_partitions(shards.name)) + new
+        runs = []
+        for reason, keys in (("new", new), ("changed", changed)):
+            for start, end, ks in _ranges(keys, order, shards_per_run):
+                digest = zlib.crc32("|".join(f"{k}:{fps.get(k, '')}" for k in ks).encode())
+                tags = {"metarater/reason": reason, "metarater/shards": str(len(ks))}
+                if start == end:
+                    runs.append(dg.RunRequest(partition_key=start, run_key=f"{reason}:{start}:{fps.get(start)}", tags=tags))
+                else:
+                    runs.append(dg.RunRequest(run_key=f"{reason}:{start}..{end}:{digest:08x}",
+                                              tags={**tags, RANGE_START: start, RANGE_END: end}))
         return dg.SensorResult(run_requests=runs,
                                dynamic_partitions_requests=[shards.build_add_request(new)] if new else [])
 
     return shard_sensor
+
+
+def make_automation_sensor():
+    return dg.AutomationConditionSensorDefinition(
+        AUTOMATION_SENSOR, target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Declarative automation, running by default: refreshes the pool statistics, the "
+                    "curated selection, the curated shards and the manifest after new shards are "
+                    "indexed (and per-shard scores after a pool-level refit). Pool-level fits never "
+                    "run by themselves.")

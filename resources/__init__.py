@@ -1,7 +1,6 @@
-"""Dagster resources: storage (UPath IO managers), run configuration and compute."""
+"""Dagster resources: storage (files per shard, a JSON IO manager), run configuration and compute."""
 from .compute import ComputeResource
 from .settings import MetaraterConfig, Settings
-from .storage import CuratedIOManager, CuratedManifestIOManager, JsonIOManager, ParquetIOManager
+from .storage import JsonIOManager, ShardFiles, safe_name
 
-__all__ = ["ComputeResource", "MetaraterConfig", "Settings", "ParquetIOManager", "JsonIOManager",
-           "CuratedIOManager", "CuratedManifestIOManager"]
+__all__ = ["ComputeResource", "MetaraterConfig", "Settings", "JsonIOManager", "ShardFiles", "safe_name"]

@@ -1,5 +1,10 @@
-"""Where model work runs: Lightning accelerator, devices, precision (bf16 on GPU, fp32 on CPU)."""
+"""Where model work runs: Lightning accelerator, devices, precision (bf16 on GPU, fp32 on CPU),
+and, when several GPU steps share a machine, which GPU each one takes."""
 from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Iterator
 
 import dagster as dg
 
@@ -28,3 +33,16 @@ class ComputeResource(dg.ConfigurableResource):
             prec = "bf16-mixed" if acc == "gpu" and torch.cuda.is_bf16_supported() else "32-true"
         return Compute(accelerator=acc, devices=self.devices, precision=prec,
                        strategy=self.strategy, threads=self.threads or None)
+
+    @contextmanager
+    def claim(self) -> Iterator[Compute]:
+        """The resolved compute for one step; on a GPU machine with one device per step, a GPU no
+        other concurrent step holds (``core.devices.claim_device``), as ``devices=[i]``."""
+        comp = self.resolve()
+        if comp.accelerator != "gpu" or self.devices != 1:
+            yield comp
+            return
+        from metarater_assets.core.devices import claim_device, visible_gpus
+
+        with claim_device(visible_gpus()) as i:
+            yield replace(comp, devices=[i])

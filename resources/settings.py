@@ -75,3 +75,10 @@ class MetaraterConfig(dg.ConfigurableResource):
 
     def load(self) -> Config:
         return load_config(self.config_path)
+
+    @property
+    def files(self):
+        """Per-shard files under the storage root (``storage/<asset>/<shard>.parquet``)."""
+        from .storage import ShardFiles
+
+        return ShardFiles(self.storage_uri)

@@ -39,6 +39,7 @@ def write_config(path: Path, **over) -> Path:
     cfg["tokenizer"]["vocab_size"] = 1024
     cfg["proxies"].update(n=6, kind="ngram", preset="test", token_budget=4096)
     cfg["regressor"].update(candidates=20000, bootstrap=5, folds=3)
+    cfg["compute"].update(workers=1, shards_per_run=8)
     cfg["evaluation"].update(preset="test", token_budget=2048, seeds=[0, 1])
     # PRRC training is tested on its own (tests/core/test_rater_training.py, tests/assets/test_prrc.py)
     cfg.pop("prrc", None)

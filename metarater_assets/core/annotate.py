@@ -5,9 +5,12 @@
 * ``ChatAnnotator``: POSTs ``{base_url}/chat/completions`` (temperature 0), retries with
   exponential backoff on 429 / 5xx / connection errors (urllib3 ``Retry`` through a requests
   adapter), parses the score robustly and caches each (model, dimension, rubric, text) answer in a
-  JSONL file, so an interrupted job never pays twice. The API key is read from an environment
-  variable, sent only in the ``Authorization`` header, and never appears in logs, errors, reprs
-  or the cache.
+  JSONL file on any fsspec URI (rewritten atomically every 50 answers and at the end), so an
+  interrupted job never pays twice. The API key is read from an environment variable that must
+  be set (checked before the first request), sent only in the ``Authorization`` header, and never
+  appears in logs, errors, reprs or the cache. A refused key (HTTP 401 / 403) stops the job; a
+  reply that stays unusable after the retries (5xx, a connection failure, no score in the
+  answer) leaves that label missing with its cause, which the caller quarantines.
 """
 from __future__ import annotations
 
@@ -49,6 +52,10 @@ class AnnotationError(RuntimeError):
     """The endpoint failed after retries, or answered without a usable score."""
 
 
+class AnnotationAuthError(AnnotationError):
+    """No key, or the endpoint refused it: every request would fail the same way."""
+
+
 _PATTERNS = (
     re.compile(r'"score"\s*:\s*"?([0-5])\b'),
     re.compile(r"\bscore\s*(?:is|:|=)?\s*\**\s*([0-5])\b", re.IGNORECASE),
@@ -78,10 +85,11 @@ class ChatAnnotator:
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
-    cache_path: str | None = None
+    cache_path: str | None = None  # any fsspec URI
     timeout: float = 60.0
     max_retries: int = 5
     backoff: float = 0.5
+    flush_every: int = 50
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -89,24 +97,43 @@ class ChatAnnotator:
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
+        if not os.environ.get(self.api_key_env):
+            raise AnnotationAuthError(f"the environment variable {self.api_key_env} (prrc.annotate.api_key_env) "
+                                      "is not set: export the endpoint's API key there")
         self._session = requests.Session()
         retry = Retry(total=self.max_retries, backoff_factor=self.backoff, allowed_methods=["POST"],
                       status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False,
                       respect_retry_after_header=True)
         self._session.mount("http://", HTTPAdapter(max_retries=retry))
         self._session.mount("https://", HTTPAdapter(max_retries=retry))
-        if self.cache_path and os.path.exists(self.cache_path):
-            with open(self.cache_path, encoding="utf-8") as f:
-                for line in f:
-                    rec = json.loads(line)
-                    self._cache[rec["key"]] = rec["score"]
+        self._pending = 0
+        if self.cache_path:
+            from .storage import exists, fs_and_path
+
+            if exists(self.cache_path):
+                fs, p = fs_and_path(self.cache_path)
+                with fs.open(p, "r", encoding="utf-8") as f:
+                    for line in f:
+                        if line.strip():
+                            rec = json.loads(line)
+                            self._cache[rec["key"]] = rec["score"]
 
     def __repr__(self) -> str:  # never the key
         return f"ChatAnnotator(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
 
     def _headers(self) -> dict:
-        key = os.environ.get(self.api_key_env)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return {"Authorization": f"Bearer {os.environ[self.api_key_env]}"}
+
+    def flush(self) -> None:
+        """Write the whole cache (atomically: temporary file, then move)."""
+        if not self.cache_path or not self._pending:
+            return
+        from .storage import atomic_open
+
+        with atomic_open(self.cache_path, "w") as f:
+            for k, v in self._cache.items():
+                f.write(json.dumps({"key": k, "score": v}) + "\n")
+        self._pending = 0
 
     def rate(self, text: str, dimension: str) -> int:
         key = cache_key(self.model, dimension, text)
@@ -122,6 +149,9 @@ class ChatAnnotator:
             resp = self._session.post(url, json=body, headers=self._headers(), timeout=self.timeout)
         except requests.RequestException as e:
             raise AnnotationError(f"{url}: {type(e).__name__} after {self.max_retries} retries") from None
+        if resp.status_code in (401, 403):
+            raise AnnotationAuthError(f"{url}: HTTP {resp.status_code}: the endpoint refused the key in "
+                                      f"${self.api_key_env}")
         if resp.status_code != 200:
             raise AnnotationError(f"{url}: HTTP {resp.status_code} after {self.max_retries} retries")
         try:
@@ -130,29 +160,38 @@ class ChatAnnotator:
             raise AnnotationError(f"{url}: not an OpenAI-style chat completion") from None
         score = parse_score(answer)
         if score is None:
-            raise AnnotationError(f"no 0..5 score in the answer for {dimension}: {answer[:80]!r}")
+            raise AnnotationError(f"no 0..5 score in the answer: {answer[:80]!r}")
         self._cache[key] = score
-        if self.cache_path:
-            with open(self.cache_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "score": score}) + "\n")
+        self._pending += 1
+        if self._pending >= self.flush_every:
+            self.flush()
         return score
 
     def annotate(self, texts: Sequence[str], dimensions: Sequence[str] = DIMENSIONS,
-                 progress: Callable[[int, int], None] | None = None) -> list[dict[str, int | None]]:
-        """One dict of scores per text; a text whose answer cannot be used gets None for that
-        dimension (and the error is counted by the caller), so a batch never dies on one reply."""
-        out = []
-        for i, t in enumerate(texts):
-            row: dict[str, int | None] = {}
-            for d in dimensions:
-                try:
-                    row[d] = self.rate(t, d)
-                except AnnotationError:
-                    row[d] = None
-            out.append(row)
-            if progress:
-                progress(i + 1, len(texts))
-        return out
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], list[dict]]:
+        """(labels, errors): one dict of scores per text (None where the answer could not be used)
+        and one dict ``{dimension: cause}`` per text. A batch never dies on one reply; a refused
+        key (``AnnotationAuthError``) stops it. The cache is flushed on the way out."""
+        labels, errors = [], []
+        try:
+            for i, t in enumerate(texts):
+                row: dict[str, int | None] = {}
+                err: dict[str, str] = {}
+                for d in dimensions:
+                    try:
+                        row[d] = self.rate(t, d)
+                    except AnnotationAuthError:
+                        raise
+                    except AnnotationError as e:
+                        row[d] = None
+                        err[d] = str(e)
+                labels.append(row)
+                errors.append(err)
+                if progress:
+                    progress(i + 1, len(texts))
+        finally:
+            self.flush()
+        return labels, errors
 
 
 def validate_labels(rows: Sequence[Mapping], dimensions: Sequence[str] = DIMENSIONS) -> list[str]:

@@ -1,10 +1,21 @@
-"""Length-ordered batches with dynamic padding (shared by LM evaluation and model raters)."""
+"""Dynamic padding and length-ordered batches (LM evaluation, model raters, rater training)."""
 from __future__ import annotations
 
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, T), attention mask (B, T)) long tensors, padded to the longest sequence."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[r, :len(s)] = 1
+    return ids, mask
 
 
 def padded_batches(seqs: Sequence[Sequence[int]], batch_size: int, pad_id: int,
@@ -15,10 +26,5 @@ def padded_batches(seqs: Sequence[Sequence[int]], batch_size: int, pad_id: int,
     order = np.argsort(lengths, kind="stable") if sort_by_length else np.arange(len(seqs))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(lengths[i] for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, :lengths[i]] = torch.as_tensor(np.asarray(seqs[i], dtype=np.int64))
-            mask[r, :lengths[i]] = 1
+        ids, mask = pad([seqs[i] for i in idx], pad_id)
         yield idx, ids, mask

@@ -1,4 +1,8 @@
-"""Run configuration (YAML) as frozen, validated dataclasses. No environment lookups here."""
+"""Run configuration (YAML) as frozen, validated dataclasses. No environment lookups here.
+
+Every error names the file's field (``ConfigError``): a broken config fails loudly wherever it
+is loaded (CLI, UI code location, daemon), never silently falls back to defaults.
+"""
 from __future__ import annotations
 
 import os
@@ -11,11 +15,15 @@ from . import dsir as _dsir
 from .proxy_lm import PROXY_PRESETS
 from .signals import SIGNAL_NAMES
 
-#: Rater groups and the scores each provides. Model raters join in a later stage.
+#: Rater groups computed by the project and the scores each provides; ``precomputed`` reads the
+#: scores named in ``precomputed.scores`` from the shards themselves.
 RATERS: dict[str, tuple[str, ...]] = {
     "rpv2": SIGNAL_NAMES,
     "dsir": ("dsir_books", "dsir_wiki", "dsir_math"),
+    "precomputed": (),
 }
+ORIENTATIONS = ("high", "low", "auto")
+REGRESSORS = ("lightgbm", "gbr", "linear", "ridge")
 
 
 class ConfigError(ValueError):
@@ -38,6 +46,24 @@ def _fraction(name: str, v: Any) -> float:
     return f
 
 
+def _int(name: str, v: Any, lo: int = 0) -> int:
+    if isinstance(v, bool):
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    try:
+        i = int(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}") from None
+    if i < lo or i != v and not isinstance(v, str):
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return i
+
+
+def _known(section: str, raw: Mapping, keys: set[str]) -> None:
+    unknown = sorted(set(raw) - keys)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; known: {sorted(keys)}")
+
+
 @dataclass(frozen=True)
 class DsirConfig:
     buckets: int = _dsir.DEFAULT_BUCKETS
@@ -46,6 +72,8 @@ class DsirConfig:
 
 @dataclass(frozen=True)
 class ProxiesConfig:
+    """Tier 1 (the regressor's data): ``n`` Dirichlet vectors (+ one per score) of one proxy kind."""
+
     n: int = 16
     seed: int = 0
     fraction: float = 0.15
@@ -57,9 +85,22 @@ class ProxiesConfig:
 
 
 @dataclass(frozen=True)
+class ConfirmConfig:
+    """Tier 2: transformer proxies on a subset of tier 1's vectors (the predicted optimum, the
+    single-score vectors, ``spread`` vectors across tier 1's loss range) to confirm its ranking."""
+
+    kind: str = "transformer"
+    preset: str = "tiny"
+    token_budget: int | None = None
+    spread: int = 6
+    single_score_runs: bool = True
+    optimum: bool = True
+
+
+@dataclass(frozen=True)
 class PrrcConfig:
     """Meta-rater's own raters: PRRC labels (a file, or an LLM endpoint annotating a sample of the
-    pool) and the encoder trained on them, which then serves these ``dims`` of model_scores."""
+    pool) and the rater trained on them, which then serves these ``dims`` of model scores."""
 
     dims: tuple[str, ...]
     labels: str | None = None
@@ -67,6 +108,9 @@ class PrrcConfig:
     train: Mapping[str, Any] = field(default_factory=dict)
     #: one encoder for all dimensions (cheaper) instead of one per dimension (the paper's layout)
     shared_encoder: bool = False
+    #: "finetune" (the encoder trained end to end) or "probe" (frozen encoder embeddings + cheap
+    #: text features, logistic regression per dimension)
+    method: str = "finetune"
 
 
 @dataclass(frozen=True)
@@ -88,6 +132,12 @@ class Config:
     model_registry: str | None = None
     model_scores: tuple[str, ...] = ()
     prrc: PrrcConfig | None = None
+    registry: Mapping[str, Any] = field(default_factory=dict)  # score -> RaterSpec (parsed once)
+    precomputed: tuple = ()  # precomputed.ScoreSource per score read from the shards
+    validation_held_out: float = 0.0
+    orientation: Mapping[str, str] = field(default_factory=dict)  # score -> high / low / auto
+    confirm: ConfirmConfig | None = None
+    stats_sample_docs: int = 5000
 
     @property
     def trained_scores(self) -> tuple[str, ...]:
@@ -95,23 +145,22 @@ class Config:
         return tuple(n for n in self.model_scores if self.prrc and n in self.prrc.dims)
 
     @property
+    def precomputed_scores(self) -> tuple[str, ...]:
+        return tuple(s.score for s in self.precomputed)
+
+    @property
     def score_names(self) -> tuple[str, ...]:
         names: list[str] = []
         for r in self.raters:
-            names.extend(RATERS[r])
+            names.extend(self.precomputed_scores if r == "precomputed" else RATERS[r])
         return tuple(names) + tuple(self.model_scores)
 
     def rater_specs(self) -> dict:
-        """RaterSpec of every active model score (empty when none is configured)."""
-        if not self.model_scores:
-            return {}
-        from .raters import parse_registry
-        from .storage import fs_and_path
+        """RaterSpec of every active model score served by a registry model."""
+        return {n: self.registry[n] for n in self.model_scores if n not in self.trained_scores}
 
-        fs, p = fs_and_path(self.model_registry)
-        with fs.open(p, "r") as f:
-            reg = parse_registry(yaml.safe_load(f) or {})
-        return {n: reg[n] for n in self.model_scores if n not in self.trained_scores}
+    def orientation_of(self, name: str) -> str:
+        return self.orientation.get(name, self.orientation.get("default", "high"))
 
 
 def load_config(path: str) -> Config:
@@ -121,12 +170,37 @@ def load_config(path: str) -> Config:
     if not fs.exists(p):
         raise ConfigError(f"config file {path!r} does not exist")
     with fs.open(p, "r") as f:
-        raw = yaml.safe_load(f) or {}
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path!r}: expected a mapping at the top level")
     base = os.path.dirname(os.path.abspath(path)) if "://" not in path else path.rsplit("/", 1)[0]
-    return parse_config(raw, base, source=path)
+    try:
+        return parse_config(raw, base, source=path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _registry(path: str) -> dict:
+    from .raters import parse_registry
+    from .storage import fs_and_path
+
+    fs, rp = fs_and_path(path)
+    if not fs.exists(rp):
+        raise ConfigError(f"model_raters.registry {path!r} does not exist")
+    with fs.open(rp, "r") as f:
+        try:
+            return parse_registry(yaml.safe_load(f) or {})
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"model_raters.registry {path!r}: {e}") from None
 
 
 def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> Config:
+    _known("config", raw, {"raters", "dsir", "validation", "tokenizer", "proxies", "confirm", "regressor",
+                           "curation", "evaluation", "compute", "model_raters", "prrc", "precomputed",
+                           "scores", "stats"})
     raters = tuple(raw.get("raters", ["rpv2", "dsir"]))
     unknown = [r for r in raters if r not in RATERS]
     if unknown:
@@ -141,12 +215,16 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
             raise ConfigError(f"dsir.targets must name exactly {sorted(want)}, got {sorted(targets)}")
         targets = {n.removeprefix("dsir_"): targets[n.removeprefix("dsir_")] for n in RATERS["dsir"]}
     v = raw.get("validation", {}) or {}
+    _known("validation", v, {"sets", "max_docs", "target", "held_out"})
     sets = {k: _resolve(base, u) for k, u in (v.get("sets") or {}).items()}
     if not sets:
         raise ConfigError("validation.sets: at least one validation set is needed")
     target = str(v.get("target", "mean"))
     if target != "mean" and target not in sets:
         raise ConfigError(f"validation.target must be 'mean' or one of {sorted(sets)}, got {target!r}")
+    held_out = float(v.get("held_out", 0.0))
+    if not 0.0 <= held_out < 1.0:
+        raise ConfigError(f"validation.held_out must be in [0, 1), got {held_out!r}")
     from .storage import exists as _exists
 
     for field_name, uris in (("dsir.targets", targets), ("validation.sets", sets)):
@@ -154,69 +232,152 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
             if not _exists(u):
                 raise ConfigError(f"{field_name}.{k}: {u!r} does not exist")
     p = dict(raw.get("proxies", {}) or {})
-    proxies = ProxiesConfig(**p)
+    try:
+        proxies = ProxiesConfig(**p)
+    except TypeError as e:
+        raise ConfigError(f"proxies: {e}") from None
     if proxies.n < 1:
         raise ConfigError(f"proxies.n must be >= 1 (got {proxies.n}): the regressor needs proxy runs")
     _fraction("proxies.fraction", proxies.fraction)
-    if proxies.kind not in ("transformer", "ngram"):
-        raise ConfigError(f"proxies.kind must be 'transformer' or 'ngram', got {proxies.kind!r}")
+    _check_kind("proxies", proxies.kind, proxies.preset)
     if proxies.fraction_of not in ("tokens", "docs"):
         raise ConfigError("proxies.fraction_of must be 'tokens' or 'docs'")
-    if proxies.preset not in PROXY_PRESETS:
-        raise ConfigError(f"proxies.preset {proxies.preset!r} unknown; known: {sorted(PROXY_PRESETS)}")
+    confirm = None
+    if raw.get("confirm"):
+        try:
+            confirm = ConfirmConfig(**dict(raw["confirm"]))
+        except TypeError as e:
+            raise ConfigError(f"confirm: {e}") from None
+        _check_kind("confirm", confirm.kind, confirm.preset)
     cur = dict(raw.get("curation", {}) or {})
+    _known("curation", cur, {"fraction", "fraction_of", "token_budget", "format", "weights_file", "output_uri"})
     cur["fraction"] = _fraction("curation.fraction", cur.get("fraction", 0.15))
     cur.setdefault("fraction_of", "tokens")
+    if cur["fraction_of"] not in ("tokens", "docs"):
+        raise ConfigError("curation.fraction_of must be 'tokens' or 'docs'")
+    if cur.get("token_budget") is not None:
+        cur["token_budget"] = _int("curation.token_budget", cur["token_budget"], 1)
     cur.setdefault("format", "parquet")
     if cur["format"] not in ("parquet", "jsonl.zst"):
         raise ConfigError("curation.format must be 'parquet' or 'jsonl.zst'")
     if cur.get("weights_file"):
         cur["weights_file"] = _resolve(base, cur["weights_file"])
+    if cur.get("output_uri"):
+        cur["output_uri"] = _resolve(base, cur["output_uri"])
     ev = dict(raw.get("evaluation", {}) or {})
     ev.setdefault("preset", "small")
     ev.setdefault("seeds", [0, 1, 2])
     if ev["preset"] not in PROXY_PRESETS:
         raise ConfigError(f"evaluation.preset {ev['preset']!r} unknown; known: {sorted(PROXY_PRESETS)}")
+    reg = {"folds": 5, "candidates": 200_000, "top_k": 128, "bootstrap": 30, "holdout": 0.2,
+           "models": list(REGRESSORS), **(raw.get("regressor") or {})}
+    _known("regressor", reg, {"folds", "candidates", "top_k", "bootstrap", "holdout", "models", "seed"})
+    bad = [m for m in reg["models"] if m not in REGRESSORS]
+    if bad or not reg["models"]:
+        raise ConfigError(f"regressor.models: unknown {bad}; known: {list(REGRESSORS)}")
+    if not 0.0 <= float(reg["holdout"]) < 1.0:
+        raise ConfigError(f"regressor.holdout must be in [0, 1), got {reg['holdout']!r}")
+    comp = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "threads": None, "strategy": "auto",
+            "workers": None, "shards_per_run": 64, **(raw.get("compute") or {})}
+    _known("compute", comp, {"accelerator", "devices", "precision", "threads", "strategy", "workers",
+                             "shards_per_run"})
+    comp["shards_per_run"] = _int("compute.shards_per_run", comp["shards_per_run"], 1)
+    if comp["workers"] not in (None, "auto"):
+        comp["workers"] = _int("compute.workers", comp["workers"], 1)
     tok = raw.get("tokenizer", {}) or {}
+    _known("tokenizer", tok, {"vocab_size", "path", "sample_docs"})
     mr = raw.get("model_raters", {}) or {}
+    _known("model_raters", mr, {"registry", "scores"})
     model_scores = tuple(mr.get("scores") or ())
-    registry = _resolve(base, mr["registry"]) if mr.get("registry") else None
+    registry_path = _resolve(base, mr["registry"]) if mr.get("registry") else None
+    registry: dict = {}
     if model_scores:
-        from .raters import parse_registry
-        from .storage import fs_and_path
-
-        if not registry:
+        if not registry_path:
             raise ConfigError("model_raters.registry: a rater registry file is needed for model scores")
-        fs, rp = fs_and_path(registry)
-        if not fs.exists(rp):
-            raise ConfigError(f"model_raters.registry {registry!r} does not exist")
-        with fs.open(rp, "r") as f:
-            known = parse_registry(yaml.safe_load(f) or {})
-        unknown = [n for n in model_scores if n not in known]
+        registry = _registry(registry_path)
+        unknown = [n for n in model_scores if n not in registry]
         if unknown:
-            raise ConfigError(f"unknown model score(s) {unknown}; the registry has {sorted(known)}")
+            raise ConfigError(f"unknown model score(s) {unknown}; the registry has {sorted(registry)}")
     prrc = _prrc(raw.get("prrc"), base, model_scores)
-    return Config(
+    precomputed = _precomputed(raw.get("precomputed"), raters)
+    sc = raw.get("scores", {}) or {}
+    _known("scores", sc, {"orientation"})
+    orientation = _orientation(sc.get("orientation"))
+    st = raw.get("stats", {}) or {}
+    _known("stats", st, {"sample_docs"})
+    cfg = Config(
         prrc=prrc,
         raters=raters,
         dsir=DsirConfig(buckets=int(d.get("buckets", _dsir.DEFAULT_BUCKETS)), targets=targets),
         validation_sets=sets,
         validation_max_docs=int(v.get("max_docs", 300)),
         validation_target=target,
+        validation_held_out=held_out,
         tokenizer_vocab_size=int(tok.get("vocab_size", 8192)),
-        tokenizer_path=tok.get("path"),
+        tokenizer_path=_resolve(base, tok["path"]) if tok.get("path") and (
+            "://" in tok["path"] or os.path.exists(_resolve(base, tok["path"]))) else tok.get("path"),
         tokenizer_sample_docs=int(tok.get("sample_docs", 200_000)),
         proxies=proxies,
-        regressor={"folds": 5, "candidates": 200_000, "top_k": 128, "bootstrap": 30,
-                   **(raw.get("regressor") or {})},
+        confirm=confirm,
+        regressor=reg,
         curation=cur,
         evaluation=ev,
-        compute={"accelerator": "cpu", "devices": 1, "precision": "32-true", "threads": None,
-                 **(raw.get("compute") or {})},
+        compute=comp,
         source=source,
-        model_registry=registry,
+        model_registry=registry_path,
         model_scores=model_scores,
+        registry=registry,
+        precomputed=precomputed,
+        orientation=orientation,
+        stats_sample_docs=_int("stats.sample_docs", st.get("sample_docs", 5000), 10),
     )
+    names = cfg.score_names
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"score(s) {dup} come from more than one rater; each score needs one source")
+    unknown = sorted(set(orientation) - set(names) - {"default"})
+    if unknown:
+        raise ConfigError(f"scores.orientation: unknown score(s) {unknown}")
+    return cfg
+
+
+def _check_kind(section: str, kind: str, preset: str) -> None:
+    if kind not in ("transformer", "ngram"):
+        raise ConfigError(f"{section}.kind must be 'transformer' or 'ngram', got {kind!r}")
+    if preset not in PROXY_PRESETS:
+        raise ConfigError(f"{section}.preset {preset!r} unknown; known: {sorted(PROXY_PRESETS)}")
+
+
+def _orientation(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        raw = {"default": raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("scores.orientation must be high, low, auto or a mapping {score: high|low|auto}")
+    bad = {k: v for k, v in raw.items() if v not in ORIENTATIONS}
+    if bad:
+        raise ConfigError(f"scores.orientation: {bad} not one of {list(ORIENTATIONS)}")
+    return dict(raw)
+
+
+def _precomputed(raw: Any, raters: tuple[str, ...]) -> tuple:
+    from . import precomputed as pc
+
+    if not raw:
+        if "precomputed" in raters:
+            raise ConfigError("raters lists precomputed but the config has no precomputed.scores mapping")
+        return ()
+    if "precomputed" not in raters:
+        raise ConfigError("precomputed.scores is set but `precomputed` is not in raters")
+    _known("precomputed", raw, {"scores"})
+    try:
+        sources = pc.parse(raw.get("scores") or {})
+    except ValueError as e:
+        raise ConfigError(f"precomputed.scores: {e}") from None
+    if not sources:
+        raise ConfigError("precomputed.scores: map at least one score to a column")
+    return sources
 
 
 _ANNOTATE_KEYS = {"base_url", "model", "api_key_env", "sample", "seed", "max_chars"}
@@ -231,6 +392,7 @@ def _prrc(raw: Any, base: str, model_scores: tuple[str, ...]) -> PrrcConfig | No
     from .rater_training import TrainConfig
     from .storage import exists as _exists
 
+    _known("prrc", raw, {"dims", "labels", "annotate", "train", "shared_encoder", "method"})
     dims = tuple(raw.get("dims") or DIMENSIONS)
     bad = [d for d in dims if d not in DIMENSIONS]
     if bad:
@@ -249,7 +411,7 @@ def _prrc(raw: Any, base: str, model_scores: tuple[str, ...]) -> PrrcConfig | No
         unknown = sorted(set(ann) - _ANNOTATE_KEYS)
         if unknown:
             raise ConfigError(f"prrc.annotate: unknown key(s) {unknown}; known: {sorted(_ANNOTATE_KEYS)}")
-        for k in ("base_url", "model"):
+        for k in ("base_url", "model", "api_key_env"):
             if not ann.get(k):
                 raise ConfigError(f"prrc.annotate.{k} is required")
     train = dict(raw.get("train") or {})
@@ -264,4 +426,7 @@ def _prrc(raw: Any, base: str, model_scores: tuple[str, ...]) -> PrrcConfig | No
     shared = raw.get("shared_encoder", False)
     if not isinstance(shared, bool):
         raise ConfigError(f"prrc.shared_encoder must be true or false, got {shared!r}")
-    return PrrcConfig(dims=dims, labels=labels, annotate=ann, train=train, shared_encoder=shared)
+    method = raw.get("method", "finetune")
+    if method not in ("finetune", "probe"):
+        raise ConfigError(f"prrc.method must be 'finetune' or 'probe', got {method!r}")
+    return PrrcConfig(dims=dims, labels=labels, annotate=ann, train=train, shared_encoder=shared, method=method)

@@ -48,6 +48,7 @@ QUARANTINE_REASONS = (
     "non_string_text",
     "empty_text",
     "blank_line",
+    "bad_score_value",
 )
 
 RAW_SCHEMA = pa.schema(
@@ -95,18 +96,31 @@ def is_shard_name(name: str) -> bool:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SEP = "__"  # a folder separator in a partition key: train/chunk1/a.jsonl -> train__chunk1__a.jsonl
+MAX_KEY = 200
 
 
-def partition_key(name: str) -> str:
-    """Stable, safe partition key from a file name.
+def partition_key(relpath: str) -> str:
+    """Stable, safe, unique partition key from a file's path relative to the raw root.
 
-    Keys keep ``[A-Za-z0-9._-]``; anything else becomes ``_``. When that changed the name, a
-    short hash of the original name is appended, so two names never map to the same key.
+    Keys keep ``[A-Za-z0-9._-]`` and write folders as ``__`` (``train/chunk1/a.jsonl.zst`` ->
+    ``train__chunk1__a.jsonl.zst``), so a key names its file. A path that cannot be written that
+    way (other characters, ``__`` inside a name, over 200 characters) has them replaced by ``_``
+    and a short hash of the original path appended: such a key no longer ends with a shard
+    extension, so it is never mistaken for a readable path.
     """
-    safe = _UNSAFE.sub("_", name).strip("._-") or "shard"
-    if safe != name:
-        safe = f"{safe}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:8]}"
-    return safe[:200]
+    parts = relpath.strip("/").split("/")
+    plain = SEP.join(parts)
+    if all(_SAFE_PART.fullmatch(p) and SEP not in p and not p.endswith("_") for p in parts) and len(plain) <= MAX_KEY:
+        return plain
+    safe = SEP.join(_UNSAFE.sub("_", p).strip("._-") or "x" for p in parts)
+    return f"{safe[:MAX_KEY - 9]}-{hashlib.sha1(relpath.encode('utf-8')).hexdigest()[:8]}"
+
+
+def relpath_of(key: str) -> str | None:
+    """The relative path a plain key names (``None`` for a hashed key: look it up in a listing)."""
+    return key.replace(SEP, "/") if shard_format(key) is not None else None
 
 
 def _fingerprint(info: dict) -> str:
@@ -124,22 +138,44 @@ def _fingerprint(info: dict) -> str:
     return f"{size}:{stamp}"
 
 
-def list_shards(uri: str) -> list[ShardFile]:
-    """Data files directly under ``uri`` (sorted by name); dot-files and partial files ignored."""
+def _protocol(fs) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def _file_uri(fs, full: str) -> str:
+    protocol = _protocol(fs)
+    if protocol in ("file", "local"):
+        return full
+    if protocol == "memory":
+        return f"memory://{full}"
+    return f"{protocol}://{full.lstrip('/')}"
+
+
+def _shard_file(fs, root: str, info: dict) -> ShardFile | None:
+    full = info["name"].rstrip("/")
+    rel = full[len(root.rstrip("/")):].lstrip("/")
+    *folders, name = rel.split("/")
+    if any(f.startswith((".", "_")) for f in folders) or not is_shard_name(name):
+        return None
+    return ShardFile(partition_key(rel), _file_uri(fs, full), rel, _fingerprint(info))
+
+
+def list_shards(uri: str, fresh: bool = True) -> list[ShardFile]:
+    """Data files under ``uri``, in sub-folders too (sorted by relative path). Names and folders
+    starting with ``.`` or ``_`` and partial uploads are ignored. ``fresh`` drops the filesystem's
+    listing cache first (s3fs / gcsfs cache listings), so new files are seen."""
     fs, root = fs_and_path(uri)
+    if fresh:
+        fs.invalidate_cache()
     if not fs.exists(root):
         raise ShardError(f"raw shard folder {uri!r} does not exist")
-    out: list[ShardFile] = []
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    for info in fs.ls(root, detail=True):
-        if info.get("type") != "file":
+    out = []
+    for info in fs.find(root, detail=True, withdirs=False).values():
+        if info.get("type", "file") != "file":
             continue
-        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-        if not is_shard_name(name):
-            continue
-        full = info["name"]
-        file_uri = full if protocol in ("file", "local") else f"{protocol}://{full.lstrip('/')}" if protocol != "memory" else f"memory://{full}"
-        out.append(ShardFile(partition_key(name), file_uri, name, _fingerprint(info)))
+        shard = _shard_file(fs, root, info)
+        if shard is not None:
+            out.append(shard)
     out.sort(key=lambda s: s.name)
     keys = Counter(s.key for s in out)
     dup = [k for k, c in keys.items() if c > 1]
@@ -149,6 +185,19 @@ def list_shards(uri: str) -> list[ShardFile]:
 
 
 def find_shard(uri: str, key: str) -> ShardFile:
+    """The file behind a partition key: one ``info`` call for a plain key, a listing otherwise."""
+    rel = relpath_of(key)
+    if rel is not None:
+        fs, root = fs_and_path(uri)
+        path = f"{root.rstrip('/')}/{rel}"
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            info = None
+        if info is not None and info.get("type", "file") == "file":
+            shard = _shard_file(fs, root, info)
+            if shard is not None and shard.key == key:
+                return shard
     for shard in list_shards(uri):
         if shard.key == key:
             return shard
@@ -164,6 +213,7 @@ class IngestResult:
     docs: pa.Table
     quarantine: pa.Table
     rows_in: int
+    scores: pa.Table | None = None  # precomputed scores (doc_id + one column per score), aligned with docs
 
     @property
     def rows_ok(self) -> int:
@@ -191,12 +241,12 @@ def _check_text(text) -> str | None:
     return None
 
 
-def _source_meta(obj: dict) -> tuple[str, str]:
+def _source_meta(obj: dict, skip: frozenset = frozenset()) -> tuple[str, str]:
     meta = obj.get("meta")
     source = obj.get("source")
     if source is None and isinstance(meta, dict):
         source = meta.get("source")
-    extra = {k: v for k, v in obj.items() if k not in ("text", "id", "meta", "source")}
+    extra = {k: v for k, v in obj.items() if k not in ("text", "id", "meta", "source") and k not in skip}
     if isinstance(meta, dict):
         extra = {**meta, **extra}
     elif meta is not None:
@@ -215,23 +265,30 @@ def _given_id(value) -> str | None:
     return None
 
 
+def score_schema(names) -> pa.Schema:
+    return pa.schema([("doc_id", pa.string())] + [(n, pa.float64()) for n in names])
+
+
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, score_names=()) -> None:
         self.given: list[str | None] = []
         self.text: list[str] = []
         self.source: list[str] = []
         self.meta: list[str] = []
         self.raw_row: list[int] = []
+        self.scores: list[dict] = []
+        self.score_names = list(score_names)
         self.q_row: list[int] = []
         self.q_reason: list[str] = []
         self.q_preview: list[str] = []
 
-    def ok(self, row: int, given: str | None, text: str, source: str, meta: str) -> None:
+    def ok(self, row: int, given: str | None, text: str, source: str, meta: str, scores=None) -> None:
         self.given.append(given)
         self.text.append(text)
         self.source.append(source)
         self.meta.append(meta)
         self.raw_row.append(row)
+        self.scores.append(scores or {})
 
     def bad(self, row: int, reason: str, preview: str) -> None:
         self.q_row.append(row)
@@ -245,7 +302,11 @@ class _Builder:
             [ids, self.text, self.source, self.meta, self.raw_row], schema=RAW_SCHEMA
         )
         quarantine = pa.table([self.q_row, self.q_reason, self.q_preview], schema=QUARANTINE_SCHEMA)
-        return IngestResult(docs, quarantine, rows_in)
+        scores = None
+        if self.score_names:
+            scores = pa.table([ids] + [[r.get(n) for r in self.scores] for n in self.score_names],
+                              schema=score_schema(self.score_names))
+        return IngestResult(docs, quarantine, rows_in, scores)
 
 
 def content_hash(text: str) -> str:
@@ -269,33 +330,41 @@ class _IdSink:
         self.given: list[str | None] = []
         self.hashes: list[str] = []
         self.raw_row: list[int] = []
-        self.quarantined = 0
 
-    def ok(self, row, given, text, source, meta) -> None:
+    def ok(self, row, given, text, source, meta, scores=None) -> None:
         self.given.append(given)
         self.hashes.append(content_hash(text))
         self.raw_row.append(row)
 
     def bad(self, row, reason, preview) -> None:
-        self.quarantined += 1
+        pass
 
 
 class _WriterSink:
     """Second streaming pass: rows go to Parquet writers in batches, never all in memory."""
 
-    def __init__(self, ids: list[str], docs_path: str, quarantine_path: str, batch_rows: int):
+    def __init__(self, ids: list[str], docs_path: str, quarantine_path: str, batch_rows: int,
+                 scores_path: str | None = None, score_names=()):
         self.ids = ids
         self.k = 0
         self.batch_rows = batch_rows
         self.docs = pq.ParquetWriter(docs_path, RAW_SCHEMA, compression="zstd")
         self.quar = pq.ParquetWriter(quarantine_path, QUARANTINE_SCHEMA, compression="zstd")
+        self.score_names = list(score_names)
+        self.s_schema = score_schema(self.score_names)
+        self.scw = pq.ParquetWriter(scores_path, self.s_schema, compression="zstd") if scores_path else None
         self.d: list[list] = [[], [], [], [], []]
         self.q: list[list] = [[], [], []]
+        self.sc: list[list] = [[] for _ in range(len(self.score_names) + 1)]
         self.reasons: Counter = Counter()
 
-    def ok(self, row, given, text, source, meta) -> None:
+    def ok(self, row, given, text, source, meta, scores=None) -> None:
         for col, v in zip(self.d, (self.ids[self.k], text, source, meta, row)):
             col.append(v)
+        if self.scw is not None:
+            self.sc[0].append(self.ids[self.k])
+            for col, n in zip(self.sc[1:], self.score_names):
+                col.append(scores.get(n))
         self.k += 1
         if len(self.d[0]) >= self.batch_rows:
             self._flush_docs()
@@ -310,6 +379,9 @@ class _WriterSink:
     def _flush_docs(self) -> None:
         self.docs.write_table(pa.table(self.d, schema=RAW_SCHEMA))
         self.d = [[], [], [], [], []]
+        if self.scw is not None:
+            self.scw.write_table(pa.table(self.sc, schema=self.s_schema))
+            self.sc = [[] for _ in range(len(self.score_names) + 1)]
 
     def _flush_quarantine(self) -> None:
         self.quar.write_table(pa.table(self.q, schema=QUARANTINE_SCHEMA))
@@ -320,6 +392,8 @@ class _WriterSink:
         self._flush_quarantine()
         self.docs.close()
         self.quar.close()
+        if self.scw is not None:
+            self.scw.close()
 
 
 def _iter_lines(f) -> Iterator[bytes]:
@@ -332,8 +406,25 @@ def _iter_lines(f) -> Iterator[bytes]:
         yield line
 
 
-def _read_jsonl(f, b) -> int:
+def _scores_of(extractor, obj, row: int, name: str, b, preview: str):
+    """(ok, scores) for one row: a bad value is quarantined here; a missing column fails the shard."""
+    if extractor is None:
+        return True, None
+    from .precomputed import BadValue
+
+    try:
+        return True, extractor.extract(obj)
+    except KeyError as e:
+        raise ShardError(f"{name}: column {e.args[0]!r} of the precomputed scores is missing "
+                         f"(row {row}; the mapping is precomputed.scores in the config)") from None
+    except BadValue as e:
+        b.bad(row, "bad_score_value", f"{e}: {preview}"[:PREVIEW_CHARS])
+        return False, None
+
+
+def _read_jsonl(f, b, name: str = "", extractor=None) -> int:
     n = 0
+    skip = frozenset(extractor.columns) if extractor is not None else frozenset()
     for row, line in enumerate(_iter_lines(f)):
         n = row + 1
         line = line.rstrip(b"\n").rstrip(b"\r")
@@ -362,8 +453,11 @@ def _read_jsonl(f, b) -> int:
         if reason:
             b.bad(row, reason, _preview(s))
             continue
-        source, meta = _source_meta(obj)
-        b.ok(row, _given_id(obj.get("id")), obj["text"], source, meta)
+        ok, scores = _scores_of(extractor, obj, row, name, b, _preview(s))
+        if not ok:
+            continue
+        source, meta = _source_meta(obj, skip)
+        b.ok(row, _given_id(obj.get("id")), obj["text"], source, meta, scores)
     return n
 
 
@@ -375,14 +469,21 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _read_parquet(f, b, name: str) -> int:
+def _read_parquet(f, b, name: str, extractor=None) -> int:
     pf = pq.ParquetFile(f)
     cols = pf.schema_arrow.names
     if "text" not in cols:
         raise ShardError(f"{name}: Parquet shard has no 'text' column (columns: {cols})")
     want = [c for c in ("id", "text", "source", "meta") if c in cols]
+    score_cols = []
+    if extractor is not None:
+        missing = [c for c in extractor.columns if c not in cols]
+        if missing:
+            raise ShardError(f"{name}: column {missing[0]!r} of the precomputed scores is missing "
+                             f"(columns: {cols}; the mapping is precomputed.scores in the config)")
+        score_cols = [c for c in extractor.columns if c not in want]
     row = 0
-    for batch in pf.iter_batches(batch_size=4096, columns=want):
+    for batch in pf.iter_batches(batch_size=4096, columns=want + score_cols):
         data = batch.to_pydict()
         for i in range(batch.num_rows):
             text = data["text"][i]
@@ -390,14 +491,16 @@ def _read_parquet(f, b, name: str) -> int:
             if reason:
                 b.bad(row, reason, "" if text is None else _preview(str(text)))
             else:
-                obj = {k: data[k][i] for k in want if k != "text"}
-                source, meta = _source_meta(obj)
-                b.ok(row, _given_id(obj.get("id")), text, source, meta)
+                obj = {k: data[k][i] for k in want + score_cols if k != "text"}
+                ok, scores = _scores_of(extractor, obj, row, name, b, _preview(str(text)))
+                if ok:
+                    source, meta = _source_meta({k: obj[k] for k in want if k != "text"})
+                    b.ok(row, _given_id(obj.get("id")), text, source, meta, scores)
             row += 1
     return row
 
 
-def _scan(uri: str, name: str, sink) -> int:
+def _scan(uri: str, name: str, sink, extractor=None) -> int:
     """Feed every row of the file to ``sink.ok`` / ``sink.bad``; returns rows read. Raises
     ``ShardError`` naming the file and the cause when the file as a whole is unreadable."""
     fmt = shard_format(name)
@@ -408,25 +511,44 @@ def _scan(uri: str, name: str, sink) -> int:
     try:
         if kind == "parquet":
             with fs.open(path, "rb") as f:
-                return _read_parquet(f, sink, name)
+                return _read_parquet(f, sink, name, extractor)
         with fs.open(path, "rb", compression=compression) as raw:
             f = io.BufferedReader(raw, buffer_size=1 << 20) if not isinstance(raw, io.BufferedReader) else raw
-            return _read_jsonl(f, sink)
+            return _read_jsonl(f, sink, name, extractor)
     except ShardError:
         raise
     except (EOFError, OSError, ValueError, pa.ArrowException) as e:
         what = f"{compression} stream" if compression else ("Parquet file" if kind == "parquet" else "file")
         raise ShardError(f"{name}: truncated or corrupt {what}: {type(e).__name__}: {e}") from e
-    except Exception as e:  # zstandard.ZstdError and friends
+    except Exception as e:  # zstandard.ZstdError and friends: named, never swallowed
         raise ShardError(f"{name}: cannot read: {type(e).__name__}: {e}") from e
 
 
-def read_shard(uri: str, name: str | None = None) -> IngestResult:
+def read_shard(uri: str, name: str | None = None, extractor=None) -> IngestResult:
     """Read one shard into in-memory docs + quarantine tables (small files, tests, the CLI)."""
     name = name or uri.rstrip("/").rsplit("/", 1)[-1]
-    b = _Builder()
-    rows = _scan(uri, name, b)
+    b = _Builder(extractor.names if extractor is not None else ())
+    rows = _scan(uri, name, b, extractor)
     return b.finish(rows)
+
+
+def count_rows(uri: str, name: str) -> int:
+    """Rows of a shard counted on their own, without parsing them: lines of a JSONL file (a
+    final line without a newline counts), or the row count in a Parquet footer."""
+    kind, compression = shard_format(name) or (None, None)
+    fs, path = fs_and_path(uri)
+    try:
+        if kind == "parquet":
+            with fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).metadata.num_rows
+        n, last = 0, b"\n"
+        with fs.open(path, "rb", compression=compression) as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+        return n + (last != b"\n")
+    except (EOFError, OSError, ValueError, pa.ArrowException) as e:
+        raise ShardError(f"{name}: cannot count rows: {type(e).__name__}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -437,25 +559,29 @@ class IngestCounts:
     reasons: dict[str, int]
 
 
-def ingest_shard(uri: str, name: str, docs_path: str, quarantine_path: str,
-                 batch_rows: int = 10_000) -> IngestCounts:
-    """Stream one shard into two local Parquet files (docs, quarantine) in batches.
+def ingest_shard(uri: str, name: str, docs_path: str, quarantine_path: str, batch_rows: int = 10_000,
+                 extractor=None, scores_path: str | None = None) -> IngestCounts:
+    """Stream one shard into local Parquet files (docs, quarantine, and with an ``extractor`` the
+    precomputed scores) in batches.
 
     Two passes over the file: the first keeps only what the doc-id policy needs (own ids and
     16-character content hashes), the second writes rows ``batch_rows`` at a time, so memory
     stays bounded by one batch plus the ids, whatever the shard's size.
     """
     first = _IdSink()
-    rows = _scan(uri, name, first)
+    rows = _scan(uri, name, first, extractor)
     ids = assign_ids(first.given, first.hashes, first.raw_row)
-    second = _WriterSink(ids, docs_path, quarantine_path, batch_rows)
+    second = _WriterSink(ids, docs_path, quarantine_path, batch_rows, scores_path,
+                         extractor.names if extractor is not None else ())
     try:
-        rows2 = _scan(uri, name, second)
+        rows2 = _scan(uri, name, second, extractor)
     finally:
         second.close()
     if rows2 != rows or second.k != len(ids):
         raise ShardError(f"{name}: the file changed while it was being read ({rows} then {rows2} rows)")
-    return IngestCounts(rows, len(ids), first.quarantined, dict(second.reasons))
+    ok = pq.ParquetFile(docs_path).metadata.num_rows
+    quarantined = pq.ParquetFile(quarantine_path).metadata.num_rows
+    return IngestCounts(rows, ok, quarantined, dict(second.reasons))
 
 
 def read_documents(uri: str) -> pa.Table:

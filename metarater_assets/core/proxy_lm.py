@@ -5,10 +5,10 @@
   ``from_pretrained`` like any hub tokenizer.
 * ``ProxyConfig`` + ``PROXY_PRESETS``: GPT-2 style models (transformers ``GPT2LMHeadModel``) from
   a 2-layer width-64 CPU proxy to the paper-scale GPU configs.
-* ``train_lm``: packs a selection's tokens into a fixed token budget and trains with the
-  Lightning ``Trainer`` (checkpoints, resume, precision, devices). The batch at step ``s`` is a
-  pure function of ``s`` and the seed, so a run resumed from a checkpoint sees exactly the batches
-  an uninterrupted run would have.
+* ``train_lm``: trains on a fixed token budget with the Lightning ``Trainer`` (checkpoints, resume,
+  precision, devices), reading the batch of each step from a ``token_store.WindowSource`` (an
+  on-disk store, memory O(batch)). The batch at step ``s`` is a pure function of ``s`` and the
+  seed, so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
 * ``evaluate_loss``: mean next-token cross-entropy per token on a validation set, overall and per
   source.
 * ``NgramProxy``: an interpolated bigram count model, the cheap proxy kind (same interface).
@@ -54,22 +54,55 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency:
                                    pad_token="<|endoftext|>")
 
 
-def save_tokenizer(tokenizer, uri: str) -> None:
-    """``save_pretrained`` into a local temp dir, then copy every file to ``uri`` via fsspec."""
-    from .storage import fs_and_path
+TOKENIZER_MARKER = "metarater_tokenizer.json"
 
-    fs, path = fs_and_path(uri)
+
+def save_tokenizer(tokenizer, uri: str) -> None:
+    """``save_pretrained`` into a local temp dir, then into ``uri`` with a marker file written
+    last (on a local disk: the whole folder renamed into place): a crash never leaves a folder that
+    ``load_tokenizer(..., require_marker=True)`` accepts."""
+    import json
+    import shutil
+
+    from .storage import fs_and_path, is_local, put_atomic
+
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
-        fs.makedirs(path, exist_ok=True)
-        for name in sorted(os.listdir(tmp)):
-            fs.put_file(os.path.join(tmp, name), f"{path}/{name}")
+        names = sorted(os.listdir(tmp))
+        with open(os.path.join(tmp, TOKENIZER_MARKER), "w") as f:
+            json.dump({"files": names, "vocab_size": len(tokenizer)}, f)
+        if is_local(uri):
+            _, path = fs_and_path(uri)
+            staged = f"{path}.tmp-{os.getpid()}"
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(tmp, staged)
+            if os.path.exists(path):
+                old = f"{path}.old-{os.getpid()}"
+                os.rename(path, old)
+                os.rename(staged, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                os.rename(staged, path)
+            return
+        fs, path = fs_and_path(uri)
+        if fs.exists(f"{path}/{TOKENIZER_MARKER}"):
+            fs.rm(f"{path}/{TOKENIZER_MARKER}")
+        for name in names:
+            put_atomic(os.path.join(tmp, name), f"{uri.rstrip('/')}/{name}")
+        put_atomic(os.path.join(tmp, TOKENIZER_MARKER), f"{uri.rstrip('/')}/{TOKENIZER_MARKER}")
 
 
-def load_tokenizer(name_or_uri: str):
-    """Any HF tokenizer: a hub id, a local folder, or a folder under an fsspec URI."""
+def load_tokenizer(name_or_uri: str, require_marker: bool = False):
+    """Any HF tokenizer: a hub id, a local folder, or a folder under an fsspec URI. With
+    ``require_marker`` (tokenizers this project trained) an incomplete folder is refused."""
     from transformers import AutoTokenizer
 
+    from .storage import exists
+
+    if require_marker and not exists(f"{name_or_uri.rstrip('/')}/{TOKENIZER_MARKER}"):
+        raise FileNotFoundError(f"tokenizer folder {name_or_uri} is incomplete (no {TOKENIZER_MARKER}); "
+                                "re-materialise the tokenizer asset")
     if "://" in name_or_uri and not name_or_uri.startswith("file://"):
         from .storage import fs_and_path
 
@@ -170,35 +203,6 @@ def build_model(cfg: ProxyConfig, vocab_size: int, eos_id: int = 0):
     return GPT2LMHeadModel(hf)
 
 
-# ------------------------------------------------------------------------------------------
-# Data
-
-
-def pack(docs: Sequence[np.ndarray], eos_id: int, cfg: ProxyConfig, seed: int) -> np.ndarray:
-    """(steps, batch, seq_len + 1) token windows covering ``cfg.token_budget`` tokens.
-
-    Documents are shuffled with ``seed``, joined with EOS and cut into windows; when the
-    selection has fewer tokens than the budget it is repeated (another shuffled pass).
-    """
-    if not len(docs):
-        raise ValueError("cannot train on an empty selection")
-    rng = np.random.default_rng(seed)
-    window = cfg.seq_len + 1
-    need = cfg.steps * cfg.batch_size * window
-    pieces: list[np.ndarray] = []
-    have = 0
-    eos = np.array([eos_id], dtype=np.int32)
-    while have < need:
-        for i in rng.permutation(len(docs)):
-            pieces.append(docs[i])
-            pieces.append(eos)
-            have += len(docs[i]) + 1
-            if have >= need:
-                break
-    flat = np.concatenate(pieces)[:need]
-    return flat.reshape(cfg.steps, cfg.batch_size, window)
-
-
 def _lr_lambda(cfg: ProxyConfig):
     steps = cfg.steps
     warm = max(1, int(round(cfg.warmup_frac * steps)))
@@ -216,24 +220,23 @@ def _lightning_module():
     import lightning.pytorch as pl
 
     class ProxyLM(pl.LightningModule):
-        """A GPT-2 style LM; the training batch at step s is ``packed[s]``."""
+        """A GPT-2 style LM; the training batch at step s is ``source.batch(s)``."""
 
-        def __init__(self, cfg: dict, vocab_size: int, eos_id: int = 0,
-                     packed: torch.Tensor | None = None):
+        def __init__(self, cfg: dict, vocab_size: int, eos_id: int = 0, source=None):
             super().__init__()
             self.save_hyperparameters({"cfg": cfg, "vocab_size": vocab_size, "eos_id": eos_id})
             self.cfg = ProxyConfig(**cfg)
             self.model = build_model(self.cfg, vocab_size, eos_id)
-            self.packed = packed
+            self.source = source
 
         def forward(self, ids):
             return self.model(input_ids=ids).logits
 
         def training_step(self, batch, batch_idx):
-            x = self.packed[self.global_step]  # (B, T+1): the batch is a function of the step
             world = self.trainer.world_size if self._trainer is not None else 1
-            if world > 1:  # data parallel: each rank takes its slice of the same global batch
-                x = x[self.global_rank::world]
+            # (B / world, T+1): the batch is a function of the step; each data-parallel rank reads
+            # only its own rows of the step's global batch
+            x = torch.from_numpy(self.source.batch(self.global_step, self.global_rank, world))
             x = x.to(self.device).long()
             logits = self(x[:, :-1])  # (B, T, V)
             loss = torch.nn.functional.cross_entropy(
@@ -271,23 +274,33 @@ class Compute:
     """Where training runs: Lightning accelerator/devices/precision, and CPU threads."""
 
     accelerator: str = "cpu"
-    devices: int | str = 1
+    devices: int | str | list = 1
     precision: str = "32-true"
     strategy: str = "auto"
     threads: int | None = None
 
+    @property
+    def torch_device(self) -> str:
+        """The device inference runs on: ``cpu``, ``cuda`` or the claimed ``cuda:i``."""
+        if self.accelerator != "gpu":
+            return "cpu"
+        return f"cuda:{self.devices[0]}" if isinstance(self.devices, (list, tuple)) else "cuda"
 
-def train_lm(docs: Sequence[np.ndarray], eos_id: int, vocab_size: int, cfg: ProxyConfig,
-             seed: int, ckpt_dir: str, compute: Compute = Compute(), callbacks: Sequence = ()):
-    """Train from scratch (or resume from ``ckpt_dir/last.ckpt``); returns (model, info)."""
+
+def train_lm(source, eos_id: int, vocab_size: int, cfg: ProxyConfig, seed: int, ckpt_dir: str,
+             compute: Compute = Compute(), callbacks: Sequence = ()):
+    """Train from scratch (or resume from ``ckpt_dir/last.ckpt``) on the batches of ``source`` (a
+    ``token_store.WindowSource`` with ``cfg``'s batch size and sequence length); returns
+    (model, info)."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     if compute.threads:
         torch.set_num_threads(compute.threads)
-    packed = torch.from_numpy(pack(docs, eos_id, cfg, seed))
+    if source.window != cfg.seq_len + 1 or source.batch_size != cfg.batch_size:
+        raise ValueError("the window source's sequence length / batch size differ from the model config")
     pl.seed_everything(seed, workers=True, verbose=False)
-    module = _lightning_module()(asdict(cfg), vocab_size, eos_id, packed)
+    module = _lightning_module()(asdict(cfg), vocab_size, eos_id, source)
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                            every_n_train_steps=cfg.checkpoint_every, enable_version_counter=False)
     deterministic = compute.accelerator == "cpu"
@@ -329,8 +342,25 @@ def train_lm(docs: Sequence[np.ndarray], eos_id: int, vocab_size: int, cfg: Prox
         "final_train_loss": float(trainer.callback_metrics.get("train_loss", float("nan"))),
         "checkpoint": last,
     }
-    module.packed = None
+    module.source = None
     return module.model.eval(), info
+
+
+class LossTally:
+    """Summed next-token losses and token counts per source -> mean loss overall and per source."""
+
+    def __init__(self) -> None:
+        self.loss: dict[str, float] = {}
+        self.n: dict[str, int] = {}
+
+    def add(self, source: str, loss_sum: float, tokens: int) -> None:
+        self.loss[source] = self.loss.get(source, 0.0) + float(loss_sum)
+        self.n[source] = self.n.get(source, 0) + int(tokens)
+
+    def result(self) -> dict:
+        n = sum(self.n.values())
+        return {"loss": sum(self.loss.values()) / max(n, 1), "tokens": n,
+                "by_source": {k: self.loss[k] / self.n[k] for k in sorted(self.loss) if self.n[k]}}
 
 
 @torch.inference_mode()
@@ -340,8 +370,7 @@ def evaluate_loss(model, docs: Sequence[np.ndarray], sources: Sequence[str], seq
     tokens, EOS-prefixed), overall and per source. Batches are length-ordered."""
     model = model.to(device).eval()
     seqs = [np.concatenate([[eos_id], d[:seq_len]]).astype(np.int64) for d in docs]
-    tot_loss: dict[str, float] = {}
-    tot_n: dict[str, int] = {}
+    tally = LossTally()
     for idx, ids, mask in padded_batches(seqs, batch_size, eos_id):
         ids, mask = ids.to(device), mask.to(device).bool()
         logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1].long()).logits.float()
@@ -350,15 +379,8 @@ def evaluate_loss(model, docs: Sequence[np.ndarray], sources: Sequence[str], seq
         per_doc = (nll * valid).sum(1).cpu().numpy()
         counts = valid.sum(1).cpu().numpy()
         for r, i in enumerate(idx):
-            src = sources[i]
-            tot_loss[src] = tot_loss.get(src, 0.0) + float(per_doc[r])
-            tot_n[src] = tot_n.get(src, 0) + int(counts[r])
-    n = sum(tot_n.values())
-    return {
-        "loss": sum(tot_loss.values()) / max(n, 1),
-        "tokens": n,
-        "by_source": {k: tot_loss[k] / tot_n[k] for k in sorted(tot_loss) if tot_n[k]},
-    }
+            tally.add(sources[i], per_doc[r], counts[r])
+    return tally.result()
 
 
 # ------------------------------------------------------------------------------------------
@@ -371,8 +393,9 @@ class NgramProxy:
     def __init__(self, vocab_size: int, lam: float = 0.7, k: float = 0.01):
         self.V, self.lam, self.k = vocab_size, lam, k
 
-    def fit(self, packed: np.ndarray) -> "NgramProxy":
-        flat = packed.reshape(-1).astype(np.int64)
+    def fit(self, tokens: np.ndarray) -> "NgramProxy":
+        """Counts over a token stream (``WindowSource.stream``: the windows a proxy trains on)."""
+        flat = np.asarray(tokens).reshape(-1).astype(np.int64)
         V = self.V
         self.uni = (np.bincount(flat, minlength=V) + self.k) / (len(flat) + self.k * V)
         pair = flat[:-1] * V + flat[1:]
@@ -393,18 +416,14 @@ class NgramProxy:
 
     def evaluate(self, docs: Sequence[np.ndarray], sources: Sequence[str], seq_len: int,
                  eos_id: int) -> dict:
-        tot: dict[str, float] = {}
-        cnt: dict[str, int] = {}
+        tally = LossTally()
         for d, src in zip(docs, sources):
             s = np.concatenate([[eos_id], d[:seq_len]]).astype(np.int64)
             if len(s) < 2:
                 continue
             v = self.nll(s[:-1], s[1:])
-            tot[src] = tot.get(src, 0.0) + float(v.sum())
-            cnt[src] = cnt.get(src, 0) + len(v)
-        n = sum(cnt.values())
-        return {"loss": sum(tot.values()) / max(n, 1), "tokens": n,
-                "by_source": {k: tot[k] / cnt[k] for k in sorted(tot)}}
+            tally.add(src, v.sum(), len(v))
+        return tally.result()
 
 
 def eval_callback(val_sets: Mapping[str, tuple[Sequence[np.ndarray], Sequence[str]]], every: int,

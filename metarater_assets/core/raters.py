@@ -13,6 +13,7 @@ into one number per document (Meta-rater's PRRC, QuRating, FineWeb-Edu and Wanju
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -57,6 +58,21 @@ class HeadSpec:
     def outputs_match(self, n: int) -> bool:
         want = self.expected_outputs()
         return want is None or (n >= want if self.offset is not None else n == want)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.kind in ("argmax", "expected", "prob")
+
+    def classes(self, logits: np.ndarray) -> np.ndarray:
+        """(B, C) logits -> (B,) the argmax class's value (a classifier head's grade); NaN for a
+        regression head."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if not self.is_classifier:
+            return np.full(len(logits), np.nan)
+        if self.offset is not None:
+            logits = logits[:, self.offset:self.offset + len(self.values)]
+        values = np.asarray(self.values if self.values is not None else np.arange(logits.shape[1]), dtype=np.float64)
+        return values[np.argmax(logits, axis=1)]
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """(B, C) logits -> (B,) scores."""
@@ -159,6 +175,29 @@ class HFRater:
         if spec.head.index is not None and spec.head.index >= n_out:
             raise RaterLoadError(f"head index {spec.head.index} out of range: {spec.model!r} has {n_out} outputs")
 
+    @property
+    def num_outputs(self) -> int:
+        return int(self.model.config.num_labels)
+
+    def logits(self, texts: Sequence[str], sort_by_length: bool = True,
+               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """(N, C) float logits, in input order; length-bucketed batches with dynamic padding."""
+        import torch
+
+        tok = self.tokenizer
+        enc = tok(list(texts), truncation=True, max_length=self.spec.max_tokens, add_special_tokens=True)["input_ids"]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        out = np.empty((len(enc), self.num_outputs), dtype=np.float64)
+        done = 0
+        with torch.inference_mode():
+            for idx, ids, mask in padded_batches(enc, self.spec.batch_size, pad, sort_by_length):
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                out[idx] = logits.float().cpu().numpy()
+                done += len(idx)
+                if progress:
+                    progress(done, len(enc))
+        return out
+
     def score(self, texts: Sequence[str], sort_by_length: bool = True,
               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         return self.score_heads(texts, [self.spec.head], sort_by_length, progress)[:, 0]
@@ -167,27 +206,35 @@ class HFRater:
                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """(N, len(heads)): one forward pass per batch, every head applied to its logits (the
         registry's scores that share a model and revision cost one pass)."""
-        import torch
+        return apply_heads(self.logits(texts, sort_by_length, progress), heads, self.spec.model)[0]
 
-        for h in heads:
-            if not h.outputs_match(int(self.model.config.num_labels)):
-                raise RaterLoadError(f"model {self.spec.model!r} has {self.model.config.num_labels} outputs "
-                                     f"but a head ({h.kind}) expects {h.expected_outputs()}")
-        tok = self.tokenizer
-        enc = tok(list(texts), truncation=True, max_length=self.spec.max_tokens, add_special_tokens=True)["input_ids"]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out = np.empty((len(enc), len(heads)), dtype=np.float64)
-        done = 0
-        with torch.inference_mode():
-            for idx, ids, mask in padded_batches(enc, self.spec.batch_size, pad, sort_by_length):
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                logits = logits.float().cpu().numpy()
-                for j, h in enumerate(heads):
-                    out[idx, j] = h.apply(logits)
-                done += len(idx)
-                if progress:
-                    progress(done, len(enc))
-        return out
+
+def check_heads(n_out: int, heads: Sequence[HeadSpec], model: str | None) -> None:
+    for h in heads:
+        if not h.outputs_match(n_out):
+            raise RaterLoadError(f"model {model!r} has {n_out} outputs but a head ({h.kind}) expects "
+                                 f"{h.expected_outputs()}")
+
+
+def apply_heads(logits: np.ndarray, heads: Sequence[HeadSpec], model: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, classes), each (N, len(heads)); classes are NaN for non-classifier heads."""
+    check_heads(logits.shape[1], heads, model)
+    scores = np.empty((len(logits), len(heads)))
+    classes = np.empty((len(logits), len(heads)))
+    for j, h in enumerate(heads):
+        scores[:, j] = h.apply(logits)
+        classes[:, j] = h.classes(logits)
+    return scores, classes
+
+
+def load_rater(spec: RaterSpec, device: str = "cpu", dtype: str | None = None):
+    """The rater behind a spec: a trained probe folder (``metarater_probe.json``) or any Hugging
+    Face sequence classifier. Both give ``logits(texts)`` that the spec's head reads."""
+    from .rater_training import PROBE_MARKER, ProbeRater
+
+    if spec.model and "://" not in spec.model and os.path.exists(os.path.join(spec.model, PROBE_MARKER)):
+        return ProbeRater(spec, device=device)
+    return HFRater(spec, device=device, dtype=dtype)
 
 
 def group_by_model(specs: Mapping[str, RaterSpec]) -> list[list[RaterSpec]]:

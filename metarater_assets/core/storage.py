@@ -18,6 +18,12 @@ def fs_and_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def is_local(uri: str) -> bool:
+    fs, _ = fs_and_path(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
 def join(uri: str, *parts: str) -> str:
     out = str(uri).rstrip("/")
     for p in parts:
@@ -71,9 +77,9 @@ def put_atomic(local_path: str, uri: str) -> None:
         shutil.copyfileobj(src, dst, length=1 << 20)
 
 
-def write_parquet(table: pa.Table, uri: str) -> None:
+def write_parquet(table: pa.Table, uri: str, row_group_size: int | None = None) -> None:
     with atomic_open(uri, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
+        pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:

@@ -1,0 +1,221 @@
+"""Streaming passes over the pool's shard index files: cuts, kept counts and training data.
+
+A pool-level step never loads the pool: it walks the per-shard index files (``doc_id``,
+``source``, ``n_tokens``, ``doc_hash`` and every raw score, one Parquet file per shard) in pool
+order, reading only the columns it needs, a few shards ahead on a thread pool (pyarrow decodes
+without the GIL). Per shard, one matrix product gives the combined scores of every weight vector
+of a plan at once.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import pool
+from .storage import fs_and_path
+
+PREFETCH = 4
+
+
+@dataclass(frozen=True)
+class PoolFiles:
+    """The shards of the pool in pool order, with their index (and token) files."""
+
+    keys: tuple[str, ...]
+    index: tuple[str, ...]
+    tokens: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if list(self.keys) != sorted(self.keys):
+            raise ValueError("pool files must be in pool order (sorted shard keys)")
+
+
+def read_columns(uri: str, columns: Sequence[str]) -> pa.Table:
+    fs, path = fs_and_path(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=list(columns))
+
+
+def _tables(uris: Sequence[str], columns: Sequence[str], workers: int = PREFETCH) -> Iterator[pa.Table]:
+    if workers <= 1 or len(uris) <= 1:
+        for u in uris:
+            yield read_columns(u, columns)
+        return
+    with ThreadPoolExecutor(workers) as ex:
+        window: list = []
+        it = iter(uris)
+        for u in it:
+            window.append(ex.submit(read_columns, u, columns))
+            if len(window) >= workers:
+                yield window.pop(0).result()
+        for fut in window:
+            yield fut.result()
+
+
+def _units(t: pa.Table, norm: pool.Normalisation) -> np.ndarray:
+    cols = {n: t.column(n).to_numpy(zero_copy_only=False) for n in norm.names}
+    return norm.units(cols)
+
+
+def combined(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray,
+             extra: Sequence[str] = ()) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
+    """(key, (n, P) combined-score units, the shard's ``n_tokens`` + ``extra`` columns) per shard."""
+    Wu = pool.weight_units(np.asarray(W, dtype=np.float64).reshape(len(norm.names), -1))
+    cols = list(dict.fromkeys([*norm.names, "n_tokens", *extra]))
+    for key, t in zip(files.keys, _tables(files.index, cols)):
+        yield key, pool.combined_units(_units(t, norm), Wu), t
+
+
+def cuts(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, *, totals: tuple[int, int],
+         fraction: float | None, by: str, token_budget: int | None, bins: int = 2048,
+         collect_limit: int = 200_000) -> list[pool.Cut]:
+    """The exact global cut of each column of ``W`` (S, P) for one selection rule."""
+    counting, target = pool.target_amount(totals[0], totals[1], fraction=fraction, by=by, token_budget=token_budget)
+    P = np.asarray(W).reshape(len(norm.names), -1).shape[1]
+
+    def scan():
+        for key, c, t in combined(files, norm, W):
+            yield pool.ShardScores(key, c, t.column("n_tokens").to_numpy())
+
+    return pool.find_cuts(scan, [target] * P, counting, bins=bins, collect_limit=collect_limit)
+
+
+def kept_counts(files: PoolFiles, norm: pool.Normalisation, w: np.ndarray, cut: pool.Cut) -> tuple[dict, dict]:
+    """Per shard and per source: kept and pool documents and tokens under one cut (group_by
+    per shard, merged)."""
+    per_shard: dict[str, dict] = {}
+    per_source: dict[str, dict] = {}
+    for key, c, t in combined(files, norm, w, extra=["source"]):
+        kept = cut.keep(key, c[:, 0])
+        g = pa.table({"source": t.column("source"), "n": t.column("n_tokens"), "k": pa.array(kept)}).append_column(
+            "kn", pa.array(np.where(kept, t.column("n_tokens").to_numpy(), 0)))
+        agg = g.group_by("source").aggregate([("n", "count"), ("n", "sum"), ("k", "sum"), ("kn", "sum")])
+        for src, pd_, pt, kd, kt in zip(*(agg.column(c).to_pylist() for c in ("source", "n_count", "n_sum", "k_sum", "kn_sum"))):
+            cur = per_source.setdefault(src, {"docs": 0, "tokens": 0, "pool_docs": 0, "pool_tokens": 0})
+            for k, v in (("docs", kd), ("tokens", kt), ("pool_docs", pd_), ("pool_tokens", pt)):
+                cur[k] += int(v or 0)
+        n = t.column("n_tokens").to_numpy()
+        per_shard[key] = {"docs": int(kept.sum()), "tokens": int(n[kept].sum()), "pool_docs": int(len(n)),
+                          "pool_tokens": int(n.sum())}
+    return per_shard, per_source
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Sample a selection down to ``budget`` tokens by a seeded per-document hash: the selected
+    documents with the smallest hash until their tokens reach the budget (an exact cut on the
+    hash, so a few long documents are sampled as faithfully as many short ones)."""
+
+    budget: int | None
+    seed: int
+
+
+HASH_UNITS = 1 << 40
+
+
+def _selected(key, c, t, cuts_, masks) -> list[np.ndarray]:
+    return [masks[p](key, c[:, p], t) if masks and masks[p] else cuts_[p].keep(key, c[:, p])
+            for p in range(len(cuts_))]
+
+
+def sample_cuts(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts_: Sequence[pool.Cut],
+                samples: Sequence[Sample], masks: Sequence[Callable] | None = None) -> list[pool.Cut]:
+    """Per vector, the cut in hash space that keeps the selected documents with the smallest
+    seeded hash until ``budget`` tokens (all of them when the selection is smaller)."""
+    P = len(cuts_)
+    targets = [float(s.budget) if s.budget else float("inf") for s in samples]
+
+    def scan():
+        for key, c, t in combined(files, norm, W, extra=["doc_hash"]):
+            h = t.column("doc_hash").to_numpy()
+            sel = _selected(key, c, t, cuts_, masks)
+            cc = np.empty((len(h), P), dtype=np.int64)
+            for p in range(P):
+                u = pool.uniform(h, samples[p].seed)
+                cc[:, p] = np.where(sel[p], HASH_UNITS - 1 - np.floor(u * HASH_UNITS).astype(np.int64), -1)
+            yield pool.ShardScores(key, cc, t.column("n_tokens").to_numpy())
+
+    return pool.find_cuts(scan, targets, "tokens", hi_units=HASH_UNITS)
+
+
+def write_stores(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts_: Sequence[pool.Cut],
+                 samples: Sequence[Sample], writers: Sequence, masks: Sequence[Callable] | None = None,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """Every shard's selected and hash-sampled documents appended to each vector's token store
+    writer, in pool order (after the passes that fix the sample). Only the row groups of
+    ``doc_tokens`` that hold a written document are read. ``masks[p]`` (optional) replaces vector
+    p's cut (e.g. a random selection)."""
+    if len(files.tokens) != len(files.keys):
+        raise ValueError("write_stores needs the token file of every shard")
+    P = len(writers)
+    scuts = sample_cuts(files, norm, W, cuts_, samples, masks)
+    counts = [{"docs": 0, "tokens": 0} for _ in range(P)]
+    tok_uri = dict(zip(files.keys, files.tokens))
+    step = max(1, len(files.keys) // 10)
+    for i, (key, c, t) in enumerate(combined(files, norm, W, extra=["doc_hash"])):
+        h = t.column("doc_hash").to_numpy()
+        n = t.column("n_tokens").to_numpy()
+        sel = _selected(key, c, t, cuts_, masks)
+        take = []
+        for p in range(P):
+            u = pool.uniform(h, samples[p].seed)
+            hu = HASH_UNITS - 1 - np.floor(u * HASH_UNITS).astype(np.int64)
+            take.append(np.flatnonzero(sel[p] & scuts[p].keep(key, np.where(sel[p], hu, -1))))
+        rows = np.unique(np.concatenate(take)) if take else np.zeros(0, dtype=np.int64)
+        if len(rows):
+            ids = _token_rows(tok_uri[key], rows)
+            for p in range(P):
+                for r in take[p]:
+                    writers[p].add(ids[int(r)])
+                counts[p]["docs"] += len(take[p])
+                counts[p]["tokens"] += int(n[take[p]].sum())
+        if log and (i + 1) % step == 0:
+            log(f"training data: {i + 1}/{len(files.keys)} shards")
+    return counts
+
+
+def _token_rows(uri: str, rows: np.ndarray) -> dict[int, np.ndarray]:
+    """Token ids of some rows of one doc_tokens file, reading only the row groups holding them."""
+    fs, path = fs_and_path(uri)
+    out: dict[int, np.ndarray] = {}
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+        for g in groups:
+            col = pf.read_row_group(int(g), columns=["ids"]).column("ids").combine_chunks()
+            lo = starts[g]
+            sel = rows[(rows >= lo) & (rows < starts[g + 1])]
+            values = col.values.to_numpy()
+            offs = col.offsets.to_numpy()
+            for r in sel:
+                j = int(r - lo)
+                out[int(r)] = values[offs[j]:offs[j + 1]]
+    return out
+
+
+def hash_sample(files: PoolFiles, columns: Sequence[str], k: int, seed: int, total_docs: int) -> pa.Table:
+    """About ``k`` pool documents chosen by a seeded hash (the same documents whatever the shard
+    layout), with ``columns``: a fixed-rate filter per shard, so memory is O(k)."""
+    rate = min(1.0, k / max(total_docs, 1))
+    parts = []
+    for t in _tables(files.index, list(dict.fromkeys([*columns, "doc_hash"]))):
+        u = pool.uniform(t.column("doc_hash").to_numpy(), seed)
+        parts.append(t.filter(pa.array(u < rate)).select(list(columns)))
+    return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
+
+
+def find_doc(files: PoolFiles, doc_id: str) -> list[tuple[str, int]]:
+    """(shard, row) of every document with this id (a scan of the id column only)."""
+    import pyarrow.compute as pc
+
+    hits = []
+    for key, t in zip(files.keys, _tables(files.index, ["doc_id"])):
+        for r in np.flatnonzero(np.asarray(pc.equal(t.column("doc_id"), doc_id))):
+            hits.append((key, int(r)))
+    return hits

@@ -1,0 +1,207 @@
+"""Stage 'pool': one index file per shard (every raw score, tokens, a sampling hash) with its
+summary, and the pool statistics merged from those summaries.
+
+``shard_index[shard]`` joins a shard's score files and token counts into one file (the only
+per-shard file a pool-level pass opens) and stores the shard's ``ShardSummary`` (exact counts,
+extremes and moments per score, KLL sketches, per-source counts) in its Parquet footer.
+``score_stats`` merges the summaries (footers only), takes a seeded hash sample for the Spearman
+heatmap and fixes the pool: the shards it covers, their totals and the normalisation every later
+step reads.
+"""
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import dagster as dg
+
+from .batched import combine_checks, for_each_shard
+from .core import pool as cp, scan, stats, storage as st
+from .partitions import shards
+from .plots import png_metadata
+from .scoring import score_asset
+from resources import MetaraterConfig
+
+GROUP = "pool"
+SUMMARY_KEY = b"metarater.summary"
+
+
+def score_sources(cfg) -> list[tuple[str, list[str]]]:
+    """(per-shard asset, its score columns) for every active score, in score-name order."""
+    from .core.config import RATERS
+
+    out = []
+    for r in cfg.raters:
+        if r == "rpv2":
+            out.append(("rpv2_scores", list(RATERS["rpv2"])))
+        elif r == "dsir":
+            out.append(("dsir_scores", list(RATERS["dsir"])))
+        elif r == "precomputed":
+            out.append(("precomputed_scores", list(cfg.precomputed_scores)))
+    out += [(score_asset(n), [n]) for n in cfg.model_scores]
+    return out
+
+
+def build_shard_index(settings: MetaraterConfig, cfg, key: str) -> tuple[pa.Table, cp.ShardSummary, list[str], str]:
+    """(index table, summary, problems, content digest) of one shard from its files (the digest
+    covers the index and the shard's token ids)."""
+    files = settings.files
+    docs = files.read("raw_docs", key, ["doc_id", "source", "raw_row"])
+    tok = files.read("doc_tokens", key, ["doc_id", "n_tokens"])
+    ids = docs.column("doc_id")
+    problems = []
+    if not tok.column("doc_id").equals(ids):
+        problems.append("doc_tokens not aligned with raw_docs")
+    cols = {"doc_id": ids, "raw_row": docs.column("raw_row"), "source": docs.column("source"),
+            "n_tokens": tok.column("n_tokens").cast(pa.int64()),
+            "doc_hash": pa.array(cp.doc_hashes(key, ids.to_pylist()), pa.uint64())}
+    for asset, names in score_sources(cfg):
+        t = files.read(asset, key, ["doc_id", *names])
+        if not t.column("doc_id").equals(ids):
+            problems.append(f"{asset} not aligned with raw_docs")
+        for n in names:
+            cols[n] = t.column(n).cast(pa.float64())
+    table = pa.table(cols)
+    h = hashlib.sha1(files_digest(files.uri("doc_tokens", key)) or b"")
+    for c in table.columns:
+        for chunk in c.chunks:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(buf)
+    digest = h.hexdigest()
+    summary = cp.ShardSummary.of({n: table.column(n).to_numpy(zero_copy_only=False) for n in cfg.score_names},
+                                 table.column("n_tokens").to_numpy(), table.column("source").to_pylist())
+    return table, summary, problems, digest
+
+
+def files_digest(uri: str) -> bytes | None:
+    """The content digest a per-shard file carries in its footer."""
+    from .tokens import DIGEST_KEY
+
+    fs, path = st.fs_and_path(uri)
+    with fs.open(path, "rb") as f:
+        return (pq.ParquetFile(f).schema_arrow.metadata or {}).get(DIGEST_KEY)
+
+
+def make_shard_index(cfg, policy):
+    deps = ["raw_docs", "doc_tokens"] + ([a for a, _ in score_sources(cfg)] if cfg else [])
+    names = list(cfg.score_names) if cfg else []
+
+    @dg.asset(partitions_def=shards, group_name=GROUP, deps=deps, backfill_policy=policy,
+              code_version=f"shard-index-{cp.POOL_VERSION}-{hashlib.sha1(json.dumps(names).encode()).hexdigest()[:8]}",
+              check_specs=[dg.AssetCheckSpec("every_doc_every_score", asset="shard_index", blocking=True,
+                                             description="every document of the shard has every active score "
+                                                         "and its token count, all aligned")],
+              description="One row per document of a shard: doc_id, raw_row, source, n_tokens, a 64-bit "
+                          "sampling hash and every raw score; the shard's summary (counts, min/max, "
+                          "moments, KLL sketches, sources) in the Parquet footer. The only per-shard file "
+                          "a pool-level pass reads.")
+    def shard_index(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+        cfg_ = settings.load()
+
+        def one(key):
+            table, summary, problems, digest = build_shard_index(settings, cfg_, key)
+            from .tokens import DIGEST_KEY
+
+            settings.files.write("shard_index", key, table,
+                                 metadata={SUMMARY_KEY: json.dumps(summary.to_dict()).encode(),
+                                           DIGEST_KEY: digest.encode()})
+            return table.num_rows, dg.AssetCheckResult(
+                asset_key="shard_index", check_name="every_doc_every_score", passed=not problems,
+                metadata={"docs": table.num_rows, "problems": "; ".join(problems) or "none"})
+
+        done = for_each_shard(context, one)
+        yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done)})
+        yield combine_checks({k: c for k, (_, c) in done.items()})
+
+    return shard_index
+
+
+def read_summary(uri: str) -> tuple[cp.ShardSummary, str]:
+    """(summary, content digest) from a shard index file's footer."""
+    from .tokens import DIGEST_KEY
+
+    fs, path = st.fs_and_path(uri)
+    with fs.open(path, "rb") as f:
+        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    if SUMMARY_KEY not in meta or DIGEST_KEY not in meta:
+        raise ValueError(f"{uri} has no summary in its footer: re-materialise shard_index")
+    return cp.ShardSummary.from_dict(json.loads(meta[SUMMARY_KEY])), meta[DIGEST_KEY].decode()
+
+
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version=f"score-stats-{cp.POOL_VERSION}",
+          deps=[dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping())],
+          description="The pool: which shards it holds, documents and tokens, per score count / nulls / "
+                      "min / max / mean / std (exact, merged from the shards' summaries) and quantiles "
+                      "(KLL), the normalisation every later step reads, histograms and the Spearman "
+                      "correlation matrix (on a seeded hash sample) as plots.")
+def score_stats(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+    cfg = settings.load()
+    names = list(cfg.score_names)
+    registered = sorted(context.instance.get_dynamic_partitions(shards.name))
+    keys, excluded, merged, digests = [], [], cp.ShardSummary(), []
+    for k in registered:
+        uri = settings.files.uri("shard_index", k)
+        if not st.exists(uri):
+            excluded.append({"shard": k, "why": "no shard index (not ingested, failed, or not scored yet)"})
+            continue
+        s, d = read_summary(uri)
+        missing = [n for n in names if n not in s.scores]
+        if missing:
+            excluded.append({"shard": k, "why": f"index lacks {missing}: re-materialise shard_index"})
+            continue
+        keys.append(k)
+        digests.append(d)
+        merged = merged.merge(s)
+    if not keys:
+        raise dg.Failure("no shard has a complete index yet: run `metarater run --stage pool`", allow_retries=False)
+    norm = cp.Normalisation.from_summary(merged, names, {n: cfg.orientation_of(n) == "low" for n in names})
+    files = scan.PoolFiles(tuple(keys), tuple(settings.files.uri("shard_index", k) for k in keys))
+    sample = scan.hash_sample(files, names, cfg.stats_sample_docs, seed=0, total_docs=merged.docs)
+    cols = {n: sample.column(n).to_numpy(zero_copy_only=False) for n in names}
+    sp_names, M = stats.spearman_matrix(cols)
+    rows = []
+    for n in names:
+        s = merged.scores[n]
+        q = s.quantiles(QUANTILES)
+        rows.append({"score": n, "count": s.count, "nulls": s.nulls, "min": s.min if s.count else None,
+                     "max": s.max if s.count else None, "mean": s.mean, "std": s.std,
+                     **{f"q{int(x * 100):02d}": v for x, v in zip(QUANTILES, q)}})
+    out = {"docs": merged.docs, "tokens": merged.tokens, "shards": len(keys), "keys": keys, "excluded": excluded,
+           "scores": rows, "normalisation": norm.to_dict(), "sources": merged.sources,
+           "spearman": {"names": sp_names, "matrix": np.nan_to_num(M, nan=0.0).round(6).tolist(),
+                        "sample_docs": sample.num_rows}}
+    art = settings.artifacts_uri
+    md = {"docs": merged.docs, "tokens": merged.tokens, "shards": len(keys), "excluded_shards": len(excluded),
+          "summary": dg.MetadataValue.md(stats.md_table(rows, ["score", "count", "nulls", "min", "max", "mean",
+                                                               "std", "q50"]))}
+    from . import plots
+
+    md.update(png_metadata(plots.histograms_png({n: merged.scores[n].histogram() for n in names}),
+                           f"{art}/score_stats/histograms.png", "histograms"))
+    md.update(png_metadata(plots.heatmap_png(sp_names, M), f"{art}/score_stats/spearman.png", "spearman"))
+    context.add_output_metadata(md)
+    # the data version: the exact pool (every shard's content digest) and its normalisation; the
+    # KLL quantiles are left out (sketches compact at random: informative, not identity)
+    digest = hashlib.sha1(json.dumps({"keys": keys, "digests": digests, "normalisation": out["normalisation"],
+                                      "docs": merged.docs, "tokens": merged.tokens, "names": names,
+                                      "sample": cfg.stats_sample_docs}, sort_keys=True).encode()).hexdigest()
+    return dg.Output(out, data_version=dg.DataVersion(digest))
+
+
+def pool_files(settings: MetaraterConfig, stats_out: dict, tokens: bool = False) -> scan.PoolFiles:
+    """The pool ``score_stats`` fixed: its shards' index (and token) files, in pool order."""
+    keys = tuple(stats_out["keys"])
+    return scan.PoolFiles(keys, tuple(settings.files.uri("shard_index", k) for k in keys),
+                          tuple(settings.files.uri("doc_tokens", k) for k in keys) if tokens else ())
+
+
+def normalisation(stats_out: dict, flips: dict | None = None) -> cp.Normalisation:
+    norm = cp.Normalisation.from_dict(stats_out["normalisation"])
+    return norm.with_flip(flips) if flips is not None else norm

@@ -1,0 +1,151 @@
+"""Stage 'pool' (tokens): the tokenizer, per-shard token ids and the validation sets' tokens."""
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+import dagster as dg
+
+from .batched import for_each_shard
+from .core import corpus, proxy_lm, storage as st
+from .partitions import shards
+from resources import MetaraterConfig
+
+GROUP = "pool"
+TOKEN_ROW_GROUP = 1024  # doc_tokens row groups: a training-data writer reads only those it keeps
+DIGEST_KEY = b"metarater.digest"  # a content digest in a per-shard file's footer
+
+
+def _texts(settings: MetaraterConfig, keys: list[str], limit: int):
+    """Pool texts in shard order, streamed batch by batch (the tokenizer's training sample)."""
+    n = 0
+    for key in keys:
+        fs, path = st.fs_and_path(settings.files.uri("raw_docs", key))
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1000, columns=["text"]):
+                for t in batch.column(0).to_pylist():
+                    if n >= limit:
+                        return
+                    n += 1
+                    yield t
+
+
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tokenizer-2",
+          deps=[dg.AssetDep("raw_docs", partition_mapping=dg.AllPartitionMapping())],
+          description="Byte-level BPE trained with HF tokenizers on a streamed sample of the pool "
+                      "(the first tokenizer.sample_docs documents in shard order; saved with "
+                      "save_pretrained), or the HF tokenizer named by tokenizer.path (then nothing "
+                      "of the pool is read). Refit on request.")
+def tokenizer(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+    cfg = settings.load()
+    if cfg.tokenizer_path:
+        tok = proxy_lm.load_tokenizer(cfg.tokenizer_path)
+        out = {"uri": cfg.tokenizer_path, "vocab_size": len(tok), "trained": False, "eos_id": tok.eos_token_id}
+        return dg.Output(out, data_version=dg.DataVersion(hashlib.sha1(repr(sorted(out.items())).encode()).hexdigest()))
+    keys = [k for k in sorted(context.instance.get_dynamic_partitions(shards.name))
+            if settings.files.exists("raw_docs", k)]
+    if not keys:
+        raise dg.Failure("no ingested shard to train the tokenizer on: run the ingest stage first", allow_retries=False)
+    counter = {"n": 0}
+
+    def sample():
+        for t in _texts(settings, keys, cfg.tokenizer_sample_docs):
+            counter["n"] += 1
+            yield t
+
+    tok = proxy_lm.train_tokenizer(sample(), cfg.tokenizer_vocab_size)
+    uri = f"{settings.artifacts_uri}/tokenizer"
+    proxy_lm.save_tokenizer(tok, uri)
+    digest = hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest()
+    context.add_output_metadata({"vocab_size": len(tok), "trained_on_docs": counter["n"], "uri": uri})
+    return dg.Output({"uri": uri, "vocab_size": len(tok), "trained": True, "eos_id": tok.eos_token_id,
+                      "digest": digest}, data_version=dg.DataVersion(digest))
+
+
+def load(tok_info: dict):
+    return proxy_lm.load_tokenizer(tok_info["uri"], require_marker=bool(tok_info.get("trained")))
+
+
+def make_doc_tokens(policy):
+    @dg.asset(partitions_def=shards, group_name=GROUP, code_version="doc-tokens-2", backfill_policy=policy,
+              deps=["raw_docs"], ins={"tokenizer": dg.AssetIn("tokenizer")},
+              description="Token ids of every document of one shard (doc_id, n_tokens, ids), in row "
+                          "groups of 1,024 documents.")
+    def doc_tokens(context: dg.AssetExecutionContext, tokenizer: dict, settings: MetaraterConfig):
+        tok = load(tokenizer)
+
+        def one(key):
+            docs = settings.files.read("raw_docs", key, ["doc_id", "text"])
+            ids = proxy_lm.encode(tok, docs.column("text").to_pylist())
+            n = np.array([len(x) for x in ids], dtype=np.int64)
+            h = hashlib.sha1(n.tobytes())
+            for x in ids:
+                h.update(x.tobytes())
+            settings.files.write("doc_tokens", key, pa.table({
+                "doc_id": docs.column("doc_id"), "n_tokens": pa.array(n),
+                "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))}), row_group_size=TOKEN_ROW_GROUP,
+                metadata={DIGEST_KEY: h.hexdigest().encode()})
+            return len(n), int(n.sum())
+
+        done = for_each_shard(context, one)
+        return dg.MaterializeResult(metadata={"docs": sum(d for d, _ in done.values()),
+                                              "tokens": sum(t for _, t in done.values()), "shards": len(done)})
+
+    return doc_tokens
+
+
+def held_out(set_name: str, doc_ids, fraction: float) -> np.ndarray:
+    """Deterministic split of a validation set by document-id hash: True = held out (read by the
+    evaluation only), False = tuning (the proxies' losses and the regression target)."""
+    if fraction <= 0:
+        return np.zeros(len(doc_ids), dtype=bool)
+    u = np.array([xxhash.xxh3_64_intdigest(f"heldout:{set_name}:{d}".encode()) / 2.0 ** 64 for d in doc_ids])
+    return u < fraction
+
+
+def validation_uri(storage_uri: str) -> str:
+    return f"{storage_uri.rstrip('/')}/validation_tokens.parquet"
+
+
+@dg.asset(group_name=GROUP, code_version="val-tokens-2", ins={"tokenizer": dg.AssetIn("tokenizer")},
+          description="Token ids of every configured validation set (first validation.max_docs docs), "
+                      "each document marked `tune` (proxy losses, the regression target) or `held_out` "
+                      "(only the evaluation reads it) by a hash of its id (validation.held_out).")
+def validation_tokens(context: dg.AssetExecutionContext, tokenizer: dict, settings: MetaraterConfig):
+    cfg = settings.load()
+    tok = load(tokenizer)
+    parts = []
+    counts = {}
+    for name, uri in cfg.validation_sets.items():
+        docs = corpus.read_documents(uri).slice(0, cfg.validation_max_docs)
+        ids = proxy_lm.encode(tok, docs.column("text").to_pylist())
+        doc_ids = docs.column("doc_id").to_pylist()
+        ho = held_out(name, doc_ids, cfg.validation_held_out)
+        parts.append(pa.table({"set": [name] * len(ids), "doc_id": doc_ids, "source": docs.column("source"),
+                               "part": np.where(ho, "held_out", "tune").tolist(),
+                               "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))}))
+        counts[name] = {"tune": int((~ho).sum()), "held_out": int(ho.sum())}
+    table = pa.concat_tables(parts)
+    st.write_parquet(table, validation_uri(settings.storage_uri))
+    digest = hashlib.sha1(repr((table.column("doc_id").to_pylist(), table.column("part").to_pylist(),
+                                [len(x) for x in table.column("ids").to_pylist()],
+                                tokenizer.get("digest"))).encode()).hexdigest()
+    return dg.MaterializeResult(metadata={"docs": dg.MetadataValue.json(counts)}, data_version=dg.DataVersion(digest))
+
+
+def validation_sets(storage_uri: str, part: str = "tune") -> dict[str, tuple[list[np.ndarray], list[str]]]:
+    """{set: (token arrays, sources)} of one part (``tune`` / ``held_out``; a set without a
+    held-out part falls back to all of it for ``tune``)."""
+    val = st.read_parquet(validation_uri(storage_uri))
+    out: dict[str, tuple[list, list]] = {}
+    for s, src, p, x in zip(val.column("set").to_pylist(), val.column("source").to_pylist(),
+                            val.column("part").to_pylist(), val.column("ids").to_pylist()):
+        if p != part:
+            continue
+        out.setdefault(s, ([], []))
+        out[s][0].append(np.asarray(x, dtype=np.int32))
+        out[s][1].append(src)
+    return out
