@@ -241,11 +241,20 @@ def _check_text(text) -> str | None:
     return None
 
 
+#: where a source name can sit in a row's ``meta`` (SlimPajama: ``redpajama_set_name``)
+SOURCE_KEYS = ("source", "redpajama_set_name")
+
+
 def _source_meta(obj: dict, skip: frozenset = frozenset()) -> tuple[str, str]:
     meta = obj.get("meta")
+    if isinstance(meta, str) and meta.startswith("{"):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            pass
     source = obj.get("source")
     if source is None and isinstance(meta, dict):
-        source = meta.get("source")
+        source = next((meta[k] for k in SOURCE_KEYS if meta.get(k) is not None), None)
     extra = {k: v for k, v in obj.items() if k not in ("text", "id", "meta", "source") and k not in skip}
     if isinstance(meta, dict):
         extra = {**meta, **extra}

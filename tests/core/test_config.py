@@ -57,3 +57,33 @@ def test_a_target_or_validation_file_that_does_not_exist_is_named():
     raw["validation"]["sets"]["reference"] = "/nope/ref.jsonl"
     with pytest.raises(ConfigError, match="validation.sets.reference"):
         parse_config(raw, str(REPO / "configs"))
+
+
+def test_errors_name_the_file_and_new_fields_are_checked(tmp_path):
+    from conftest import write_config
+
+    p = write_config(tmp_path / "bad.yaml", compute={"shards_per_run": 0})
+    with pytest.raises(ConfigError, match=rf"{p}: compute.shards_per_run must be an integer >= 1"):
+        load_config(str(p))
+    for section, value, message in (("curation", {"fractoin": 0.2}, r"curation: unknown key\(s\) \['fractoin'\]"),
+                                    ("regressor", {"models": ["xgboost"]}, "regressor.models: unknown"),
+                                    ("scores", {"orientation": {"rps_doc_word_count": "sideways"}}, "not one of"),
+                                    ("precomputed", {"scores": {"x": {"column": "c", "reduce": "median"}}},
+                                     "precomputed.scores: score 'x': unknown reduce")):
+        raw = _demo()
+        raw[section] = {**(raw.get(section) or {}), **value}
+        if section == "precomputed":
+            raw["raters"] = ["rpv2", "precomputed"]
+        with pytest.raises(ConfigError, match=message):
+            parse_config(raw, str(REPO / "configs"))
+    (tmp_path / "broken.yaml").write_text("raters: [rpv2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(str(tmp_path / "broken.yaml"))
+
+
+def test_a_score_from_two_raters_is_refused():
+    raw = _demo()
+    raw["raters"] = ["rpv2", "precomputed"]
+    raw["precomputed"] = {"scores": {"rps_doc_word_count": "rps_doc_word_count"}}
+    with pytest.raises(ConfigError, match=r"score\(s\) \['rps_doc_word_count'\] come from more than one rater"):
+        parse_config(raw, str(REPO / "configs"))

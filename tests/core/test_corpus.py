@@ -147,3 +147,34 @@ def test_streaming_ingest_equals_in_memory_read(tmp_path):
     assert docs.equals(ref.docs)
     assert pq.ParquetFile(tmp_path / "d.parquet").metadata.num_row_groups >= 6
     assert pq.read_table(tmp_path / "q.parquet").equals(ref.quarantine)
+
+
+def test_nested_folders_give_stable_unique_safe_keys(tmp_path):
+    """SlimPajama's train/chunk1..chunk10/ layout: file names repeat across chunks; keys come from
+    the path relative to the raw root, name their file, and never collide."""
+    import shutil
+
+    src = SAMPLE / "raw" / "shard-0004.jsonl"
+    for chunk in ("chunk1", "chunk2"):
+        (tmp_path / "train" / chunk).mkdir(parents=True)
+        shutil.copy(src, tmp_path / "train" / chunk / "example_train_0.jsonl")
+    (tmp_path / "train" / "chunk 3").mkdir()
+    shutil.copy(src, tmp_path / "train" / "chunk 3" / "example_train_0.jsonl")
+    (tmp_path / "train" / "_tmp").mkdir()  # a staging folder: ignored
+    shutil.copy(src, tmp_path / "train" / "_tmp" / "x.jsonl")
+    files = corpus.list_shards(str(tmp_path))
+    keys = sorted(f.key for f in files)
+    assert keys[:2] == ["train__chunk1__example_train_0.jsonl", "train__chunk2__example_train_0.jsonl"]
+    assert keys[2].startswith("train__chunk_3__example_train_0.jsonl-") and len(keys) == 3
+    assert all(corpus._UNSAFE.search(k) is None for k in keys)
+    assert keys == sorted(f.key for f in corpus.list_shards(str(tmp_path)))  # stable
+    for f in files:  # a plain key names its file: one lookup, no listing; a hashed one is found too
+        assert corpus.find_shard(str(tmp_path), f.key).uri == f.uri
+    assert corpus.relpath_of(keys[0]) == "train/chunk1/example_train_0.jsonl" and corpus.relpath_of(keys[2]) is None
+
+
+def test_count_rows_counts_lines_on_its_own(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"text": "a"}\n\nnot json\n{"text": "b"}')  # no final newline
+    assert corpus.count_rows(str(p), "x.jsonl") == 4
+    assert corpus.count_rows(str(SAMPLE / "raw" / "shard-0002.parquet"), "shard-0002.parquet") == 1200

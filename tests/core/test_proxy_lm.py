@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import lightning.pytorch as pl
 
-from metarater_assets.core import corpus, proxy_lm
+from metarater_assets.core import corpus, proxy_lm, token_store as ts
 from conftest import SAMPLE
 
 
@@ -18,12 +18,18 @@ def tok_and_docs(tmp_path_factory):
     return tok, ids
 
 
-def _train(tok, ids, ckpt, callbacks=()):
-    cfg = proxy_lm.get_preset("test", token_budget=8192, checkpoint_every=4)
-    model, info = proxy_lm.train_lm(ids[:200], tok.eos_token_id, len(tok), cfg, seed=7,
+CFG = proxy_lm.get_preset("test", token_budget=8192, checkpoint_every=4)
+
+
+def _source(tok, ids, cfg=CFG, seed=7):
+    return ts.WindowSource(ts.docs_stream(ids[:200], tok.eos_token_id), cfg.seq_len, cfg.batch_size, seed)
+
+
+def _train(tok, ids, ckpt, callbacks=(), source=None, cfg=CFG):
+    model, info = proxy_lm.train_lm(source or _source(tok, ids, cfg), tok.eos_token_id, len(tok), cfg, seed=7,
                                     ckpt_dir=str(ckpt), callbacks=callbacks)
     src = ["s"] * 50
-    return proxy_lm.evaluate_loss(model, ids[200:250], src, cfg.seq_len, tok.eos_token_id), info
+    return proxy_lm.evaluate_loss(model, ids[200:250], src, cfg.seq_len, tok.eos_token_id), info, model
 
 
 def test_tokenizer_roundtrip_through_memory_fs(tok_and_docs):
@@ -37,8 +43,8 @@ def test_tokenizer_roundtrip_through_memory_fs(tok_and_docs):
 
 def test_same_weights_and_seed_give_same_loss(tok_and_docs, tmp_path):
     tok, ids = tok_and_docs
-    a, _ = _train(tok, ids, tmp_path / "a")
-    b, _ = _train(tok, ids, tmp_path / "b")
+    a, _, _ = _train(tok, ids, tmp_path / "a")
+    b, _, _ = _train(tok, ids, tmp_path / "b")
     assert abs(a["loss"] - b["loss"]) < 1e-6
     assert a["loss"] < np.log(len(tok))  # it learned something
 
@@ -51,21 +57,41 @@ class _Crash(pl.Callback):
 
 def test_interrupted_run_resumes_from_checkpoint(tok_and_docs, tmp_path):
     tok, ids = tok_and_docs
-    ref, _ = _train(tok, ids, tmp_path / "ref")
+    ref, _, _ = _train(tok, ids, tmp_path / "ref")
     with pytest.raises(RuntimeError, match="simulated crash"):
         _train(tok, ids, tmp_path / "run", callbacks=[_Crash()])
     assert (tmp_path / "run" / "last.ckpt").exists()
-    resumed, info = _train(tok, ids, tmp_path / "run")
+    resumed, info, _ = _train(tok, ids, tmp_path / "run")
     assert info["resumed_from_step"] == 8  # last checkpoint before the crash
-    assert abs(resumed["loss"] - ref["loss"]) < 1e-5
+    assert abs(resumed["loss"] - ref["loss"]) < 1e-6
+
+
+def test_training_from_a_token_store_equals_an_in_memory_pack(tok_and_docs, tmp_path):
+    """The same documents in the same order, once through an on-disk store (memory-mapped,
+    memory O(batch)) and once as a plain array packed here by hand: the same batches, the same
+    model (1e-6)."""
+    tok, ids = tok_and_docs
+    w = ts.TokenStoreWriter(str(tmp_path / "store"), vocab_size=len(tok), eos_id=tok.eos_token_id)
+    for d in ids[:200]:
+        w.add(d)
+    w.close()
+    store = ts.TokenStore.open(str(tmp_path / "store"))
+    assert isinstance(store.tokens, np.memmap)
+    packed = np.concatenate([np.append(np.asarray(d, dtype=np.int64), tok.eos_token_id) for d in ids[:200]])
+    from_store, _, m1 = _train(tok, ids, tmp_path / "a",
+                               source=ts.WindowSource(store.tokens, CFG.seq_len, CFG.batch_size, 7))
+    in_memory, _, m2 = _train(tok, ids, tmp_path / "b", source=ts.WindowSource(packed, CFG.seq_len, CFG.batch_size, 7))
+    assert abs(from_store["loss"] - in_memory["loss"]) < 1e-6
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert float((a - b).abs().max()) < 1e-6
 
 
 def test_ngram_proxy_beats_uniform(tok_and_docs):
     tok, ids = tok_and_docs
     cfg = proxy_lm.get_preset("test")
-    packed = proxy_lm.pack(ids[:200], tok.eos_token_id, cfg, seed=0)
-    assert packed.shape == (cfg.steps, cfg.batch_size, cfg.seq_len + 1)
-    ng = proxy_lm.NgramProxy(len(tok)).fit(packed)
+    stream = _source(tok, ids, cfg).stream(cfg.steps)
+    assert len(stream) == cfg.steps * cfg.batch_size * (cfg.seq_len + 1)
+    ng = proxy_lm.NgramProxy(len(tok)).fit(stream)
     res = ng.evaluate(ids[200:250], ["s"] * 50, cfg.seq_len, tok.eos_token_id)
     assert res["loss"] < np.log(len(tok))
 
@@ -91,7 +117,7 @@ def test_two_process_ddp_gives_the_single_process_loss(tok_and_docs, tmp_path):
     losses = {}
     for name, comp in (("single", proxy_lm.Compute()),
                        ("ddp", proxy_lm.Compute(devices=2, strategy="ddp_fork"))):
-        model, info = proxy_lm.train_lm(ids[:200], tok.eos_token_id, len(tok), cfg, seed=7,
+        model, info = proxy_lm.train_lm(_source(tok, ids, cfg), tok.eos_token_id, len(tok), cfg, seed=7,
                                         ckpt_dir=str(tmp_path / name), compute=comp)
         losses[name] = proxy_lm.evaluate_loss(model, ids[200:250], ["s"] * 50, cfg.seq_len,
                                               tok.eos_token_id)["loss"]

@@ -78,18 +78,19 @@ def tiny_encoder(rows, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(rows, tiny_encoder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("rater") / "model")
-    cfg = rt.TrainConfig(encoder=tiny_encoder, max_tokens=64, batch_size=16, lr=2e-3, max_epochs=4, patience=1,
-                         max_train_docs=400)
+    cfg = rt.TrainConfig(encoder=tiny_encoder, max_tokens=64, batch_size=16, lr=5e-3, max_epochs=6, patience=2,
+                         max_train_docs=800)
     return out, rt.train_rater(rows, out, cfg, log=lambda m: None), cfg
 
 
 def test_training_reports_held_out_metrics_beside_the_majority_class(trained):
     out, report, _ = trained
-    assert report["split"]["train"] == 400 and report["split"]["test"] > 150
+    assert report["split"]["train"] == 800 and report["split"]["test"] > 150
     for d in DIMS:
         m = report["test"][d]
-        assert 0 <= m["macro_f1"] <= 1 and 0 <= m["accuracy"] <= 1 and m["accuracy"] <= m["within_one"]
+        assert m["accuracy"] <= m["within_one"]
         assert m["majority_macro_f1"] < 0.2  # one class of 5-6: the baseline the rater must beat
+        assert m["macro_f1"] > m["majority_macro_f1"] + 0.05, (d, m)  # a trained rater beats it
     # the table a user reads (and the note quotes): rater vs majority vs paper
     table = rt.summary_table(report, rt.PAPER_MODERNBERT_F1)
     assert "| professionalism |" in table and "0.916" in table
@@ -157,3 +158,29 @@ def test_training_on_cpu_is_reproducible(trained, rows, tmp_path):
     assert again["test"] == report["test"] and again["best_epoch"] == report["best_epoch"]
     a, b = load_file(f"{out}/model.safetensors"), load_file(str(tmp_path / "again" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_probe_rater_on_the_real_minilm_beats_the_majority_class_and_reads_back(rows, tmp_path):
+    """The probe (frozen MiniLM embeddings + text features, logistic regression per dimension) on
+    the bundled labels: well above the majority class on every held-out dimension, and the saved
+    probe scores documents through the same heads as any rater."""
+    cfg = rt.TrainConfig(encoder="minilm", max_tokens=64)
+    out = str(tmp_path / "probe")
+    rep = rt.train_prrc(rows, out, cfg, method="probe", log=lambda m: None)
+    f1 = {d: rep["test"][d]["macro_f1"] for d in DIMS}
+    for d in DIMS:
+        assert f1[d] > rep["test"][d]["majority_macro_f1"] + 0.15, (d, rep["test"][d])
+    assert np.mean(list(f1.values())) > 0.4, f1
+    specs = rt.specs_for(rep["models"], max_tokens=64)
+    rater = raters.load_rater(specs["professionalism"])
+    assert isinstance(rater, rt.ProbeRater)
+    test = rt.split(rt.load_annotations(rows)[0], cfg.test_fraction, cfg.val_fraction, cfg.seed)["test"]
+    texts = [r["text"] for r in test]
+    argmax = [raters.HeadSpec("argmax", values=tuple(range(6)), offset=6 * i) for i in range(4)]
+    cls = rater.score_heads(texts, argmax)
+    from sklearn.metrics import f1_score
+
+    for i, d in enumerate(DIMS):  # reading the saved probe back reproduces the held-out figure
+        assert f1_score([r[d] for r in test], cls[:, i], average="macro", zero_division=0) == pytest.approx(f1[d], abs=1e-9)
+    expected = rater.score_heads(texts[:20], [specs[d].head for d in DIMS])
+    assert ((expected >= 0) & (expected <= 5)).all() and expected.std(0).min() > 0.05

@@ -12,6 +12,11 @@ def _synthetic(n=60, k=5, seed=0):
     return W, loss
 
 
+def _truth(W):
+    W = np.atleast_2d(W)
+    return 4.0 - 1.2 * W[:, 2] + 0.5 * W[:, 0] ** 2 + 0.3 * W[:, 1] * W[:, 3]
+
+
 def test_regressor_recovers_ranking_and_optimum():
     X, y = _synthetic()
     cv = reg.cross_validate(X, y, folds=5, seed=0)
@@ -21,8 +26,23 @@ def test_regressor_recovers_ranking_and_optimum():
     w, pred = reg.optimal_weights(model, X.shape[1], candidates=200_000, top_k=128, seed=0)
     assert int(np.argmax(w)) == 2 and w[2] > 0.5
     assert abs(w.sum() - 1) < 1e-9
-    lo, hi, _ = reg.bootstrap_prediction(best, X, y, w, n_boot=20)
-    assert lo <= hi
+    lo, hi, preds = reg.bootstrap_prediction(best, X, y, w, n_boot=20)
+    # a real interval: not degenerate, around the true loss at the optimum (noise sd 0.01)
+    assert hi - lo > 1e-4 and lo - 0.05 < _truth(w)[0] < hi + 0.05 and len(preds) >= 15
+
+
+def test_lightgbm_is_a_candidate_and_the_held_out_runs_are_never_seen():
+    X, y = _synthetic(n=200, k=6)
+    out = reg.select_and_test(X, y, models=("lightgbm", "linear"), folds=4, holdout=0.2, seed=1)
+    assert set(out["cv"]) == {"lightgbm", "linear"}
+    fit, test = set(out["fit_runs"]), set(out["heldout_runs"])
+    assert len(test) == 40 and not fit & test and len(fit | test) == 200
+    assert out["heldout"]["n"] == 40 and out["heldout"]["spearman"] > 0.9
+    # the CV folds used the fit part only: rerunning CV on it alone gives the same figures
+    again = reg.cross_validate(X[sorted(fit)], y[sorted(fit)], folds=4, seed=1, models=("lightgbm", "linear"))
+    assert again["linear"]["spearman"] == out["cv"]["linear"]["spearman"]
+    lgb = reg.make_model("lightgbm", 0).fit(X, y)
+    assert np.corrcoef(lgb.predict(X), y)[0, 1] > 0.9
 
 
 def test_linear_coefficients_have_intervals():
