@@ -116,10 +116,22 @@ def _automation(cfg) -> dict:
         A.any_deps_updated().allow(dg.AssetSelection.assets("curated_selection")).since_last_handled()
         & ~A.any_deps_missing() & ~A.any_deps_in_progress() & ~A.in_progress()
     ).with_label("eager after curated_selection")
+    # the manifest follows the curated shards (not the selection they are cut from, which would
+    # race them): once they are written and none is in progress
+    after_corpus = (
+        A.any_deps_updated().allow(dg.AssetSelection.assets("curated_corpus")).since_last_handled()
+        & ~A.any_deps_in_progress() & ~A.in_progress()
+    ).with_label("after the curated shards")
     per_shard = ["rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens", "shard_index",
                  *[scoring.score_asset(n) for n in (cfg.model_scores if cfg else ())]]
-    return {**{k: eager for k in per_shard}, "curated_selection": eager, "curated_manifest": pool_,
+    return {**{k: eager for k in per_shard}, "curated_selection": pool_, "curated_manifest": after_corpus,
             "score_stats": pool_, "curated_corpus": after_selection}
+
+
+def automated(defs: dg.Definitions) -> set[str]:
+    """The assets that carry an automation condition in these definitions."""
+    return {k.to_user_string() for a in defs.assets for k, spec in ((s.key, s) for s in a.specs)
+            if spec.automation_condition is not None}
 
 
 def _config_parts(c) -> dict:

@@ -6,14 +6,14 @@ import shutil
 
 import dagster as dg
 
-from metarater_assets.defs import AUTOMATED, build_definitions
+from metarater_assets.defs import automated, build_definitions
 from metarater_assets.runner import run_pipeline
 from resources import Settings
 from conftest import TEST_DATA, write_config, write_small_shards
 
 NEW = "shard-0008.jsonl.gz"
 NEVER = {"dsir_model", "prrc_annotations", "prrc_rater", "tokenizer", "validation_tokens", "proxy_plan",
-         "proxy_run", "regressor", "optimal_weights", "evaluation", "raw_docs", "raw_quarantine"}
+         "proxy_data", "proxy_run", "regressor", "optimal_weights", "evaluation", "raw_docs", "raw_quarantine"}
 
 
 def _materialise(defs, instance, requested: dict[str, set]) -> None:
@@ -74,14 +74,14 @@ def test_new_shard_flows_through_sensor_and_automation_conditions(tmp_path):
             _materialise(defs, instance, requested)
         assert requested == {}, f"automation did not settle: {requested}"
         # pool statistics, pool index and the curated output follow the new data ...
-        assert {"score_stats", "pool_index", "curated_selection", "curated_manifest", "curated_corpus"} <= set(asked)
+        assert {"score_stats", "curated_selection", "curated_manifest", "curated_corpus"} <= set(asked)
         assert asked["curated_corpus"] == {"shard-0000.jsonl.gz", "shard-0002.parquet", NEW}  # new threshold
         # ... per-shard scores were done by the sensor's run for the new shard only ...
-        for k in ("rpv2_scores", "dsir_counts", "dsir_scores", "model_scores", "doc_tokens"):
+        for k in ("rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens", "shard_index"):
             assert asked.get(k, set()) <= {NEW}, k
         # ... and nothing is refit: proxies, regressor, tokenizer, DSIR / PRRC fits stay as they were
         assert not (set(asked) & NEVER), set(asked) & NEVER
-        assert set(asked) <= AUTOMATED
+        assert set(asked) <= automated(defs)
         assert instance.get_latest_materialization_event(dg.AssetKey("proxy_run")).run_id == before["proxy_run"]
         assert instance.get_latest_materialization_event(dg.AssetKey("regressor")).run_id == before["regressor"]
         for k in ("raw_docs", "rpv2_scores", "dsir_scores"):  # old shards: materialised once, never again
@@ -89,8 +89,11 @@ def test_new_shard_flows_through_sensor_and_automation_conditions(tmp_path):
                 recs = instance.fetch_materializations(
                     dg.AssetRecordsFilter(asset_key=dg.AssetKey(k), asset_partitions=[p]), limit=10).records
                 assert len(recs) == 1, (k, p)
+        import json
         import pyarrow.parquet as pq
 
         rows = sum(pq.read_metadata(f).num_rows for f in (tmp_path / "home" / "storage" / "raw_docs").glob("*.parquet"))
-        pool = instance.get_latest_materialization_event(dg.AssetKey("pool_index")).asset_materialization
-        assert pool.metadata["rows"].value == rows == 80 + 80 + 60  # the new shard's documents are in the pool
+        stats = json.load(open(tmp_path / "home" / "storage" / "score_stats.json"))
+        manifest = json.load(open(tmp_path / "home" / "curated" / "_manifest.json"))
+        assert stats["docs"] == rows == manifest["pool_docs"] == 80 + 80 + 60  # the new shard is in the pool
+        assert manifest["per_shard"][NEW]["pool_docs"] == 60

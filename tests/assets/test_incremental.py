@@ -1,5 +1,7 @@
 """A changed rater stales only its own partitions (and what depends on them)."""
 import dagster as dg
+import pyarrow.parquet as pq
+import yaml
 
 from metarater_assets.core.config import load_config
 from metarater_assets.defs import all_assets
@@ -35,11 +37,8 @@ def test_bumping_one_rater_version_stales_only_that_rater(tmp_path):
         assert bumped.needs_run("dsir_model") is None
 
 
-def test_model_rater_scores_each_shard_and_its_version_stales_only_it(tmp_path):
-    """A tiny local model in the registry becomes a score column; a new revision stales only it."""
-    import pyarrow.parquet as pq
+def _tiny_rater(tmp_path, name, labels, seed):
     import torch
-    import yaml
     from transformers import BertConfig, BertForSequenceClassification
 
     from metarater_assets.core import corpus, proxy_lm
@@ -47,31 +46,45 @@ def test_model_rater_scores_each_shard_and_its_version_stales_only_it(tmp_path):
 
     texts = corpus.read_shard(str(SAMPLE / "raw" / "shard-0004.jsonl")).docs.column("text").to_pylist()[:50]
     tok = proxy_lm.train_tokenizer(texts, vocab_size=300)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = BertForSequenceClassification(BertConfig(
         vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=128, num_labels=6, pad_token_id=tok.pad_token_id))
-    model.save_pretrained(tmp_path / "tiny-prrc")
-    tok.save_pretrained(tmp_path / "tiny-prrc")
+        max_position_embeddings=128, num_labels=labels, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(tmp_path / name)
+    tok.save_pretrained(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_two_model_raters_each_with_its_own_version(tmp_path):
+    """Two tiny local models in the registry become two score assets; a new revision of one
+    re-runs that score on every shard and what reads it, never the other model's score."""
+    prof = _tiny_rater(tmp_path, "tiny-prrc", 6, 0)
+    edu = _tiny_rater(tmp_path, "tiny-edu", 1, 1)
     registry = tmp_path / "raters.yaml"
 
     def write_registry(revision):
-        registry.write_text(yaml.safe_dump({"scores": {"professionalism": {
-            "model": str(tmp_path / "tiny-prrc"), "revision": revision, "max_tokens": 64,
-            "head": {"kind": "expected", "values": [0, 1, 2, 3, 4, 5]}}}}))
+        registry.write_text(yaml.safe_dump({"scores": {
+            "professionalism": {"model": prof, "revision": revision, "max_tokens": 64,
+                                "head": {"kind": "expected", "values": [0, 1, 2, 3, 4, 5]}},
+            "fineweb_edu": {"model": edu, "max_tokens": 64, "head": {"kind": "regression"}}}}))
 
     write_registry(None)
     raw = write_small_shards(tmp_path / "raw", n=20)
-    cfg = write_config(tmp_path / "c.yaml", model_raters={"registry": str(registry), "scores": ["professionalism"]})
+    cfg = write_config(tmp_path / "c.yaml", model_raters={"registry": str(registry),
+                                                         "scores": ["professionalism", "fineweb_edu"]})
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw), config_path=str(cfg))
     with dg.instance_for_test() as instance:
-        assert not run_pipeline(settings, "scores", instance=instance, echo=lambda m: None).failed
-        t = pq.read_table(tmp_path / "home" / "storage" / "model_scores" / "shard-0002.parquet.parquet")
-        assert t.column_names == ["doc_id", "professionalism"] and t.num_rows == 20
-        v = t.column("professionalism").to_numpy()
-        assert ((v >= 0) & (v <= 5)).all() and v.std() > 0
-        stats = pq.read_table(tmp_path / "home" / "storage" / "score_stats.parquet")
-        assert "professionalism" in stats.column("score").to_pylist()
-        write_registry("v2")  # a new model revision
-        summary = run_pipeline(settings, "scores", instance=instance, echo=lambda m: None)
-        assert {k for k, p in summary.materialised if p} == {"model_scores"}
+        assert not run_pipeline(settings, "pool", instance=instance, echo=lambda m: None).failed
+        t = pq.read_table(tmp_path / "home" / "storage" / "score_professionalism" / "shard-0002.parquet.parquet")
+        assert t.column_names == ["doc_id", "professionalism", "professionalism_class"] and t.num_rows == 20
+        e = pq.read_table(tmp_path / "home" / "storage" / "score_fineweb_edu" / "shard-0002.parquet.parquet")
+        assert e.column_names == ["doc_id", "fineweb_edu"]  # a regression head has no class
+        index = pq.read_table(tmp_path / "home" / "storage" / "shard_index" / "shard-0002.parquet.parquet")
+        assert {"professionalism", "fineweb_edu"} <= set(index.column_names)
+        write_registry("v2")  # a new revision of the PRRC model only
+        summary = run_pipeline(settings, "pool", instance=instance, echo=lambda m: None)
+        ran = {k for k, p in summary.materialised}
+        assert {p for k, p in summary.materialised if k == "score_professionalism"} == {"shard-0000.jsonl.gz",
+                                                                                       "shard-0002.parquet"}
+        assert "score_fineweb_edu" not in ran  # the other model is not run again
+        assert ran == {"score_professionalism", "shard_index", "score_stats"}

@@ -3,9 +3,16 @@ import time
 
 import dagster as dg
 
-from metarater_assets.defs import shard_job
-from metarater_assets.sensors import make_shard_sensor
+from metarater_assets.sensors import RANGE_END, RANGE_START, make_shard_sensor
 from conftest import SAMPLE, write_small_shards
+
+
+def _job():
+    from metarater_assets.defs import jobs
+    from metarater_assets.core.config import load_config
+    from conftest import REPO
+
+    return jobs(load_config(str(REPO / "configs" / "demo.yaml")))[0]
 
 
 def _tick(sensor, instance, cursor):
@@ -21,12 +28,14 @@ def _apply(instance, result):
 
 def test_second_tick_registers_only_new_files(tmp_path):
     raw = write_small_shards(tmp_path / "raw", n=5)
-    sensor = make_shard_sensor(lambda: str(raw), shard_job)
+    sensor = make_shard_sensor(lambda: str(raw), _job(), shards_per_run=8)
     with dg.instance_for_test() as instance:
         r1, cursor = _tick(sensor, instance, None)
-        assert sorted(r.partition_key for r in r1.run_requests) == ["shard-0000.jsonl.gz", "shard-0002.parquet"]
+        # two new files: one batched run over the range of their partitions
+        assert len(r1.run_requests) == 1
+        tags = r1.run_requests[0].tags
+        assert (tags[RANGE_START], tags[RANGE_END]) == ("shard-0000.jsonl.gz", "shard-0002.parquet")
         _apply(instance, r1)
-        # nothing new: skip
         r2, cursor = _tick(sensor, instance, cursor)
         assert isinstance(r2, dg.SkipReason)
         # a new file, a dot-file and a partial upload arrive
@@ -47,3 +56,32 @@ def test_second_tick_registers_only_new_files(tmp_path):
         assert [r.partition_key for r in r4.run_requests] == ["shard-0002.parquet"]
         assert r4.run_requests[0].tags["metarater/reason"] == "changed"
         assert not r4.dynamic_partitions_requests
+
+
+def test_five_thousand_files_register_in_capped_ticks(tmp_path):
+    """5,000 files in one folder: a tick lists once, looks partitions up in sets and parses its
+    cursor once; at most max_new are registered per tick (the rest on the next ticks), in batched
+    runs. (The 60 s bound is Dagster's sensor timeout, a hard limit, not a benchmark.)"""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(5000):
+        (raw / f"part-{i:05d}.jsonl").write_text('{"text": "x"}\n')
+    sensor = make_shard_sensor(lambda: str(raw), _job(), shards_per_run=256, max_new=2000)
+    with dg.instance_for_test() as instance:
+        cursor, registered, ticks = None, 0, []
+        while True:
+            t0 = time.perf_counter()
+            result, cursor = _tick(sensor, instance, cursor)
+            ticks.append(time.perf_counter() - t0)
+            if isinstance(result, dg.SkipReason):
+                break
+            new = list(result.dynamic_partitions_requests[0].partition_keys)
+            assert len(new) <= 2000
+            ranges = [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests]
+            assert len(ranges) == -(-len(new) // 256)  # ceil: one run per 256 shards
+            _apply(instance, result)
+            registered += len(new)
+        assert registered == 5000 and len(ticks) == 4  # 2000 + 2000 + 1000, then nothing new
+        print("tick seconds:", [round(t, 2) for t in ticks])
+        assert max(ticks) < 60
+        assert len(cursor) < 200_000  # the cursor of 5,000 fingerprints, compressed
