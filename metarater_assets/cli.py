@@ -27,8 +27,8 @@ def cmd_run(args) -> int:
                            force=tuple(args.force or ()), refit=args.refit, workers=args.workers)
     print(f"done: {len(summary.materialised)} asset partition(s) materialised in {summary.runs} run(s), "
           f"{len(summary.failed)} failed")
-    for f in summary.failed:
-        print(f"  failed: {', '.join(f['assets'])} [{f['partition']}]: {f['error']}")
+    for f in summary.failed:  # the error itself was printed once, on its FAIL line
+        print(f"  failed: {', '.join(f['assets'])} [{f['partition']}]")
     return 1 if any(f["partition"] is None for f in summary.failed) else 0
 
 

@@ -310,7 +310,7 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                                                             f"ETA {eta:.0f}s" if total > 1 else ""))
                     return []
                 if len(b.partitions) > 1:  # retry shard by shard: only the bad one fails
-                    echo(f"  retry {b.label} one by one: {err}")
+                    echo(f"  retry {b.label} one shard at a time (a shard failed)")
                     return [Batch(b.assets, (p,), b.stage) for p in b.partitions]
                 echo(f"  FAIL {b.label}: {err}")
                 summary.failed.append({"assets": list(b.assets), "partition": b.partitions[0] if b.partitions else None,

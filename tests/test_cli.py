@@ -1,4 +1,7 @@
 import json
+from pathlib import Path
+
+import pytest
 import subprocess
 import sys
 
@@ -42,3 +45,127 @@ def test_report_json_after_ingest(env_home, capsys):
     assert main(["report", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["ingest"]["shards"] == 2 and rep["ingest"]["rows_ok"] == 300
+
+
+def test_score_dsir_uses_the_pools_model_when_there_is_one(env_home, tmp_path, capsys):
+    out = tmp_path / "s.parquet"
+    inp = str(SAMPLE / "raw" / "shard-0004.jsonl")
+    assert main(["score", "--raters", "dsir", "--in", inp, "--out", str(out)]) == 0
+    assert "the raw distribution is this file's own" in capsys.readouterr().out
+    alone = pq.read_table(out).column("dsir_wiki").to_numpy()
+    assert main(["run", "--stage", "scores"]) == 0
+    capsys.readouterr()
+    assert main(["score", "--raters", "dsir", "--in", inp, "--out", str(out)]) == 0
+    assert "the pool's fitted dsir_model" in capsys.readouterr().out
+    pooled = pq.read_table(out).column("dsir_wiki").to_numpy()
+    # the pool's model: the same scores the pool's own dsir_scores would give this text
+    from metarater_assets.core import corpus
+    from metarater_assets.scoring import load_dsir_model
+
+    texts = corpus.read_shard(inp).docs.column("text").to_pylist()
+    import numpy as np
+
+    np.testing.assert_allclose(pooled, load_dsir_model(env_home.storage_uri).score(texts)["wiki"])
+    assert not np.allclose(pooled, alone)
+
+
+def test_score_precomputed_writes_the_25_mapped_scores(env_home, tmp_path, capsys):
+    from conftest import REPO
+
+    out = tmp_path / "p.parquet"
+    rc = main(["score", "--raters", "precomputed", "--config", str(REPO / "configs" / "slimpajama-meta-rater.yaml"),
+               "--in", str(REPO / "data" / "released-sample" / "raw" / "example_train_1.parquet"), "--out", str(out)])
+    assert rc == 0 and "25 score(s) read from the file's columns" in capsys.readouterr().out
+    t = pq.read_table(out)
+    assert t.num_rows == 100 and len(t.column_names) == 26 and t.column_names[0] == "doc_id"
+    assert {"qurating_educational_value", "wanjuan_fluency", "professionalism"} <= set(t.column_names)
+
+
+def test_a_bad_shard_is_named_once_without_a_trace(env_home, tmp_path):
+    import gzip
+
+    raw = Path(env_home.raw_uri)
+    good = gzip.decompress((raw / "shard-0000.jsonl.gz").read_bytes())
+    (raw / "broken.jsonl.gz").write_bytes(gzip.compress(good)[:2000])
+    (raw / "notext.parquet").write_bytes(_parquet_without_text())
+    out = subprocess.run([sys.executable, "-m", "metarater_assets.cli", "run", "--stage", "ingest"],
+                         capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text  # shard failures do not fail the run; the others went on
+    assert "Traceback" not in text and "File \"" not in text
+    assert text.count("broken.jsonl.gz: truncated or corrupt gzip stream") == 1  # once, on its FAIL line
+    assert text.count("Parquet shard has no 'text' column") == 1
+    assert "failed: raw_docs, raw_quarantine [broken.jsonl.gz]" in text
+
+
+def _parquet_without_text() -> bytes:
+    import io
+
+    import pyarrow as pa
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"body": ["x"]}), buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_ui_started_in_the_background_stops_on_a_signal_with_its_children(env_home, tmp_path, signame):
+    """`metarater ui &` from a shell (which ignores SIGINT in background jobs): SIGTERM or SIGINT
+    stops it and every process dagster dev started."""
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    pidfile = tmp_path / "pid"
+    shell = subprocess.Popen(["bash", "-c", f"{sys.executable} -m metarater_assets.cli ui --port {port} "
+                                            f"> {tmp_path / 'ui.log'} 2>&1 & echo $! > {pidfile}; wait"],
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            time.sleep(0.2)
+        pid = int(pidfile.read_text())
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
+                time.sleep(1)
+        children = _descendants(pid)
+        assert children, "dagster dev started no processes"
+        os.kill(pid, getattr(signal, signame))
+        end = time.time() + 60
+        while time.time() < end and (_alive(pid) or any(_alive(c) for c in children)):
+            time.sleep(0.5)
+        assert not _alive(pid), f"metarater ui ignored {signame}"
+        assert not [c for c in children if _alive(c)], "dagster dev's processes outlived it"
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
+    kids: dict[int, list[int]] = {}
+    for line in out:
+        if line.strip():
+            p, pp = map(int, line.split())
+            kids.setdefault(pp, []).append(p)
+    todo, seen = [pid], []
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            seen.append(c)
+            todo.append(c)
+    return seen
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,20 +1,31 @@
+import ast
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_definitions_load_with_every_stage(env_home):
-    from metarater_assets.defs import STAGES, build_definitions
+    from metarater_assets.core.config import load_config
+    from metarater_assets.defs import STAGE_NAMES, build_definitions, stage_assets
 
     defs = build_definitions(env_home)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {k for ks in STAGES.values() for k in ks}
+    stages = stage_assets(load_config(env_home.config_path))
+    assert list(stages) == list(STAGE_NAMES) and all(stages.values())
+    assert keys == {k for ks in stages.values() for k in ks}
+    assert {"shard_index", "score_stats", "proxy_data", "proxy_run", "curated_manifest"} <= keys
     assert defs.resolve_job_def("shard_job") is not None
-    assert "shard_sensor" in {s.name for s in defs.sensors}
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == {"shard_sensor", "metarater_automation"}
+    import dagster as dg
+
+    assert sensors["metarater_automation"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensors["shard_sensor"].default_status == dg.DefaultSensorStatus.STOPPED
 
 
 def test_dagster_definitions_validate(env_home, tmp_path):
@@ -29,6 +40,40 @@ def test_dagster_definitions_validate(env_home, tmp_path):
     assert not [l for l in text.splitlines() if "WARNING" in l or ("Warning" in l and "Supersession" not in l)]
 
 
-def test_dagster_home_turns_telemetry_off(env_home):
+def test_a_broken_config_fails_the_code_location_loudly(env_home, tmp_path, monkeypatch):
+    """The UI and the daemon load definitions.py: a broken config stops them with the file and the
+    field, never a silent fallback to defaults."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((Path(env_home.config_path)).read_text().replace("fraction: 0.15", "fraction: 7", 1))
+    from metarater_assets.core.config import ConfigError
+    from metarater_assets.defs import build_definitions
+    from resources import Settings
+
+    with pytest.raises(ConfigError, match=rf"{bad}: .*fraction must be in \(0, 1\]"):
+        build_definitions(Settings(home=env_home.home, raw_uri=env_home.raw_uri, config_path=str(bad)))
+    env = {**os.environ, "METARATER_CONFIG": str(bad)}
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w",
+                          str(REPO / "workspace.yaml")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and str(bad) in out.stdout + out.stderr and "fraction must be in" in out.stdout + out.stderr
+
+
+def test_dagster_telemetry_off(env_home):
     text = (Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").read_text()
     assert "telemetry:\n  enabled: false" in text
+
+
+def test_no_private_dagster_imports_anywhere():
+    """Public Dagster API only: no module of the project imports `dagster._...`."""
+    bad = []
+    for path in REPO.rglob("*.py"):
+        if any(part in (".venv", "build", ".peers") or part.startswith(".") for part in path.relative_to(REPO).parts):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n.startswith("dagster._")]
+    assert not bad, bad

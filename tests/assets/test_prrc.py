@@ -46,7 +46,7 @@ def test_trained_prrc_rater_serves_four_scores(tmp_path):
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
     settings, instance = _env(tmp_path, labels=str(labels), train=FAST)
     with instance:
-        summary = run_pipeline(settings, "scores", instance=instance, echo=lambda m: None)
+        summary = run_pipeline(settings, "pool", instance=instance, echo=lambda m: None)
         assert summary.failed == []
         ann = _latest(instance, "prrc_annotations").metadata
         assert ann["usable"].value == 398 and ann["quarantined"].value == 3
@@ -59,17 +59,54 @@ def test_trained_prrc_rater_serves_four_scores(tmp_path):
         for d in DIMS:
             assert rater_training.read_report(f"{model_uri}/{d}")["split"]["train"] == 96
         assert "| professionalism |" in md["held_out"].value and "majority" in md["held_out"].value
-        for part in ("shard-0000.jsonl.gz", "shard-0002.parquet"):
-            t = pq.read_table(tmp_path / "home" / "storage" / "model_scores" / f"{part}.parquet")
-            assert t.column_names == ["doc_id"] + DIMS and t.num_rows == 60
-            for d in DIMS:
-                v = t.column(d).to_numpy()
-                assert v.min() >= 0 and v.max() <= 5
-        stats = pq.read_table(tmp_path / "home" / "storage" / "score_stats.parquet").column("score").to_pylist()
-        assert set(DIMS) <= set(stats) and len(stats) == 18
+        import numpy as np
+        from metarater_assets.core import raters
+
+        texts = pq.read_table(tmp_path / "home" / "storage" / "raw_docs" / "shard-0002.parquet.parquet").column("text").to_pylist()
+        for d in DIMS:
+            t = pq.read_table(tmp_path / "home" / "storage" / f"score_{d}" / "shard-0002.parquet.parquet")
+            assert t.column_names == ["doc_id", d, f"{d}_class"] and t.num_rows == 60
+            # the stored scores are what the saved rater gives through the generic path, read back here
+            spec = rater_training.specs_for({d: {"uri": f"{model_uri}/{d}", "offset": 0}}, max_tokens=48)[d]
+            logits = raters.load_rater(spec).logits(texts)
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            np.testing.assert_allclose(t.column(d).to_numpy(), p @ np.arange(6), atol=1e-5)
+            np.testing.assert_array_equal(t.column(f"{d}_class").to_numpy(), logits.argmax(1))
+        stats = json.loads((tmp_path / "home" / "storage" / "score_stats.json").read_text())
+        assert set(DIMS) <= {r["score"] for r in stats["scores"]} and len(stats["scores"]) == 18
+        # `metarater score --raters prrc` scores a file with the pool's trained rater: the same values
+        from metarater_assets.score import score_file
+
+        raw_file = f"{settings.raw_uri}/shard-0002.parquet"
+        table, notes = score_file(settings, ["prrc"], raw_file, str(tmp_path / "scored.parquet"))
+        assert any("the pool's trained rater" in n for n in notes)
+        for d in DIMS:
+            stored = pq.read_table(tmp_path / "home" / "storage" / f"score_{d}" / "shard-0002.parquet.parquet")
+            np.testing.assert_allclose(table.column(d).to_numpy(), stored.column(d).to_numpy(), atol=1e-6)
+            assert table.column(f"{d}_class").to_pylist() == stored.column(f"{d}_class").to_pylist()
         # trained once: a second run re-trains nothing (refit on request, like the proxies)
-        again = run_pipeline(settings, "scores", instance=instance, echo=lambda m: None)
+        again = run_pipeline(settings, "pool", instance=instance, echo=lambda m: None)
         assert again.materialised == []
+
+
+def test_probe_method_trains_fast_and_serves_the_four_scores(tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    import gzip
+
+    with gzip.open(SAMPLE / "annotations" / "prrc.jsonl.gz", "rt") as f:
+        labels.write_text("".join(f.readlines()[:500]))
+    settings, instance = _env(tmp_path, labels=str(labels), method="probe", shared_encoder=True,
+                              train={"encoder": "minilm", "max_tokens": 48})
+    with instance:
+        assert run_pipeline(settings, "scores", instance=instance, echo=lambda m: None).failed == []
+        md = _latest(instance, "prrc_rater").metadata
+        assert md["layout"].value.startswith("probe")
+        for d in DIMS:  # above the majority class on the held-out labels, as the metadata table says
+            assert md[f"macro_f1_{d}"].value > 0.15
+        t = pq.read_table(tmp_path / "home" / "storage" / "score_reasoning" / "shard-0000.jsonl.gz.parquet")
+        v = t.column("reasoning").to_numpy()
+        assert t.num_rows == 60 and v.std() > 0.05
 
 
 class _Judge(BaseHTTPRequestHandler):
@@ -114,7 +151,8 @@ def test_annotation_asset_labels_a_pool_sample_through_an_endpoint(tmp_path, mon
             n_bad = md["quarantined"].value  # unusable replies: quarantined with a reason, not guessed
             assert n_bad > 0 and t.num_rows == 40 - n_bad and t.column_names == ["id", "source", "text"] + DIMS
             q = json.loads((tmp_path / "home" / "artifacts" / "prrc_annotations" / "quarantine.json").read_text())
-            assert all("missing reasoning" in x["reason"] for x in q)
+            # the cause, not just "missing": what the judge answered
+            assert all("missing reasoning (no 0..5 score in the answer: 'I cannot rate this.')" in x["reason"] for x in q)
             assert len(_Judge.calls) == 40 * 4 and set(_Judge.calls) == {f"Bearer {SECRET}"}
             # the sample is stable: the same seed picks the same documents, and the cache answers
             r2 = dg.materialize([defs.get_assets_def("prrc_annotations")], resources=defs.resources,

@@ -28,7 +28,10 @@ if not (CHROMIUM and DRIVER):
         raise RuntimeError("METARATER_REQUIRE_BROWSER=1 but chromium / chromedriver are not installed")
     pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)", allow_module_level=True)
 
-webdriver = pytest.importorskip("selenium.webdriver")
+if os.environ.get("METARATER_REQUIRE_BROWSER") == "1":
+    from selenium import webdriver  # required in CI: a missing Selenium fails, never skips
+else:
+    webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
