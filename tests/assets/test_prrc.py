@@ -164,9 +164,12 @@ def test_annotation_asset_labels_a_pool_sample_through_an_endpoint(tmp_path, mon
             md = _latest(instance, "prrc_annotations").metadata
             assert SECRET not in json.dumps({k: str(v) for k, v in md.items()})
             assert SECRET not in caplog.text
-            for p in (tmp_path / "home").rglob("*"):
-                if p.is_file():
-                    assert SECRET.encode() not in p.read_bytes(), p
+            # ... nor the Dagster instance: run and event-log databases, compute logs
+            assert list((tmp_path / "dg").rglob("*.db"))
+            for root in ("home", "dg"):
+                for p in (tmp_path / root).rglob("*"):
+                    if p.is_file():
+                        assert SECRET.encode() not in p.read_bytes(), p
     finally:
         srv.shutdown()
 

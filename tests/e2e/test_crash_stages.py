@@ -96,13 +96,13 @@ def test_sigkill_in_scoring_proxies_and_curation_then_rerun_equals_uninterrupted
     assert _run("regressor", env).returncode == 0
     crashed = _run("curated", _env(work, raw, cfg, METARATER_CRASH_BEFORE_COMMIT="/curated/"))
     assert crashed.returncode == -signal.SIGKILL
-    assert _complete(home / "curated", ".parquet") == [] and not (home / "curated" / "manifest.json").exists()
+    assert _complete(home / "curated", ".parquet") == [] and not (home / "curated" / "_manifest.json").exists()
     assert _run("curated", env).returncode == 0
     ref_files = _complete(ref / "curated", ".parquet")
     assert [p.name for p in _complete(home / "curated", ".parquet")] == [p.name for p in ref_files]
     for p in ref_files:
         assert pq.read_table(home / "curated" / p.name).equals(pq.read_table(p))
-    a = json.loads((home / "curated" / "manifest.json").read_text())
-    b = json.loads((ref / "curated" / "manifest.json").read_text())
+    a = json.loads((home / "curated" / "_manifest.json").read_text())
+    b = json.loads((ref / "curated" / "_manifest.json").read_text())
     for k in ("weights", "threshold", "docs", "tokens", "per_shard", "proxy_runs", "predicted_loss"):
         assert a[k] == b[k], k

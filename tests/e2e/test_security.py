@@ -11,7 +11,7 @@ import torch
 
 from metarater_assets.cli import main as cli_main
 from metarater_assets.core import corpus, proxy_lm, raters
-from resources.storage import ParquetIOManager
+from resources.storage import JsonIOManager, ShardFiles
 from conftest import REPO, SAMPLE
 
 
@@ -83,7 +83,20 @@ def test_every_torch_load_in_the_code_uses_weights_only():
 
 def test_ui_binds_loopback_by_default(monkeypatch):
     seen = {}
-    monkeypatch.setattr("subprocess.call", lambda cmd, cwd=None: seen.setdefault("cmd", cmd) and 0)
+
+    class FakeProc:
+        pid = 2 ** 22 + 12345  # no such process group
+
+        def __init__(self, cmd, **kw):
+            seen["cmd"] = cmd
+
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr("subprocess.Popen", FakeProc)
     cli_main(["ui"])
     cmd = seen["cmd"]
     assert cmd[cmd.index("-h") + 1] == "127.0.0.1"
@@ -93,10 +106,12 @@ def test_ui_binds_loopback_by_default(monkeypatch):
 def test_partition_keys_cannot_leave_the_storage_root(tmp_path, key):
     from upath import UPath
 
-    io = ParquetIOManager(base_path=str(tmp_path / "storage")).create_io_manager(None)
-    path = io.make_safe_partition_path(UPath(tmp_path / "storage" / "raw_docs"), key)
+    io = JsonIOManager(base_path=str(tmp_path / "storage")).create_io_manager(None)
+    path = io.make_safe_partition_path(UPath(tmp_path / "storage" / "proxy_run"), key)
     resolved = Path(str(path)).resolve()
-    assert str(resolved).startswith(str((tmp_path / "storage" / "raw_docs").resolve()))
+    assert str(resolved).startswith(str((tmp_path / "storage" / "proxy_run").resolve()))
+    shard_file = Path(ShardFiles(str(tmp_path / "storage")).uri("raw_docs", key)).resolve()
+    assert str(shard_file).startswith(str((tmp_path / "storage" / "raw_docs").resolve()) + "/")
     # and the keys the ingest makes from file names never contain a separator or '..'
     safe = corpus.partition_key(key)
     assert "/" not in safe and "\\" not in safe and not safe.startswith(".")
