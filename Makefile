@@ -22,8 +22,11 @@ demo: install
 	$(VENV)/bin/metarater report
 	$(VENV)/bin/metarater report --json
 
+# the suite's scratch (homes, Dagster instances, models) on tmpfs where there is one
+TEST_TMP := $(if $(wildcard /dev/shm),/dev/shm/metarater-tests-$(shell id -u),)
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(TEST_TMP),--basetemp=$(TEST_TMP)); rc=$$?; $(if $(TEST_TMP),rm -rf $(TEST_TMP);) exit $$rc
 
 ui: install
 	$(VENV)/bin/metarater ui

@@ -23,8 +23,10 @@ def cmd_run(args) -> int:
     settings = _settings()
     print(f"metarater run --stage {args.stage}\n  raw: {settings.raw_uri}\n  config: {settings.config_path}\n"
           f"  home: {settings.home}", flush=True)
-    summary = run_pipeline(settings, args.stage, echo=lambda m: print(m, flush=True),
-                           force=tuple(args.force or ()), refit=args.refit, workers=args.workers)
+    only = tuple(a for x in (args.only or ()) for a in x.split(",") if a)
+    summary = run_pipeline(settings, "evaluation" if only and args.stage == "curated" else args.stage,
+                           echo=lambda m: print(m, flush=True), force=tuple(args.force or ()), refit=args.refit,
+                           workers=args.workers, only=only)
     print(f"done: {len(summary.materialised)} asset partition(s) materialised in {summary.runs} run(s), "
           f"{len(summary.failed)} failed")
     for f in summary.failed:  # the error itself was printed once, on its FAIL line
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--refit", action="store_true",
                    help="also refit what new data alone does not redo: the DSIR pool distribution, the PRRC "
                         "rater, the tokenizer, the proxies and the regressor")
+    r.add_argument("--only", action="append", metavar="ASSET[,ASSET]",
+                   help="materialise just these assets (missing or stale partitions), e.g. --only score_stats")
     r.add_argument("--workers", type=int, default=None,
                    help="runs at once, each in its own process (default: compute.workers, else the cores)")
     r.set_defaults(fn=cmd_run)

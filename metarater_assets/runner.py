@@ -217,9 +217,10 @@ def _workers(cfg, override: int | None) -> int:
 
 def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | None = None,
                  echo: Callable[[str], None] = print, force: tuple[str, ...] = (),
-                 refit: bool = False, workers: int | None = None) -> RunSummary:
+                 refit: bool = False, workers: int | None = None, only: tuple[str, ...] = ()) -> RunSummary:
     """Materialise, step by step up to ``stage``, every asset partition that is missing or stale
-    (``ON_REQUEST`` assets: only when missing, their own code/config changed, forced or ``refit``)."""
+    (``ON_REQUEST`` assets: only when missing, their own code/config changed, forced or ``refit``);
+    with ``only``, just those assets (what they need must already be there)."""
     if stage not in STAGE_NAMES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
     instance = instance or dg.DagsterInstance.get()
@@ -245,8 +246,16 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
     launcher = Launcher(settings, instance, assets, resources, _workers(cfg, workers))
     failed_shards: set[str] = set()
     stop = False
+    steps = steps_for(cfg, stage)
+    if only:
+        known = {k for ks, _ in steps for k in ks}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise ValueError(f"--only: unknown asset(s) {unknown} up to stage {stage}; known: {sorted(known)}")
+        steps = [([k for k in ks if k in only], p) for ks, p in steps]
+        steps = [(ks, p) for ks, p in steps if ks]
     try:
-        for keys, part in steps_for(cfg, stage):
+        for keys, part in steps:
             if stop:
                 break
             state = Staleness(instance, assets)  # fresh records at each step

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import zlib
 
 import dagster as dg
@@ -21,6 +22,11 @@ from .core import corpus
 from .partitions import shards
 
 AUTOMATION_SENSOR = "metarater_automation"
+
+
+def interval() -> int:
+    """Seconds between sensor ticks (``METARATER_SENSOR_INTERVAL``, default 30)."""
+    return int(os.environ.get("METARATER_SENSOR_INTERVAL", "30"))
 MAX_NEW_PER_TICK = 2000
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -79,7 +85,7 @@ def _ranges(keys: list[str], order: list[str], size: int) -> list[tuple[str, str
 
 
 def make_shard_sensor(raw_uri_getter, job, shards_per_run: int = 64, max_new: int = MAX_NEW_PER_TICK):
-    @dg.sensor(job=job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
+    @dg.sensor(job=job, minimum_interval_seconds=interval(), default_status=dg.DefaultSensorStatus.STOPPED,
                name="shard_sensor",
                description="Registers each new data file under METARATER_RAW_URI as a shard partition "
                            "and requests shard_job (ingest, scores, tokens, shard index) for new or changed "
@@ -113,7 +119,7 @@ def make_shard_sensor(raw_uri_getter, job, shards_per_run: int = 64, max_new: in
 def make_automation_sensor():
     return dg.AutomationConditionSensorDefinition(
         AUTOMATION_SENSOR, target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval(),
         description="Declarative automation, running by default: refreshes the pool statistics, the "
                     "curated selection, the curated shards and the manifest after new shards are "
                     "indexed (and per-shard scores after a pool-level refit). Pool-level fits never "

@@ -108,10 +108,9 @@ def _parquet_without_text() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
-def test_ui_started_in_the_background_stops_on_a_signal_with_its_children(env_home, tmp_path, signame):
-    """`metarater ui &` from a shell (which ignores SIGINT in background jobs): SIGTERM or SIGINT
-    stops it and every process dagster dev started."""
+def test_ui_started_in_the_background_stops_on_sigterm_and_on_sigint_with_its_children(env_home, tmp_path):
+    """`metarater ui &` from a shell (which ignores SIGINT in background jobs): SIGTERM stops one,
+    SIGINT the other, each with every process dagster dev started (two UIs at once)."""
     import os
     import signal
     import time
@@ -119,33 +118,41 @@ def test_ui_started_in_the_background_stops_on_a_signal_with_its_children(env_ho
 
     from conftest import free_port
 
-    port = free_port()
-    pidfile = tmp_path / "pid"
-    shell = subprocess.Popen(["bash", "-c", f"{sys.executable} -m metarater_assets.cli ui --port {port} "
-                                            f"> {tmp_path / 'ui.log'} 2>&1 & echo $! > {pidfile}; wait"],
-                             start_new_session=True)
+    started = []
+    for name in ("SIGTERM", "SIGINT"):
+        port = free_port()
+        pidfile = tmp_path / f"{name}.pid"
+        shell = subprocess.Popen(["bash", "-c", f"{sys.executable} -m metarater_assets.cli ui --port {port} "
+                                                f"> {tmp_path / name}.log 2>&1 & echo $! > {pidfile}; wait"],
+                                 start_new_session=True)
+        started.append((name, port, pidfile, shell))
     try:
         deadline = time.time() + 240
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            time.sleep(0.2)
-        pid = int(pidfile.read_text())
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
-                time.sleep(1)
-        children = _descendants(pid)
-        assert children, "dagster dev started no processes"
-        os.kill(pid, getattr(signal, signame))
+        procs = {}
+        for name, port, pidfile, _ in started:
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                time.sleep(0.2)
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                    break
+                except OSError:
+                    assert time.time() < deadline, (tmp_path / f"{name}.log").read_text()[-3000:]
+                    time.sleep(1)
+            pid = int(pidfile.read_text())
+            procs[name] = (pid, _descendants(pid))
+            assert procs[name][1], "dagster dev started no processes"
+        for name, (pid, _) in procs.items():
+            os.kill(pid, getattr(signal, name))
         end = time.time() + 60
-        while time.time() < end and (_alive(pid) or any(_alive(c) for c in children)):
+        while time.time() < end and any(_alive(p) or any(map(_alive, kids)) for p, kids in procs.values()):
             time.sleep(0.5)
-        assert not _alive(pid), f"metarater ui ignored {signame}"
-        assert not [c for c in children if _alive(c)], "dagster dev's processes outlived it"
+        for name, (pid, kids) in procs.items():
+            assert not _alive(pid), f"metarater ui ignored {name}"
+            assert not [c for c in kids if _alive(c)], f"dagster dev's processes outlived {name}"
     finally:
-        os.killpg(shell.pid, signal.SIGKILL)
+        for *_, shell in started:
+            os.killpg(shell.pid, signal.SIGKILL)
 
 
 def _descendants(pid: int) -> list[int]:

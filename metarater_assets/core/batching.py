@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 
 
-def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad(seqs: Sequence[Sequence[int]], pad_id: int):
     """(ids (B, T), attention mask (B, T)) long tensors, padded to the longest sequence."""
+    import torch
+
     width = max((len(s) for s in seqs), default=0)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -19,7 +20,7 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 def padded_batches(seqs: Sequence[Sequence[int]], batch_size: int, pad_id: int,
-                   sort_by_length: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+                   sort_by_length: bool = True) -> Iterator[tuple]:
     """Yield (indices into ``seqs``, ids (B, T), attention mask (B, T) long) per batch, each padded
     to its own longest sequence; with ``sort_by_length`` similar lengths share a batch."""
     lengths = [len(s) for s in seqs]

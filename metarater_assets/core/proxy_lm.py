@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from .batching import padded_batches
 
@@ -218,18 +217,19 @@ def _lr_lambda(cfg: ProxyConfig):
 
 def _lightning_module():
     import lightning.pytorch as pl
+    import torch
 
     class ProxyLM(pl.LightningModule):
         """A GPT-2 style LM; the training batch at step s is ``source.batch(s)``."""
 
-        def __init__(self, cfg: dict, vocab_size: int, eos_id: int = 0, source=None):
+        def __init__(self, cfg: dict, vocab_size: int, eos_id: int = 0, source=None):  # noqa: D401
             super().__init__()
             self.save_hyperparameters({"cfg": cfg, "vocab_size": vocab_size, "eos_id": eos_id})
             self.cfg = ProxyConfig(**cfg)
             self.model = build_model(self.cfg, vocab_size, eos_id)
             self.source = source
 
-        def forward(self, ids):
+        def forward(self, ids):  # (B, T) -> (B, T, V)
             return self.model(input_ids=ids).logits
 
         def training_step(self, batch, batch_idx):
@@ -256,17 +256,18 @@ def _lightning_module():
     return ProxyLM
 
 
-class _StepIndex(torch.utils.data.Dataset):
+def _step_index(n: int):
     """The dataloader only counts steps; ProxyLM picks the batch from the global step."""
+    import torch
 
-    def __init__(self, n: int):
-        self.n = n
+    class StepIndex(torch.utils.data.Dataset):
+        def __len__(self):
+            return n
 
-    def __len__(self):
-        return self.n
+        def __getitem__(self, i):
+            return i
 
-    def __getitem__(self, i):
-        return i
+    return StepIndex()
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,7 @@ def train_lm(source, eos_id: int, vocab_size: int, cfg: ProxyConfig, seed: int, 
     ``token_store.WindowSource`` with ``cfg``'s batch size and sequence length); returns
     (model, info)."""
     import lightning.pytorch as pl
+    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     if compute.threads:
@@ -319,7 +321,7 @@ def train_lm(source, eos_id: int, vocab_size: int, cfg: ProxyConfig, seed: int, 
     resumed_from = None
     if fs.exists(f"{path.rstrip('/')}/last.ckpt"):
         resumed_from = last
-    loader = torch.utils.data.DataLoader(_StepIndex(cfg.steps), batch_size=1, shuffle=False)
+    loader = torch.utils.data.DataLoader(_step_index(cfg.steps), batch_size=1, shuffle=False)
     import time
 
     t0 = time.perf_counter()
@@ -363,11 +365,19 @@ class LossTally:
                 "by_source": {k: self.loss[k] / self.n[k] for k in sorted(self.loss) if self.n[k]}}
 
 
-@torch.inference_mode()
 def evaluate_loss(model, docs: Sequence[np.ndarray], sources: Sequence[str], seq_len: int,
                   eos_id: int, batch_size: int = 16, device: str = "cpu") -> dict:
     """Mean next-token cross-entropy (nats/token) over ``docs`` (each cut to ``seq_len``+1
     tokens, EOS-prefixed), overall and per source. Batches are length-ordered."""
+    import torch
+
+    with torch.inference_mode():
+        return _evaluate_loss(model, docs, sources, seq_len, eos_id, batch_size, device)
+
+
+def _evaluate_loss(model, docs, sources, seq_len, eos_id, batch_size, device) -> dict:
+    import torch
+
     model = model.to(device).eval()
     seqs = [np.concatenate([[eos_id], d[:seq_len]]).astype(np.int64) for d in docs]
     tally = LossTally()

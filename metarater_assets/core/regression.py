@@ -18,43 +18,47 @@ from __future__ import annotations
 import warnings
 from typing import Sequence
 
+import functools
+
 import numpy as np
-from scipy.stats import spearmanr
-from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.ensemble import GradientBoostingRegressor
-from sklearn.linear_model import Ridge
-from sklearn.metrics import mean_absolute_error, r2_score
-from sklearn.model_selection import KFold
 
 REGRESSION_VERSION = "2"
 MODEL_NAMES = ("lightgbm", "gbr", "linear", "ridge")
 
 
-class OLSRegressor(RegressorMixin, BaseEstimator):
-    """statsmodels OLS (no intercept: the weights sum to one) behind the sklearn API."""
+@functools.cache
+def _ols_class():
+    """statsmodels OLS (no intercept: the weights sum to one) behind the sklearn API (built on
+    first use: sklearn and statsmodels are imported only when a regressor is fitted)."""
+    from sklearn.base import BaseEstimator, RegressorMixin
 
-    def __init__(self, alpha: float = 0.05):
-        self.alpha = alpha
+    class OLSRegressor(RegressorMixin, BaseEstimator):
+        def __init__(self, alpha: float = 0.05):
+            self.alpha = alpha
 
-    def fit(self, X, y):
-        import statsmodels.api as sm
+        def fit(self, X, y):
+            import statsmodels.api as sm
 
-        with warnings.catch_warnings():  # fewer runs than scores in a CV fold: pinv solution
-            warnings.simplefilter("ignore")
-            self.result_ = sm.OLS(np.asarray(y, float), np.asarray(X, float)).fit()
-        self.coef_ = self.result_.params
-        return self
+            with warnings.catch_warnings():  # fewer runs than scores in a CV fold: pinv solution
+                warnings.simplefilter("ignore")
+                self.result_ = sm.OLS(np.asarray(y, float), np.asarray(X, float)).fit()
+            self.coef_ = self.result_.params
+            return self
 
-    def predict(self, X):
-        return np.asarray(X, float) @ self.coef_
+        def predict(self, X):
+            return np.asarray(X, float) @ self.coef_
 
-    def coefficients(self, names: Sequence[str]) -> list[dict]:
-        ci = self.result_.conf_int(self.alpha)
-        p = self.result_.pvalues
-        se = self.result_.bse
-        return [{"score": n, "coef": float(self.coef_[i]), "std_err": float(se[i]),
-                 "ci_low": float(ci[i][0]), "ci_high": float(ci[i][1]), "p_value": float(p[i])}
-                for i, n in enumerate(names)]
+        def coefficients(self, names: Sequence[str]) -> list[dict]:
+            ci = self.result_.conf_int(self.alpha)
+            p = self.result_.pvalues
+            se = self.result_.bse
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return [{"score": n, "coef": float(self.coef_[i]), "std_err": float(se[i]),
+                         "ci_low": float(ci[i][0]), "ci_high": float(ci[i][1]), "p_value": float(p[i])}
+                        for i, n in enumerate(names)]
+
+    return OLSRegressor
 
 
 def make_model(name: str, seed: int = 0):
@@ -66,16 +70,22 @@ def make_model(name: str, seed: int = 0):
                                       random_state=seed, n_jobs=1, deterministic=True, force_row_wise=True,
                                       verbose=-1)
     if name == "gbr":
+        from sklearn.ensemble import GradientBoostingRegressor
+
         return GradientBoostingRegressor(n_estimators=300, learning_rate=0.05, max_depth=3,
                                          subsample=0.8, random_state=seed)
     if name == "linear":
-        return OLSRegressor()
+        return _ols_class()()
     if name == "ridge":
+        from sklearn.linear_model import Ridge
+
         return Ridge(alpha=1e-3)
     raise ValueError(f"unknown regressor {name!r}; known: {MODEL_NAMES}")
 
 
 def _rho(a, b) -> float:
+    from scipy.stats import spearmanr
+
     if np.std(a) == 0 or np.std(b) == 0:
         return float("nan")
     return float(spearmanr(a, b).statistic)
@@ -84,6 +94,9 @@ def _rho(a, b) -> float:
 def cross_validate(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
                    models: Sequence[str] = MODEL_NAMES) -> dict[str, dict]:
     """Out-of-fold predictions per model and their Spearman rho, R^2, MAE."""
+    from sklearn.metrics import mean_absolute_error, r2_score
+    from sklearn.model_selection import KFold
+
     n = len(y)
     if n < 4:
         raise ValueError(f"need at least 4 proxy runs to cross-validate, got {n}")
@@ -117,6 +130,8 @@ def select_and_test(X: np.ndarray, y: np.ndarray, *, models: Sequence[str] = MOD
     Spearman / R^2 / MAE on the held-out runs (an honest estimate: the held-out runs played no part
     in the choice). Without a hold-out (``holdout`` 0 or fewer than 10 runs) the CV figures are all
     there is, and the chosen model's is optimistic (the best of several on the same folds)."""
+    from sklearn.metrics import mean_absolute_error, r2_score
+
     n = len(y)
     if holdout > 0 and n >= 10:
         fit, test = holdout_split(n, holdout, seed)

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
-from scipy.stats import spearmanr
 
 def spearman_matrix(columns: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    from scipy.stats import spearmanr
+
     names = list(columns)
     M = np.column_stack([np.nan_to_num(np.asarray(columns[n], float), nan=np.nan) for n in names])
     k = len(names)

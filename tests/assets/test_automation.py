@@ -41,8 +41,7 @@ def test_new_shard_flows_through_sensor_and_automation_conditions(tmp_path):
     raw = write_small_shards(tmp_path / "raw", n=80)
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
                         config_path=str(write_config(tmp_path / "config.yaml")))
-    (tmp_path / "dg").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         assert not run_pipeline(settings, "curated", instance=instance, echo=lambda m: None).failed
         defs = build_definitions(settings)
         # a settled graph: the automation asks for nothing

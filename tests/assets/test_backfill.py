@@ -17,7 +17,6 @@ def test_every_shard_asset_runs_in_batches_equal_to_single_runs(tmp_path):
     shutil.copy(TEST_DATA / "shard-0008.jsonl.gz", raw / "shard-0008.jsonl.gz")
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
                         config_path=str(write_config(tmp_path / "config.yaml", compute={"shards_per_run": 1})))
-    (tmp_path / "dg").mkdir()
     defs = build_definitions(settings)
     from metarater_assets.core.config import load_config
 
@@ -27,7 +26,7 @@ def test_every_shard_asset_runs_in_batches_equal_to_single_runs(tmp_path):
     for key in per_shard + ["curated_corpus"]:
         policy = defs.get_assets_def(key).backfill_policy
         assert policy is not None and policy.max_partitions_per_run == 1, key
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         # one shard per run first (shards_per_run: 1), and a copy of what they wrote
         summary = run_pipeline(settings, "pool", instance=instance, echo=lambda m: None)
         assert not summary.failed

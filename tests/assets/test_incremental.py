@@ -15,7 +15,7 @@ def test_bumping_one_rater_version_stales_only_that_rater(tmp_path):
     raw = write_small_shards(tmp_path / "raw", n=30)
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
                         config_path=str(write_config(tmp_path / "c.yaml")))
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         assert not run_pipeline(settings, "scores", instance=instance, echo=lambda m: None).failed
         shards = sorted(instance.get_dynamic_partitions("shards"))
         assets = all_assets(load_config(settings.config_path))
@@ -73,7 +73,7 @@ def test_two_model_raters_each_with_its_own_version(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", model_raters={"registry": str(registry),
                                                          "scores": ["professionalism", "fineweb_edu"]})
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw), config_path=str(cfg))
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         assert not run_pipeline(settings, "pool", instance=instance, echo=lambda m: None).failed
         t = pq.read_table(tmp_path / "home" / "storage" / "score_professionalism" / "shard-0002.parquet.parquet")
         assert t.column_names == ["doc_id", "professionalism", "professionalism_class"] and t.num_rows == 20

@@ -20,8 +20,7 @@ def _settings(tmp_path, raw) -> Settings:
 
 
 def _instance(tmp_path) -> dg.DagsterInstance:
-    (tmp_path / "dg").mkdir()
-    return dg.DagsterInstance.local_temp(str(tmp_path / "dg"))
+    return dg.DagsterInstance.ephemeral()
 
 
 def test_truncated_shard_fails_alone_and_leaves_nothing(tmp_path):

@@ -18,7 +18,29 @@ from conftest import SAMPLE, chat_reply
 
 DIMS = ["professionalism", "readability", "reasoning", "cleanliness"]
 SECRET = "sk-prrc-test-never-logged-91ab"
-FAST = {"encoder": "minilm", "max_tokens": 48, "max_epochs": 1, "max_train_docs": 96, "batch_size": 16}
+FAST = {"max_tokens": 48, "max_epochs": 2, "max_train_docs": 200, "batch_size": 16, "lr": 5e-3}
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A tiny BERT encoder with a tokenizer trained on the bundled annotations (the wiring is
+    under test here; the real MiniLM is trained in tests/core/test_rater_training.py)."""
+    import gzip
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from metarater_assets.core import proxy_lm
+
+    with gzip.open(SAMPLE / "annotations" / "prrc.jsonl.gz", "rt") as f:
+        texts = [json.loads(line)["text"] for line in f][:300]
+    d = tmp_path_factory.mktemp("tiny-encoder")
+    tok = proxy_lm.train_tokenizer(texts, vocab_size=600)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
 
 
 def _env(tmp, **prrc):
@@ -35,7 +57,7 @@ def _latest(instance, key):
     return ev.asset_materialization if ev else None
 
 
-def test_trained_prrc_rater_serves_four_scores(tmp_path):
+def test_trained_prrc_rater_serves_four_scores(tmp_path, tiny_encoder):
     labels = tmp_path / "labels.jsonl"
     import gzip
 
@@ -44,7 +66,7 @@ def test_trained_prrc_rater_serves_four_scores(tmp_path):
     rows[5]["reasoning"] = 7          # out of range
     del rows[6]["cleanliness"]        # missing dimension
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
-    settings, instance = _env(tmp_path, labels=str(labels), train=FAST)
+    settings, instance = _env(tmp_path, labels=str(labels), train={**FAST, "encoder": tiny_encoder})
     with instance:
         summary = run_pipeline(settings, "pool", instance=instance, echo=lambda m: None)
         assert summary.failed == []
@@ -57,7 +79,7 @@ def test_trained_prrc_rater_serves_four_scores(tmp_path):
         model_uri = md["model_uri"].value
         assert md["layout"].value == "one model per dimension"  # the paper's layout, the default
         for d in DIMS:
-            assert rater_training.read_report(f"{model_uri}/{d}")["split"]["train"] == 96
+            assert rater_training.read_report(f"{model_uri}/{d}")["split"]["train"] == 200
         assert "| professionalism |" in md["held_out"].value and "majority" in md["held_out"].value
         import numpy as np
         from metarater_assets.core import raters

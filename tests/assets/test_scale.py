@@ -32,8 +32,7 @@ def test_150_shards_then_one_more_refreshes_the_pool_and_the_curated_output(tmp_
     cfg = write_config(tmp_path / "c.yaml", proxies={"n": 4, "single_score_runs": False},
                        compute={"shards_per_run": 64}, evaluation={"seeds": [0]})
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw), config_path=str(cfg))
-    (tmp_path / "dg").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         first = run_pipeline(settings, "curated", instance=instance, echo=lambda m: None)
         assert not first.failed and _count(first, "shard_index") == 150
         assert first.runs < 40  # batches of 64 shards per step, not one run per shard
@@ -58,8 +57,7 @@ def test_100_proxy_runs_then_a_proposal_refits_the_regressor(tmp_path):
     raw = _tiny_shards(tmp_path / "raw", 2, docs=60)
     cfg = write_config(tmp_path / "c.yaml", proxies={"n": 90}, compute={"shards_per_run": 64})
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw), config_path=str(cfg))
-    (tmp_path / "dg").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         assert not run_pipeline(settings, "regressor", instance=instance, echo=lambda m: None).failed
         assert len(instance.get_dynamic_partitions("proxy_runs")) == 104  # 90 + 14 single-score
         rnd, new, n = propose_round(settings, instance, k=3)
@@ -84,8 +82,7 @@ def test_a_pool_of_one_shard_runs_end_to_end(tmp_path):
     shutil.copy(SAMPLE / "raw" / "shard-0000.jsonl.gz", raw)
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(raw),
                         config_path=str(write_config(tmp_path / "c.yaml", evaluation={"seeds": [0]})))
-    (tmp_path / "dg").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         summary = run_pipeline(settings, "evaluation", instance=instance, echo=lambda m: None)
         assert not summary.failed
         manifest = json.load(open(tmp_path / "home" / "curated" / "_manifest.json"))
@@ -98,8 +95,7 @@ def test_nested_raw_folders_are_a_pool(tmp_path):
         _tiny_shards(tmp_path / "raw" / "train" / chunk, 2, docs=30)
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(tmp_path / "raw"),
                         config_path=str(write_config(tmp_path / "c.yaml")))
-    (tmp_path / "dg").mkdir()
-    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         assert not run_pipeline(settings, "pool", instance=instance, echo=lambda m: None).failed
         assert sorted(instance.get_dynamic_partitions("shards")) == [
             "train__chunk1__s0000.jsonl.gz", "train__chunk1__s0001.jsonl.gz",

@@ -42,8 +42,11 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 @pytest.fixture
 def ui(tmp_path):
     raw = write_small_shards(tmp_path / "raw", n=40)
+    for i in range(3):  # five shards in all
+        (raw / f"extra-{i}.jsonl").write_text("".join(f'{{"id": "x{i}-{j}", "text": "Extra document {j}."}}\n'
+                                                    for j in range(4)))
     env = {**os.environ, "METARATER_HOME": str(tmp_path / "home"), "METARATER_RAW_URI": str(raw),
-           "METARATER_CONFIG": str(write_config(tmp_path / "config.yaml")),
+           "METARATER_CONFIG": str(write_config(tmp_path / "config.yaml", compute={"shards_per_run": 2})),
            "DAGSTER_HOME": str(tmp_path / "home" / "dagster")}
     # register the shard partitions (what the sensor does when the daemon ticks)
     from resources.settings import _DAGSTER_YAML
@@ -93,7 +96,7 @@ def _shot(d, tmp: Path, name: str) -> Path:
     return out / name
 
 
-def test_asset_graph_and_a_partition_materialised_from_the_browser(ui, browser):
+def test_asset_graph_a_partition_and_a_backfill_launched_from_the_browser(ui, browser):
     base, env, tmp = ui
     d = browser
     wait = WebDriverWait(d, 90)
@@ -151,6 +154,42 @@ def test_asset_graph_and_a_partition_materialised_from_the_browser(ui, browser):
     _shot(d, tmp, "ui-run.png")
     assert "Success" in lines, "\n".join(lines)[-1500:]
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as inst:
-        done = inst.get_materialized_partitions(dg.AssetKey("raw_docs"))
+        done = {r.partition_key for r in inst.fetch_materializations(dg.AssetKey("raw_docs"), limit=10).records}
+        keys = sorted(inst.get_dynamic_partitions("shards"))
     assert done == {SHARD}
     assert (tmp / "home" / "storage" / "raw_docs" / f"{SHARD}.parquet").exists()
+
+    # 4. a backfill over every shard, launched from the same dialog ("All" partitions)
+    d.get(f"{base}/assets/raw_docs")
+    wait.until(EC.presence_of_element_located((By.XPATH, "//*[normalize-space(text())='Downstream assets']")))
+    time.sleep(3)
+    wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Materialize')]"))).click()
+    confirm = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Confirm']")))
+    time.sleep(1)
+    confirm.click()
+    everything = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='All']")))
+    time.sleep(1)
+    everything.click()
+    wait.until(EC.presence_of_element_located((By.XPATH, f"//*[normalize-space(text())='{len(keys)} partitions']")))
+    backfill = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Launch backfill']")))
+    _shot(d, tmp, "ui-backfill-dialog.png")
+    time.sleep(1)
+    backfill.click()
+    WebDriverWait(d, 60).until(EC.staleness_of(backfill))
+
+    def backfill_done():
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as inst:
+            runs = [r for r in inst.get_runs() if r.tags.get("dagster/backfill")
+                    and dg.AssetKey("raw_docs") in (r.asset_selection or ())]  # not automation's runs
+            finished = [r for r in runs if r.is_finished]
+            return runs if len(runs) == 3 and len(finished) == 3 else None
+
+    runs = WebDriverWait(d, 300, poll_frequency=2).until(lambda _: backfill_done())
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)  # 5 shards, 2 per run: 3 runs
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as inst:
+        in_backfill = [r.partition_key for r in inst.fetch_materializations(dg.AssetKey("raw_docs"), limit=50).records
+                       if r.run_id in {x.run_id for x in runs}]
+    assert sorted(in_backfill) == keys
+    d.get(f"{base}/runs/b/{runs[0].tags['dagster/backfill']}")
+    time.sleep(3)
+    _shot(d, tmp, "ui-backfill.png")
