@@ -99,9 +99,10 @@ def shard_assets(cfg) -> list[str]:
 
 
 def _automation(cfg) -> dict:
-    """Declarative automation: what follows new data or a refit by itself. Per-shard scores,
-    tokens and the shard index follow their inputs; the pool statistics, the curated selection and
-    the manifest follow the pool; ingest of a new file is requested by the shard sensor. The
+    """Declarative automation: what follows new data or a refit by itself. A new file's per-shard
+    chain is the shard sensor's shard_job; per-shard scores, tokens and the shard index follow a
+    pool-level refit (DSIR model, tokenizer, PRRC rater) into every shard; the pool statistics, the
+    curated selection, the curated shards and the manifest follow the pool. The
     pool-level fits (DSIR raw distribution, PRRC labels and rater, tokenizer, proxies, regressor,
     evaluation) are never automated: they run on request (`metarater run --refit` / `--force`, or
     the UI). ``eager`` waits while any input is in progress, so a burst of new shards (batched
@@ -122,9 +123,20 @@ def _automation(cfg) -> dict:
         A.any_deps_updated().allow(dg.AssetSelection.assets("curated_corpus")).since_last_handled()
         & ~A.any_deps_in_progress() & ~A.in_progress()
     ).with_label("after the curated shards")
-    per_shard = ["rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens", "shard_index",
-                 *[scoring.score_asset(n) for n in (cfg.model_scores if cfg else ())]]
-    return {**{k: eager for k in per_shard}, "curated_selection": pool_, "curated_manifest": after_corpus,
+
+    def after(*ups: str, label: str) -> dg.AutomationCondition:
+        """Run once these upstreams are updated (and none is in progress)."""
+        return (A.any_deps_updated().allow(dg.AssetSelection.assets(*ups)).since_last_handled()
+                & ~A.any_deps_missing() & ~A.any_deps_in_progress() & ~A.in_progress()).with_label(label)
+
+    # per-shard assets: the sensor's shard_job computes a new shard's whole chain; automation
+    # follows a pool-level refit (a new DSIR model, tokenizer or PRRC rater) into every shard
+    models = [scoring.score_asset(n) for n in (cfg.model_scores if cfg else ())]
+    per_shard = {"dsir_scores": after("dsir_model", label="after a DSIR refit"),
+                 "doc_tokens": after("tokenizer", label="after a new tokenizer"),
+                 **{m: after("prrc_rater", label="after a PRRC refit") for m in models},
+                 "shard_index": after("dsir_scores", "doc_tokens", *models, label="after its scores or tokens")}
+    return {**per_shard, "curated_selection": pool_, "curated_manifest": after_corpus,
             "score_stats": pool_, "curated_corpus": after_selection}
 
 
@@ -263,8 +275,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     shard_job = js[0]
     sensors = [make_shard_sensor(lambda: settings.raw_uri, shard_job, int(cfg.compute["shards_per_run"])),
                make_automation_sensor()]
+    # runs execute their steps in one process: a run is already a batch of shards, and the
+    # parallelism comes from several runs at once (backfill batches, the run queue, `metarater run`'s
+    # workers); a process per step would re-import the project for every step of every run
     return dg.Definitions(assets=all_assets(cfg), resources=build_resources(settings, cfg), jobs=js,
-                          sensors=sensors)
+                          sensors=sensors, executor=dg.in_process_executor)
 
 
 __all__ = ["AUTOMATION_SENSOR", "ON_REQUEST", "STAGE_NAMES", "STEPS", "all_assets", "build_definitions",

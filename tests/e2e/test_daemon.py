@@ -126,7 +126,9 @@ def test_a_new_shard_reaches_the_manifest_through_the_running_daemon(ui):
         m = json.loads(manifest_path.read_text())
         return m if m.get("per_shard", {}).get("shard-0008.jsonl.gz", {}).get("pool_docs") == 60 else None
 
+    t_drop = time.time()
     m = _wait(refreshed, 420, "the daemon did not bring shard-0008 into the curated manifest", every=3)
+    print(f"manifest refreshed {time.time() - t_drop:.0f}s after the drop\n" + _timeline(env["DAGSTER_HOME"]))
     assert m["pool_docs"] == before["pool_docs"] + 60
     stats = json.loads((tmp / "home" / "storage" / "score_stats.json").read_text())
     assert "shard-0008.jsonl.gz" in stats["keys"]
@@ -177,3 +179,13 @@ def test_a_backfill_launched_through_graphql_runs_in_batches(ui):
             assert sorted(r.partition_key for r in recs) == keys, key  # every shard, once
     for k in keys:
         assert (tmp / "home" / "storage" / "raw_docs" / f"{k}.parquet").exists()
+
+
+def _timeline(dagster_home: str) -> str:
+    with dg.DagsterInstance.from_config(dagster_home) as inst:
+        recs = inst.get_run_records()
+    t0 = min(r.create_timestamp.timestamp() for r in recs)
+    return "\n".join(f"{r.create_timestamp.timestamp() - t0:7.1f} {((r.end_time or 0) - (r.start_time or 0)):6.1f}s "
+                     f"{r.dagster_run.status.value:8s} {r.dagster_run.tags.get('dagster/partition', '')} "
+                     f"{sorted(k.to_user_string() for k in (r.dagster_run.asset_selection or []))[:4]}"
+                     for r in sorted(recs, key=lambda r: r.create_timestamp))
