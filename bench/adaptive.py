@@ -17,7 +17,16 @@ import numpy as np
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import REPO, load_pool  # noqa: E402
 
-from metarater_assets.core import corpus, dsir, proxy_lm, regression, selection, signals  # noqa: E402
+from metarater_assets.core import corpus, dsir, pool as cp, proxy_lm, regression, selection, signals  # noqa: E402
+
+
+def top_of_pool(units: np.ndarray, ntok: np.ndarray, w: np.ndarray, fraction: float) -> np.ndarray:
+    """The documents the pipeline's selection keeps for ``w`` (its exact combined scores and
+    global cut, the whole pool as one shard): a bool mask."""
+    combined = cp.combined_units(units, cp.weight_units(w))
+    counting, amount = cp.target_amount(len(ntok), int(ntok.sum()), fraction=fraction, by="tokens", token_budget=None)
+    (cut,) = cp.find_cuts(lambda: iter([cp.ShardScores("pool", combined[:, None], ntok)]), [amount], counting)
+    return cut.keep("pool", combined)
 
 
 def build_oracle(seed: int = 0):
@@ -30,10 +39,11 @@ def build_oracle(seed: int = 0):
     for n, v in dsir.DsirModel.fit(dsir.count_buckets(texts), targets).score(texts).items():
         cols[f"dsir_{n}"] = v
     names = list(cols)
-    normed = selection.normalise(cols, selection.minmax_stats(cols), names)
     tok = proxy_lm.train_tokenizer(texts, 4096)
     ids = proxy_lm.encode(tok, texts)
-    ntok = np.array([len(x) for x in ids])
+    ntok = np.array([len(x) for x in ids], dtype=np.int64)
+    summary = cp.ShardSummary.of(cols, ntok, pool.column("source").to_pylist())
+    units = cp.Normalisation.from_summary(summary, names).units(cols)  # the pipeline's pool normalisation
     val = {}
     for name in ("validation", "reference"):
         d = corpus.read_documents(str(REPO / "data" / "sample" / f"{name}.jsonl.gz")).slice(0, 200)
@@ -42,8 +52,7 @@ def build_oracle(seed: int = 0):
     eos, V = tok.eos_token_id, len(tok)
 
     def oracle(w: np.ndarray) -> float:
-        sel = selection.select_top(normed @ w, ntok, fraction=0.15, by="tokens")
-        docs = [ids[i] for i in np.flatnonzero(sel.mask)]
+        docs = [ids[i] for i in np.flatnonzero(top_of_pool(units, ntok, w, 0.15))]
         m = proxy_lm.NgramProxy(V).fit(proxy_lm.pack(docs, eos, cfg, seed))
         return float(np.mean([m.evaluate(v, ["x"] * len(v), cfg.seq_len, eos)["loss"] for v in val.values()]))
 

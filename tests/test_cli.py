@@ -82,6 +82,7 @@ def test_score_precomputed_writes_the_25_mapped_scores(env_home, tmp_path, capsy
 
 
 def test_a_bad_shard_is_named_once_without_a_trace(env_home, tmp_path):
+    """The CLI names a bad shard on one line, no trace; the trace stays in the failed run's event log."""
     import gzip
 
     raw = Path(env_home.raw_uri)
@@ -96,6 +97,25 @@ def test_a_bad_shard_is_named_once_without_a_trace(env_home, tmp_path):
     assert text.count("broken.jsonl.gz: truncated or corrupt gzip stream") == 1  # once, on its FAIL line
     assert text.count("Parquet shard has no 'text' column") == 1
     assert "failed: raw_docs, raw_quarantine [broken.jsonl.gz]" in text
+    # the trace is kept where it belongs: in the failed run's event log
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()  # the DAGSTER_HOME the CLI used (METARATER_HOME/dagster)
+    failed = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE],
+                                                    tags={"dagster/partition": "broken.jsonl.gz"}))
+    assert len(failed) == 1
+    run_id = failed[0].dagster_run.run_id
+    records = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_FAILURE, limit=100).records
+    (event,) = [r.event_log_entry.dagster_event for r in records if r.run_id == run_id]
+    chain, err = [], event.job_failure_data.error
+    while err is not None:
+        chain.append(err)
+        err = err.cause
+    shard_error = [e for e in chain if e.cls_name == "ShardError"]
+    assert shard_error and "broken.jsonl.gz: truncated or corrupt gzip stream" in shard_error[0].message
+    frames = "".join(line for e in chain for line in e.stack)
+    assert 'core/corpus.py", line' in frames and "in _scan" in frames  # the whole stack, down to where it failed
+    assert "EOFError" in [e.cls_name for e in chain]  # and what caused it
 
 
 def _parquet_without_text() -> bytes:

@@ -74,11 +74,20 @@ def save_tokenizer(tokenizer, uri: str) -> None:
             _, path = fs_and_path(uri)
             staged = f"{path}.tmp-{os.getpid()}"
             shutil.rmtree(staged, ignore_errors=True)
-            shutil.copytree(tmp, staged)
+            try:
+                shutil.copytree(tmp, staged)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
             if os.path.exists(path):
                 old = f"{path}.old-{os.getpid()}"
                 os.rename(path, old)
-                os.rename(staged, path)
+                try:
+                    os.rename(staged, path)
+                except BaseException:
+                    os.rename(old, path)  # the previous tokenizer goes back where it was
+                    shutil.rmtree(staged, ignore_errors=True)
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

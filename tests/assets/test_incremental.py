@@ -88,3 +88,41 @@ def test_two_model_raters_each_with_its_own_version(tmp_path):
                                                                                        "shard-0002.parquet"}
         assert "score_fineweb_edu" not in ran  # the other model is not run again
         assert ran == {"score_professionalism", "shard_index", "score_stats"}
+
+
+def test_the_manifest_names_each_model_score_version(tmp_path):
+    """The manifest's score_code_versions names every model score's model and revision (and the
+    trained PRRC rater for a trained dimension): a new revision shows there, the others stay."""
+    from metarater_assets.curation import score_code_versions
+    from conftest import SAMPLE
+
+    registry = tmp_path / "raters.yaml"
+
+    def versions(revision, prrc_rater):
+        registry.write_text(yaml.safe_dump({"scores": {
+            "professionalism": {"model": "org/prof-rater", "revision": revision,
+                                "head": {"kind": "expected", "values": [0, 1, 2, 3, 4, 5]}},
+            "readability": {"model": "org/read-rater", "head": {"kind": "expected", "values": [0, 1, 2, 3, 4, 5]}},
+            "fineweb_edu": {"model": "org/edu-rater", "head": {"kind": "regression"}}}}))
+        path = write_config(tmp_path / "c.yaml",
+                            model_raters={"registry": str(registry),
+                                          "scores": ["professionalism", "readability", "fineweb_edu"]},
+                            prrc={"labels": str(SAMPLE / "annotations" / "prrc.jsonl.gz"), "dims": ["readability"]})
+        return score_code_versions(load_config(str(path)), prrc_rater)
+
+    rater = {"method": "probe", "models": {"readability": {"uri": "/rater/readability-7", "offset": 3}}}
+    v1 = versions("rev-one", rater)
+    assert {"rpv2", "dsir", "selection", "proxy", "regression"} <= set(v1)
+    models = v1["model_scores"]
+    assert set(models) == {"professionalism", "readability", "fineweb_edu"}
+    assert "org/prof-rater@rev-one" in models["professionalism"]
+    assert "org/edu-rater@main" in models["fineweb_edu"]
+    # readability is served by the trained rater, not the registry's hub model
+    assert "org/read-rater" not in models["readability"]
+    assert "trained PRRC probe" in models["readability"] and "/rater/readability-7" in models["readability"]
+    v2 = versions("rev-two", rater)["model_scores"]
+    assert "org/prof-rater@rev-two" in v2["professionalism"] and v2["professionalism"] != models["professionalism"]
+    assert v2["fineweb_edu"] == models["fineweb_edu"] and v2["readability"] == models["readability"]
+    retrained = versions("rev-two", {"method": "probe",
+                                     "models": {"readability": {"uri": "/rater/readability-8", "offset": 0}}})
+    assert retrained["model_scores"]["readability"] != v2["readability"]

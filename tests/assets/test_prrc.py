@@ -124,8 +124,11 @@ def test_probe_method_trains_fast_and_serves_the_four_scores(tmp_path):
         assert run_pipeline(settings, "scores", instance=instance, echo=lambda m: None).failed == []
         md = _latest(instance, "prrc_rater").metadata
         assert md["layout"].value.startswith("probe")
+        rater = json.loads((tmp_path / "home" / "storage" / "prrc_rater.json").read_text())
         for d in DIMS:  # above the majority class on the held-out labels, as the metadata table says
-            assert md[f"macro_f1_{d}"].value > 0.15
+            majority = rater["test"][d]["majority_macro_f1"]
+            assert f"| {majority:.3f} |" in md["held_out"].value  # the figure the UI shows beside it
+            assert md[f"macro_f1_{d}"].value > majority + 0.05, (d, md[f"macro_f1_{d}"].value, majority)
         t = pq.read_table(tmp_path / "home" / "storage" / "score_reasoning" / "shard-0000.jsonl.gz.parquet")
         v = t.column("reasoning").to_numpy()
         assert t.num_rows == 60 and v.std() > 0.05

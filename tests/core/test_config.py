@@ -45,7 +45,18 @@ def test_demo_and_paper_configs_parse():
     assert demo.trained_scores == ("professionalism", "readability", "reasoning", "cleanliness")
     assert demo.rater_specs() == {}  # none of the demo's model scores comes from the hub registry
     paper = load_config(str(REPO / "configs" / "paper.yaml"))
-    assert paper.proxies.n == 256 and len(paper.score_names) == 25
+    # 11 RPv2 + 3 DSIR + 9 model scores (the two WanjuanCC scores have no public model)
+    assert paper.proxies.n == 256 and len(paper.score_names) == 23
+    assert "wanjuan_fluency" not in paper.model_scores and "fineweb_edu" in paper.model_scores
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if p.name != "raters.yaml"))
+def test_every_model_score_of_a_shipped_config_has_a_model(name):
+    # a registry entry with `model: null` fails model_scores on every shard: no shipped config may name one
+    cfg = load_config(str(REPO / "configs" / name))
+    for score in cfg.model_scores:
+        assert score in cfg.trained_scores or cfg.registry[score].model, (
+            f"{name}: model score {score!r} has no model in {cfg.model_registry}")
 
 
 def test_a_target_or_validation_file_that_does_not_exist_is_named():

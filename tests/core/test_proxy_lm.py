@@ -41,6 +41,70 @@ def test_tokenizer_roundtrip_through_memory_fs(tok_and_docs):
     assert again.decode(again(text)["input_ids"]) == text
 
 
+def test_an_interrupted_tokenizer_save_keeps_the_previous_one(tok_and_docs, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    tok, _ = tok_and_docs
+    d = str(tmp_path / "tokenizer")
+    proxy_lm.save_tokenizer(tok, d)
+    other = proxy_lm.train_tokenizer(["a small other corpus, a small other vocabulary"] * 20, vocab_size=300)
+    assert len(other) != len(tok)
+    text = "Meta-rater selects data."
+    real_rename = os.rename
+
+    def rename_fails_for_the_staged_folder(src, dst):
+        if ".tmp-" in os.path.basename(str(src)):
+            raise OSError("simulated crash while swapping the new tokenizer in")
+        return real_rename(src, dst)
+
+    def copy_fails(src, dst, **k):
+        os.makedirs(dst)  # half a copy
+        shutil.copyfile(os.path.join(src, "tokenizer.json"), os.path.join(dst, "tokenizer.json"))
+        raise OSError("simulated crash while staging")
+
+    for target, seam in ((os, ("rename", rename_fails_for_the_staged_folder)),
+                         (shutil, ("copytree", copy_fails))):
+        with monkeypatch.context() as m:
+            m.setattr(target, *seam)
+            with pytest.raises(OSError, match="simulated crash"):
+                proxy_lm.save_tokenizer(other, d)
+        again = proxy_lm.load_tokenizer(d, require_marker=True)  # the previous one, whole
+        assert len(again) == len(tok) and again(text)["input_ids"] == tok(text)["input_ids"]
+        assert sorted(os.listdir(tmp_path)) == ["tokenizer"]  # no staged or old folder left behind
+    proxy_lm.save_tokenizer(other, d)  # an uninterrupted save does replace it
+    assert len(proxy_lm.load_tokenizer(d, require_marker=True)) == len(other)
+
+
+def test_a_tokenizer_folder_without_its_marker_is_refused(tok_and_docs, tmp_path, monkeypatch):
+    from metarater_assets.core import storage
+
+    tok, _ = tok_and_docs
+    d = tmp_path / "tokenizer"
+    proxy_lm.save_tokenizer(tok, str(d))
+    (d / proxy_lm.TOKENIZER_MARKER).unlink()
+    assert len(proxy_lm.load_tokenizer(str(d))) == len(tok)  # the files are all there ...
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        proxy_lm.load_tokenizer(str(d), require_marker=True)  # ... but nothing says the save finished
+    # on a remote store the marker goes first and comes back last: a save stopped half-way is refused
+    uri = "memory://mr-tok-interrupted/t"
+    proxy_lm.save_tokenizer(tok, uri)
+    assert len(proxy_lm.load_tokenizer(uri, require_marker=True)) == len(tok)
+    real_put, calls = storage.put_atomic, []
+
+    def put_fails_after_one_file(src, dst):
+        calls.append(dst)
+        if len(calls) > 1:
+            raise OSError("simulated crash while uploading")
+        return real_put(src, dst)
+
+    monkeypatch.setattr(storage, "put_atomic", put_fails_after_one_file)
+    with pytest.raises(OSError, match="simulated crash"):
+        proxy_lm.save_tokenizer(tok, uri)
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        proxy_lm.load_tokenizer(uri, require_marker=True)
+
+
 def test_same_weights_and_seed_give_same_loss(tok_and_docs, tmp_path):
     tok, ids = tok_and_docs
     a, _, _ = _train(tok, ids, tmp_path / "a")
