@@ -105,3 +105,38 @@ def test_wrong_layouts_are_named_or_quarantined(extractor, tmp_path):
     for as_parquet in (False, True):
         with pytest.raises(corpus.ShardError, match="column 'modernbert_reasoning' of the precomputed scores is missing"):
             corpus.read_shard(str(_shard(tmp_path, missing, as_parquet)), extractor=extractor)
+
+
+@pytest.mark.parametrize("name", ["example_train_0.jsonl.zst", "example_train_1.parquet"])
+def test_fixture_rps_columns_are_our_rpv2_signals_of_the_text(name):
+    """The fixture's rps_* values are what metarater_assets/core/signals.py computes from each
+    document's own text (read straight from the shard file, not through ingest)."""
+    from metarater_assets.core.signals import document_signals
+
+    rows = _raw_rows(FIXTURE / name)
+    with_null = [i for i, r in enumerate(rows) if any(r[n] is None for n in SIGNAL_NAMES)]
+    picked = sorted({0, 1, len(rows) // 2, len(rows) - 1, *range(7, len(rows), 23), *with_null[:2]})
+    assert len(picked) >= 6
+    for i in picked:
+        r = rows[i]
+        assert r["text"] and set(SIGNAL_NAMES) <= set(r)
+        ours = document_signals(r["text"])
+        for n in SIGNAL_NAMES:
+            if r[n] is None or ours[n] is None:
+                assert r[n] is None and ours[n] is None, (name, i, n, r[n], ours[n])
+            else:
+                assert abs(float(r[n]) - float(ours[n])) <= 1e-9, (name, i, n, r[n], ours[n])
+
+
+def test_released_parquet_meta_as_a_struct(extractor, tmp_path):
+    """The bundled parquet shard stores ``meta`` as a JSON string; the released files have a struct
+    {redpajama_set_name}: both give the source."""
+    t = pq.read_table(FIXTURE / "example_train_1.parquet").slice(0, 5)
+    metas = [json.loads(m) for m in t.column("meta").to_pylist()]
+    struct = t.set_column(t.column_names.index("meta"), "meta", pa.array(metas))
+    assert pa.types.is_struct(struct.schema.field("meta").type)
+    p = tmp_path / "struct.parquet"
+    pq.write_table(struct, p)
+    res = corpus.read_shard(str(p), extractor=extractor)
+    assert res.rows_ok == 5 and res.scores.num_rows == 5
+    assert res.docs.column("source").to_pylist() == [m["redpajama_set_name"] for m in metas]
