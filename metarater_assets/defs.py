@@ -11,13 +11,13 @@ import json
 
 import dagster as dg
 
-from . import batched, curation, evaluation, ingest, pool, prrc, proxies, regression, scoring, tokens
-from .partitions import shards
+from . import batched, confirm, curation, evaluation, ingest, pool, prrc, proxies, regression, scoring, tokens
+from .partitions import confirm_runs, shards
 from .sensors import AUTOMATION_SENSOR, make_automation_sensor, make_shard_sensor
 from resources import ComputeResource, JsonIOManager, MetaraterConfig, Settings
 
 #: The stages, in order; ``metarater run --stage X`` runs every step up to X's assets.
-STAGE_NAMES = ("ingest", "scores", "pool", "proxies", "regressor", "curated", "evaluation")
+STAGE_NAMES = ("ingest", "scores", "pool", "proxies", "regressor", "curated", "confirm", "evaluation")
 
 #: Execution steps in dependency order: (assets, partitions: "shards" / "proxy_runs" / None). A
 #: step's assets run together (one Dagster run per batch of shards, or one run).
@@ -33,6 +33,10 @@ STEPS: tuple[tuple[tuple[str, ...], str | None], ...] = (
     (("curated_selection",), None),
     (("curated_corpus",), "shards"),
     (("curated_manifest",), None),
+    (("confirm_plan",), None),
+    (("confirm_data",), "confirm_runs"),
+    (("confirm_run",), "confirm_runs"),
+    (("tier_agreement",), None),
     (("evaluation",), None),
 )
 
@@ -43,13 +47,15 @@ _STAGE_OF = {
     "tokenizer": "pool", "doc_tokens": "pool", "shard_index": "pool", "score_stats": "pool",
     "validation_tokens": "pool", "proxy_plan": "proxies", "proxy_data": "proxies", "proxy_run": "proxies",
     "regressor": "regressor", "optimal_weights": "regressor", "curated_selection": "curated",
-    "curated_corpus": "curated", "curated_manifest": "curated", "evaluation": "evaluation",
+    "curated_corpus": "curated", "curated_manifest": "curated", "confirm_plan": "confirm",
+    "confirm_data": "confirm", "confirm_run": "confirm", "tier_agreement": "confirm", "evaluation": "evaluation",
 }
 
 #: Pool-level fits that new data alone does not redo: the DSIR raw distribution, the PRRC labels
-#: and rater, the tokenizer and the proxies' data and runs (and so the regressor). They run when
-#: missing, when their own code or config changed, with --force ASSET, or all of them with --refit.
-ON_REQUEST = frozenset({"dsir_model", "prrc_annotations", "prrc_rater", "tokenizer", "proxy_data", "proxy_run"})
+#: and rater, the tokenizer and the proxies' data and runs of both tiers (and so the regressor). They
+#: run when missing, when their own code or config changed, with --force ASSET, or all with --refit.
+ON_REQUEST = frozenset({"dsir_model", "prrc_annotations", "prrc_rater", "tokenizer", "proxy_data", "proxy_run",
+                        "confirm_data", "confirm_run"})
 
 
 def stage_of(asset: str) -> str:
@@ -168,6 +174,12 @@ def _config_parts(c) -> dict:
         "proxy_data": model_cfg,
         "proxy_run": (model_cfg, dict(c.validation_sets), c.validation_max_docs, c.validation_held_out,
                       c.validation_target, (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs)),
+        "confirm_plan": (c.confirm.spread, c.confirm.single_score_runs, c.confirm.optimum) if c.confirm else None,
+        "confirm_data": (model_cfg, c.confirm.preset, c.confirm.token_budget) if c.confirm else None,
+        "confirm_run": ((c.confirm.kind, c.confirm.preset, c.confirm.token_budget), dict(c.validation_sets),
+                        c.validation_max_docs, c.validation_held_out, c.validation_target,
+                        (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs)) if c.confirm else None,
+        "tier_agreement": c.validation_target if c.confirm else None,
         "regressor": (c.regressor["folds"], c.regressor["holdout"], list(c.regressor["models"]),
                       c.regressor.get("seed"), c.validation_target),
         "optimal_weights": (c.regressor["candidates"], c.regressor["top_k"], c.regressor["bootstrap"]),
@@ -205,6 +217,13 @@ def _base_assets(cfg) -> list:
             regression.regressor, regression.optimal_weights,
             curation.curated_selection, curation.make_curated_corpus(policy), curation.curated_manifest,
             evaluation.evaluation]
+    if cfg is not None and cfg.confirm is not None:  # tier 2: transformer proxies confirm tier 1
+        out += [confirm.confirm_plan,
+                proxies.make_proxy_data(cfg, name="confirm_data", partitions=confirm_runs, plan="confirm_plan",
+                                        section="confirm"),
+                proxies.make_proxy_run(cfg, name="confirm_run", partitions=confirm_runs, data="confirm_data",
+                                       section="confirm"),
+                confirm.tier_agreement]
     return out
 
 

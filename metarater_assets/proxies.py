@@ -122,10 +122,18 @@ def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: d
              "store": {"uri": u, **i}} for c, n, u, i in zip(cuts, counts, store_uris, infos)]
 
 
-def make_proxy_data(cfg):
-    @dg.asset(partitions_def=proxy_runs, group_name=GROUP, backfill_policy=dg.BackfillPolicy.single_run(),
+def kind_config(cfg: Config, section: str):
+    """The proxy kind / preset / budget of a tier: ``proxies`` (tier 1) or ``confirm`` (tier 2)."""
+    return cfg.proxies if section == "proxies" else cfg.confirm
+
+
+def make_proxy_data(cfg, *, name: str = "proxy_data", partitions=proxy_runs, plan: str = "proxy_plan",
+                    section: str = "proxies"):
+    """``proxy_data`` (tier 1) or ``confirm_data`` (tier 2): each run's training data."""
+    @dg.asset(name=name, partitions_def=partitions, group_name=GROUP if section == "proxies" else "confirm",
+              backfill_policy=dg.BackfillPolicy.single_run(),
               code_version=f"proxy-data-{cp.POOL_VERSION}-{ts.STORE_VERSION}",
-              deps=["proxy_plan", dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping()),
+              deps=[plan, dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping()),
                     dg.AssetDep("doc_tokens", partition_mapping=dg.AllPartitionMapping())],
               ins={"score_stats": dg.AssetIn("score_stats"), "tokenizer": dg.AssetIn("tokenizer")},
               description="Each run's training data: its exact top-fraction selection of the pool, "
@@ -138,12 +146,13 @@ def make_proxy_data(cfg):
         specs = [read_spec(settings, k, cfg_.score_names) for k in keys]
         W = np.array([s["weights"] for s in specs]).T  # (S, P)
         p = cfg_.proxies
-        budget = model_config(p).steps * model_config(p).batch_size * model_config(p).seq_len
-        stores = [f"{settings.artifacts_uri}/proxy_data/{k}" for k in keys]
+        mc = model_config(kind_config(cfg_, section))
+        budget = mc.steps * mc.batch_size * mc.seq_len
+        stores = [f"{settings.artifacts_uri}/{name}/{k}" for k in keys]
         res = write_training_data(settings, score_stats, tokenizer, W, stores, fraction=p.fraction, by=p.fraction_of,
                                   token_budget=None, sample_budget=budget, seed=p.seed, log=context.log.info)
         for k, r in zip(keys, res):
-            st.write_json({"key": k, **r}, settings.files.uri("proxy_data", k, ".json"))
+            st.write_json({"key": k, **r}, settings.files.uri(name, k, ".json"))
         context.log.info(f"{len(keys)} run(s): training data written")
         return dg.MaterializeResult(metadata={"runs": len(keys),
                                               "selected_tokens_min": min(r["selected"]["tokens"] for r in res),
@@ -168,40 +177,44 @@ def train_and_evaluate(kind: str, pcfg: proxy_lm.ProxyConfig, store_uri: str, va
     return losses, {**info, "store_tokens": len(store.tokens)}, model
 
 
-def make_proxy_run(cfg):
-    kind = cfg.proxies.kind if cfg else "transformer"
+def make_proxy_run(cfg, *, name: str = "proxy_run", partitions=proxy_runs, data: str = "proxy_data",
+                   section: str = "proxies"):
+    """``proxy_run`` (tier 1) or ``confirm_run`` (tier 2): one proxy per partition."""
+    kind = kind_config(cfg, section).kind if cfg else "transformer"
     policy = dg.BackfillPolicy.multi_run(64) if kind == "ngram" else None
 
-    @dg.asset(partitions_def=proxy_runs, group_name=GROUP, code_version=f"proxy-{proxy_lm.PROXY_VERSION}-2",
-              deps=["proxy_data", "validation_tokens"], ins={"tokenizer": dg.AssetIn("tokenizer")},
+    @dg.asset(name=name, partitions_def=partitions, group_name=GROUP if section == "proxies" else "confirm",
+              code_version=f"proxy-{proxy_lm.PROXY_VERSION}-2",
+              deps=[data, "validation_tokens"], ins={"tokenizer": dg.AssetIn("tokenizer")},
               pool="metarater_train", retry_policy=dg.RetryPolicy(max_retries=1), backfill_policy=policy,
               description="One proxy: a small LM trained on a fixed token budget with Lightning (or an "
-                          "n-gram count model, proxies.kind: ngram) on its run's token store, and its "
+                          "n-gram count model, kind: ngram) on its run's token store, and its "
                           "loss on every validation set's tuning part (overall and per source). Resumes "
                           "from its last checkpoint when re-run after an interruption.")
     def proxy_run(context: dg.AssetExecutionContext, tokenizer: dict, settings: MetaraterConfig,
                   compute: ComputeResource) -> dg.MaterializeResult:
         cfg_ = settings.load()
-        pcfg = model_config(cfg_.proxies)
+        kc = kind_config(cfg_, section)
+        pcfg = model_config(kc)
         vsets = validation_sets(settings.storage_uri, "tune")
         with compute.claim() as comp:
             def one(key):
                 run = read_spec(settings, key, cfg_.score_names)
-                data_uri = settings.files.uri("proxy_data", key, ".json")
+                data_uri = settings.files.uri(data, key, ".json")
                 if not st.exists(data_uri):
-                    raise dg.Failure(f"proxy run {key} has no training data: materialise proxy_data[{key}]")
-                data = st.read_json(data_uri)
-                ckpt = f"{settings.artifacts_uri}/proxy_runs/{key}"
+                    raise dg.Failure(f"proxy run {key} has no training data: materialise {data}[{key}]")
+                d = st.read_json(data_uri)
+                ckpt = f"{settings.artifacts_uri}/{name}s/{key}"
                 st.write_json({"key": key, "names": run["names"], "weights": run["weights"], "seed": run["seed"],
-                               "model": pcfg.__dict__, "kind": cfg_.proxies.kind}, f"{ckpt}/config.json")
-                losses, info, _ = train_and_evaluate(cfg_.proxies.kind, pcfg, data["store"]["uri"], vsets, tokenizer,
+                               "model": pcfg.__dict__, "kind": kc.kind}, f"{ckpt}/config.json")
+                losses, info, _ = train_and_evaluate(kc.kind, pcfg, d["store"]["uri"], vsets, tokenizer,
                                                      ckpt, comp, run["seed"])
                 out = {"key": key, "kind": run["kind"], "score": run.get("score"), "names": run["names"],
                        "weights": dict(zip(run["names"], run["weights"])), "seed": run["seed"],
-                       "round": run.get("round", 0), "proxy_kind": cfg_.proxies.kind,
-                       "selection": data["selected"], "sampled": data["sampled"], "threshold": data["cut"]["threshold_score"],
+                       "round": run.get("round", 0), "proxy_kind": kc.kind, "tier1": run.get("tier1"),
+                       "selection": d["selected"], "sampled": d["sampled"], "threshold": d["cut"]["threshold_score"],
                        "losses": losses, "target_loss": target_loss(losses, cfg_.validation_target), "train": info}
-                st.write_json(out, settings.files.uri("proxy_run", key, ".json"))
+                st.write_json(out, settings.files.uri(name, key, ".json"))
                 return out
 
             done = for_each_shard(context, one)
@@ -216,11 +229,11 @@ def make_proxy_run(cfg):
     return proxy_run
 
 
-def proxy_results(settings: MetaraterConfig, keys) -> dict[str, dict]:
-    """The finished proxy runs among ``keys`` (their result files)."""
+def proxy_results(settings: MetaraterConfig, keys, asset: str = "proxy_run") -> dict[str, dict]:
+    """The finished proxy runs among ``keys`` (their result files; ``confirm_run`` for tier 2)."""
     out = {}
     for k in keys:
-        uri = settings.files.uri("proxy_run", k, ".json")
+        uri = settings.files.uri(asset, k, ".json")
         if st.exists(uri):
             out[k] = st.read_json(uri)
     return out

@@ -69,6 +69,12 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
         losses = [r["target_loss"] for r in res.values()]
         rep["proxies"] = {"n": len(losses), "val_loss_min": min(losses), "val_loss_max": max(losses),
                           "kind": cfg.proxies.kind}
+    if st.exists(f"{base}/tier_agreement.json"):
+        t = st.read_json(f"{base}/tier_agreement.json")
+        rep.setdefault("proxies", {}).update({
+            "tier2_kind": t["tier2_kind"], "tier2_runs": len(t["pairs"]) + (1 if t.get("optimum") else 0),
+            "tier_agreement_spearman": t["spearman"], "tier_shared_vectors": t["shared_vectors"],
+            "tier2_optimum": t.get("optimum")})
     if st.exists(f"{base}/regressor.json"):
         r = st.read_json(f"{base}/regressor.json")
         ho = r.get("heldout") or {}
@@ -96,7 +102,23 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
             "target": e["target"], "seeds": e["seeds"], "evaluated_on": e["evaluated_on"],
             "held_out_docs": e["held_out_docs"],
         }
+        rep["evaluation"]["comparisons"] = compare_arms(rep["evaluation"])
     return rep
+
+
+def compare_arms(ev: dict) -> dict:
+    """Curated against each other arm on the evaluation target: the mean difference (other - curated,
+    positive when curated is better), the noisier arm's standard deviation over seeds, and whether
+    curated wins by more than two of those."""
+    cur = np.asarray(ev["curated_loss"], float)
+    out = {}
+    for arm in ("random", "single_best"):
+        other = np.asarray(ev[f"{arm}_loss"], float)
+        sd = max(float(cur.std(ddof=1)) if len(cur) > 1 else 0.0, float(other.std(ddof=1)) if len(other) > 1 else 0.0)
+        diff = float(other.mean() - cur.mean())
+        out[arm] = {"curated_better_by": diff, "noisier_sd": sd, "in_sds": diff / sd if sd > 0 else float("inf"),
+                    "wins_by_2sd": bool(diff > 2 * sd)}
+    return out
 
 
 def settings_files(settings: Settings):
@@ -125,7 +147,14 @@ def format_report(rep: dict) -> str:
                      + (f", {len(s['excluded_shards'])} shard(s) not in the pool" if s["excluded_shards"] else ""))
     if "proxies" in rep:
         p = rep["proxies"]
-        lines.append(f"proxies: {p['n']} {p['kind']} runs, target loss {p['val_loss_min']:.4f} .. {p['val_loss_max']:.4f}")
+        if "n" in p:
+            lines.append(f"proxies: {p['n']} {p['kind']} runs, target loss {p['val_loss_min']:.4f} .. "
+                         f"{p['val_loss_max']:.4f}")
+        if "tier_agreement_spearman" in p:
+            o = p.get("tier2_optimum") or {}
+            lines.append(f"tier 2: {p['tier2_runs']} {p['tier2_kind']} runs; tier agreement Spearman "
+                         f"{p['tier_agreement_spearman']:.3f} on {p['tier_shared_vectors']} shared vectors"
+                         + (f"; predicted optimum ranks {o['rank']} of {o['of']}" if o else ""))
     if "regressor" in rep:
         r = rep["regressor"]
         ho = (f"; held-out Spearman {r['heldout_spearman']:.3f} on {r['heldout_runs']} runs it never saw"
@@ -144,4 +173,7 @@ def format_report(rep: dict) -> str:
             lines.append(f"evaluation {arm:12s}: {v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f} "
                          f"({e['evaluated_on']})")
         lines.append(f"  best single score: {e['single_best_score']}; tokens ratio: {e['tokens_ratio']}")
+        for arm, c in e.get("comparisons", {}).items():
+            lines.append(f"  curated vs {arm}: better by {c['curated_better_by']:+.4f} = {c['in_sds']:.1f} sd of the "
+                         f"noisier arm -> {'WINS by > 2 sd' if c['wins_by_2sd'] else 'does NOT win by > 2 sd'}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import dagster as dg
 from .core import corpus
 from .defs import ON_REQUEST, STAGE_NAMES, all_assets, build_resources, steps_for
 from .ingest import ingest_facts
-from .partitions import proxy_runs, shards
+from .partitions import shards
 from .staleness import Staleness
 from resources import Settings
 
@@ -262,8 +262,8 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
             if part == "shards":
                 order = list(instance.get_dynamic_partitions(shards.name))
                 partitions = [k for k in order if k in present and k not in failed_shards]
-            elif part == "proxy_runs":
-                order = list(instance.get_dynamic_partitions(proxy_runs.name))
+            elif part in ("proxy_runs", "confirm_runs"):
+                order = list(instance.get_dynamic_partitions(part))
                 partitions = order
             else:
                 order, partitions = [], [None]
@@ -298,8 +298,10 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                 if part is None:
                     batches.append(Batch(sel, (), stage_name))
                 else:
-                    per = size if part == "shards" or keys == ["proxy_run"] else len(pks)
-                    if keys == ["proxy_run"] and cfg.proxies.kind != "ngram":
+                    per = size if part == "shards" or keys in (["proxy_run"], ["confirm_run"]) else len(pks)
+                    kind = (cfg.proxies if keys == ["proxy_run"] else cfg.confirm).kind \
+                        if keys in (["proxy_run"], ["confirm_run"]) else None
+                    if kind is not None and kind != "ngram":
                         per = 1  # a transformer proxy per run: they go in parallel up to compute.workers
                     batches += [Batch(sel, tuple(c), stage_name) for c in _contiguous(pks, order, per)]
             total = sum(max(1, len(b.partitions)) for b in batches)

@@ -22,7 +22,9 @@ RATERS: dict[str, tuple[str, ...]] = {
     "dsir": ("dsir_books", "dsir_wiki", "dsir_math"),
     "precomputed": (),
 }
-ORIENTATIONS = ("high", "low", "auto")
+#: per-score direction: "high" (higher is better, the paper's default for every score) or "low"
+#: (lower is better: the score is flipped in the normalisation, so a positive weight favours low values)
+ORIENTATIONS = ("high", "low")
 REGRESSORS = ("lightgbm", "gbr", "linear", "ridge")
 
 
@@ -134,8 +136,8 @@ class Config:
     prrc: PrrcConfig | None = None
     registry: Mapping[str, Any] = field(default_factory=dict)  # score -> RaterSpec (parsed once)
     precomputed: tuple = ()  # precomputed.ScoreSource per score read from the shards
-    validation_held_out: float = 0.0
-    orientation: Mapping[str, str] = field(default_factory=dict)  # score -> high / low / auto
+    validation_held_out: float = 0.5
+    orientation: Mapping[str, str] = field(default_factory=dict)  # score -> high / low
     confirm: ConfirmConfig | None = None
     stats_sample_docs: int = 5000
 
@@ -222,7 +224,9 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     target = str(v.get("target", "mean"))
     if target != "mean" and target not in sets:
         raise ConfigError(f"validation.target must be 'mean' or one of {sorted(sets)}, got {target!r}")
-    held_out = float(v.get("held_out", 0.0))
+    # half of each validation set is held out for the evaluation by default: proxies and the
+    # regressor never see it (0 makes the evaluation read the tuning documents, with a warning)
+    held_out = float(v.get("held_out", 0.5))
     if not 0.0 <= held_out < 1.0:
         raise ConfigError(f"validation.held_out must be in [0, 1), got {held_out!r}")
     from .storage import exists as _exists
@@ -354,8 +358,11 @@ def _orientation(raw: Any) -> dict[str, str]:
     if isinstance(raw, str):
         raw = {"default": raw}
     if not isinstance(raw, Mapping):
-        raise ConfigError("scores.orientation must be high, low, auto or a mapping {score: high|low|auto}")
+        raise ConfigError("scores.orientation must be high, low or a mapping {score: high|low}")
     bad = {k: v for k, v in raw.items() if v not in ORIENTATIONS}
+    if "auto" in bad.values():
+        raise ConfigError("scores.orientation: 'auto' is not implemented (deciding a direction needs proxy runs "
+                          "selected by that score's bottom as well as its top); set high or low per score")
     if bad:
         raise ConfigError(f"scores.orientation: {bad} not one of {list(ORIENTATIONS)}")
     return dict(raw)

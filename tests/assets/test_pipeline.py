@@ -196,3 +196,70 @@ def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
     assert 20000 <= sel["tokens"] < 20000 + 8000
     for r in ev["results"]["single_best"] + ev["results"]["curated"]:
         assert 20000 <= r["selected_tokens"] < 20000 + 8000, r  # the budget, plus at most the last document
+
+
+def test_tier_two_confirms_tier_one_and_reports_the_agreement(pipeline, tmp_path):
+    """confirm: transformer proxies on the predicted optimum and a spread of tier-1 vectors; the
+    agreement is the Spearman rho of the two tiers' losses on the shared vectors (computed here
+    from the stored run files); tier 1 is not retrained."""
+    from scipy.stats import spearmanr
+
+    settings, instance, cfg_path = clone(pipeline, tmp_path)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["confirm"] = {"kind": "transformer", "preset": "test", "spread": 4, "single_score_runs": False}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    summary = run_pipeline(settings, "confirm", instance=instance, echo=lambda m: None)
+    assert not summary.failed
+    done = [k for k, _ in summary.materialised]
+    assert set(done) == {"confirm_plan", "confirm_data", "confirm_run", "tier_agreement"}
+    assert done.count("confirm_run") == 5  # the optimum + 4 spread vectors
+    keys = instance.get_dynamic_partitions("confirm_runs")
+    plan = json.load(open(f"{settings.storage_uri}/confirm_plan.json"))
+    assert sorted(keys) == sorted(r["key"] for r in plan["runs"])
+    assert [r["kind"] for r in plan["runs"]] == ["optimum"] + ["spread"] * 4
+    t1 = {k: json.load(open(f"{settings.storage_uri}/proxy_run/{k}.json"))
+          for k in instance.get_dynamic_partitions("proxy_runs")}
+    t2 = {k: json.load(open(f"{settings.storage_uri}/confirm_run/{k}.json")) for k in keys}
+    assert all(r["proxy_kind"] == "transformer" for r in t2.values())
+    spread = [r for r in plan["runs"] if r["kind"] == "spread"]
+    # the spread covers tier 1's loss range: its lowest and highest Dirichlet runs are in it
+    dirichlet = sorted((r["target_loss"], k) for k, r in t1.items() if r["kind"] == "dirichlet")
+    assert {dirichlet[0][1], dirichlet[-1][1]} <= {r["tier1"] for r in spread}
+    for r in spread:
+        assert t2[r["key"]]["weights"] == t1[r["tier1"]]["weights"]
+    expected = spearmanr([t1[r["tier1"]]["target_loss"] for r in spread],
+                         [t2[r["key"]]["target_loss"] for r in spread]).statistic
+    rep = build_report(settings, instance)
+    assert rep["proxies"]["tier_agreement_spearman"] == pytest.approx(expected, abs=1e-12)
+    assert rep["proxies"]["tier_shared_vectors"] == 4 and rep["proxies"]["tier2_runs"] == 5
+    opt = rep["proxies"]["tier2_optimum"]
+    losses = sorted(r["target_loss"] for r in t2.values())
+    assert opt["of"] == 5 and losses[opt["rank"] - 1] == t2[plan["runs"][0]["key"]]["target_loss"]
+    again = run_pipeline(settings, "confirm", instance=instance, echo=lambda m: None)
+    assert again.materialised == []
+
+
+def test_evaluation_reads_only_the_held_out_documents(pipeline):
+    """validation.held_out (0.5 by default): each set is split by a hash of the document id; the
+    proxies' losses use the tuning part, the evaluation the held-out part, and the report counts it."""
+    settings, instance, *_ = pipeline
+    val = pq.read_table(f"{settings.storage_uri}/validation_tokens.parquet").to_pylist()
+    parts = {(r["set"], r["doc_id"]): r["part"] for r in val}
+    assert set(parts.values()) == {"tune", "held_out"}
+    for name in ("validation", "reference"):
+        n_ho = sum(1 for (s, _), p in parts.items() if s == name and p == "held_out")
+        assert 8 <= n_ho <= 32  # about half of the 40 documents
+    rep = build_report(settings, instance)
+    ev = rep["evaluation"]
+    assert ev["evaluated_on"] == "held_out"
+    assert ev["held_out_docs"] == {s: sum(1 for (s_, _), p in parts.items() if s_ == s and p == "held_out")
+                                   for s in ("validation", "reference")}
+    # a proxy's loss is over the tuning documents only: it counts exactly their predicted tokens
+    import glob
+
+    run = json.load(open(sorted(glob.glob(f"{settings.storage_uri}/proxy_run/*.json"))[0]))
+    seq_len = json.load(open(f"{settings.artifacts_uri}/proxy_runs/{run['key']}/config.json"))["model"]["seq_len"]
+    for s in ("validation", "reference"):
+        tune = sum(min(len(r["ids"]), seq_len) for r in val if r["set"] == s and r["part"] == "tune")
+        assert run["losses"][s]["tokens"] == tune
+    assert set(ev["comparisons"]) == {"random", "single_best"}
