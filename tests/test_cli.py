@@ -142,7 +142,9 @@ def test_ui_started_in_the_background_stops_on_sigterm_and_on_sigint_with_its_ch
     for name in ("SIGTERM", "SIGINT"):
         port = free_port()
         pidfile = tmp_path / f"{name}.pid"
-        shell = subprocess.Popen(["bash", "-c", f"{sys.executable} -m metarater_assets.cli ui --port {port} "
+        # each UI its own home and instance: two fresh SQLite instances migrated at once would race
+        shell = subprocess.Popen(["bash", "-c", f"METARATER_HOME={tmp_path / name}-home "
+                                                f"{sys.executable} -m metarater_assets.cli ui --port {port} "
                                                 f"> {tmp_path / name}.log 2>&1 & echo $! > {pidfile}; wait"],
                                  start_new_session=True)
         started.append((name, port, pidfile, shell))
