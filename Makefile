@@ -35,6 +35,8 @@ ui: install
 bench: install
 	bash bench/setup_peers.sh
 	$(PY) bench/run.py
+	$(PY) bench/control.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf .metarater

@@ -44,3 +44,22 @@ def load_pool(root: Path | None = None, shards: int | None = None) -> pa.Table:
     root = root or corpus_root()
     files = corpus.list_shards(str(root / "raw"))[:shards]
     return pa.concat_tables([corpus.read_shard(f.uri, f.name).docs for f in files])
+
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def write_section(name: str, text: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the section ``name`` of bench/RESULTS.md, leaving the others as they
+    are: `make bench` runs bench/run.py, bench/control.py and bench/scale.py, each owning one
+    section. The file is written to a temporary name and moved into place."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n`make bench` writes this file: one section per script.\n\n"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end) + 1:]
+    else:
+        new = old.rstrip() + "\n\n" + block
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    tmp.replace(path)

@@ -3,7 +3,7 @@
 The same 20,000 documents of the shared corpus as 10 shards of 2,000 and as 1,000 shards of 20,
 through `metarater run --stage scores` (ingest, RPv2, DSIR; cheap raters, as a user's CLI run), then
 a no-op rerun at 1,000 shards. Prints the wall times, their ratio and the per-shard overhead, and
-writes bench/CONTROL.md.
+writes its section of bench/RESULTS.md.
 
     python bench/control.py [--workers 2] [--docs 20000]
 """
@@ -23,7 +23,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import REPO, corpus_root, machine  # noqa: E402
+from common import REPO, corpus_root, machine, write_section  # noqa: E402
 
 
 def docs(n: int) -> list[str]:
@@ -81,7 +81,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--docs", type=int, default=20000)
-    ap.add_argument("--out", default=str(HERE / "CONTROL.md"))
     args = ap.parse_args()
     lines = docs(args.docs)
     n = len(lines)
@@ -102,7 +101,7 @@ def main():
     ratio = res[1000] / res[10]
     overhead = (res[1000] - res[10]) / (1000 - 10)
     text = "\n".join([
-        "# Control plane: many small shards vs few large ones",
+        "## Control plane: many small shards vs few large ones (`bench/control.py`)",
         "", "`python bench/control.py` (run by `make bench`).", "",
         f"Machine: {machine()}; `metarater run --stage scores` (ingest, RPv2, DSIR) with {args.workers} worker "
         f"process(es), 100 shards per run, SQLite Dagster instance; the same {n:,} documents.", "",
@@ -114,7 +113,7 @@ def main():
         f"(wall, {args.workers} workers) for 5 per-shard asset materialisations (ingest's two, RPv2, DSIR counts "
         "and scores); no-op rerun **{:.1f} s** (target < 30 s).".format(noop)])
     print(text)
-    Path(args.out).write_text(text + "\n")
+    write_section("control", text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import REPO, corpus_root, load_pool, machine, timed  # noqa: E402
+from common import REPO, corpus_root, load_pool, machine, timed, write_section  # noqa: E402
 
 PEER_PY = HERE / ".peers" / "bin" / "python"
 ROWS: list[tuple[str, str, str, str, str]] = []  # (what, metarater, peer, ratio, note)
@@ -315,11 +315,11 @@ def main():
             bench_demo(tmp)
     table = ["| what | metarater | peer | ratio | note |", "|---|---|---|---|---|"]
     table += [f"| {' | '.join(r)} |" for r in ROWS]
-    text = (f"# Benchmarks\n\nMachine: {machine()}. Corpus: `{root.relative_to(REPO.parent) if root.is_relative_to(REPO.parent) else root}`, "
+    text = (f"## Raters, proxies and the demo against peers (`bench/run.py`)\n\nMachine: {machine()}. Corpus: `{root.relative_to(REPO.parent) if root.is_relative_to(REPO.parent) else root}`, "
             f"{len(texts):,} documents ({sum(len(t.encode()) for t in texts) / 1e6:.1f} MB) for the per-core rows "
             f"(torch on 1 thread), all cores for the last two. Median [min..max] of {args.reps} repetitions.\n\n"
             + "\n".join(table) + "\n")
-    (HERE / "RESULTS.md").write_text(text)
+    write_section("peers", text)
     print("\n" + "\n".join(table))
 
 

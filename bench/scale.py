@@ -3,8 +3,8 @@
 Each pool replicates the shared corpus's documents with fresh ids (``r<k>-<id>``) into shards of
 1,250 documents (1x: 16 shards, 4x: 64, 16x: 256 shards / ~320k documents) and runs every step of
 the chain (n-gram proxies, cheap raters: RPv2 + DSIR) as its own `metarater run --only ...` process,
-measuring its wall time and peak RSS (the largest process of the step, from wait4). Writes
-bench/SCALE.md: the table per step and pool size, the checks (pool-level peak RSS at 16x within
+measuring its wall time and peak RSS (the largest process of the step, from wait4). Writes its
+section of bench/RESULTS.md: the table per step and pool size, the checks (pool-level peak RSS at 16x within
 1.5x of 1x; wall time per document not growing) and a projection to 590M documents in 60,000
 shards from the measured per-document costs and bytes.
 
@@ -26,7 +26,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import REPO, corpus_root, machine  # noqa: E402
+from common import REPO, corpus_root, machine, write_section  # noqa: E402
 
 DOCS_PER_SHARD = 1250
 #: pool-level steps (their memory must not grow with the pool)
@@ -187,7 +187,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1,4,16")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--out", default=str(HERE / "SCALE.md"))
     ap.add_argument("--keep", action="store_true", help="keep the pools' homes (for inspection)")
     args = ap.parse_args()
     results = []
@@ -196,8 +195,8 @@ def main():
         results.append(measure(s, args.workers, HERE / "out" if args.keep else None))
     text = report(results, args.workers)
     print(text)
-    Path(args.out).write_text("# Scale: the whole chain at 1x, 4x and 16x the shared corpus\n\n"
-                              "`python bench/scale.py` (run by `make bench`).\n\n" + text + "\n")
+    write_section("scale", "## Scale: the whole chain at 1x, 4x and 16x the shared corpus (`bench/scale.py`)\n\n"
+                  + text)
 
 
 if __name__ == "__main__":
