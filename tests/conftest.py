@@ -43,6 +43,7 @@ def write_config(path: Path, **over) -> Path:
     cfg["evaluation"].update(preset="test", token_budget=2048, seeds=[0, 1])
     # PRRC training is tested on its own (tests/core/test_rater_training.py, tests/assets/test_prrc.py)
     cfg.pop("prrc", None)
+    cfg.pop("confirm", None)  # tier 2 (transformer proxies) is tested on its own (test_pipeline)
     cfg["model_raters"].update(scores=[], registry=str(REPO / "configs" / "raters.yaml"))
     for section, values in over.items():
         cfg.setdefault(section, {}).update(values)

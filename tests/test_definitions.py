@@ -77,3 +77,32 @@ def test_no_private_dagster_imports_anywhere():
                 names = [a.name for a in node.names]
             bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n.startswith("dagster._")]
     assert not bad, bad
+
+
+def test_no_pool_level_asset_loads_a_shard_partitioned_input(env_home):
+    """Issue 15's rule: an asset that is not partitioned by shard never receives shard-partitioned
+    data through the IO manager (that would hold the pool in memory); it declares `deps` and
+    scans the per-shard files itself. Checked on the demo config (every stage, tier 2 included)."""
+    import dagster as dg
+
+    from conftest import REPO
+    from metarater_assets.defs import build_definitions
+    from resources import Settings
+
+    demo = Settings(home=env_home.home, raw_uri=env_home.raw_uri, config_path=str(REPO / "configs" / "demo.yaml"))
+    graph = build_definitions(demo).resolve_asset_graph()
+    by_shard = {k for k in graph.get_all_asset_keys()
+                if isinstance(graph.get(k).partitions_def, dg.DynamicPartitionsDefinition)
+                and graph.get(k).partitions_def.name == "shards"}
+    assert {"raw_docs", "doc_tokens", "shard_index", "curated_corpus"} <= {k.to_user_string() for k in by_shard}
+    loaded = {}
+    for a in build_definitions(demo).assets:
+        if set(a.keys) <= by_shard:
+            continue
+        for name, up in a.keys_by_input_name.items():  # ins and deps; deps are Nothing-typed inputs
+            if up in by_shard and not a.node_def.input_def_named(name).dagster_type.is_nothing:
+                loaded.setdefault(sorted(k.to_user_string() for k in a.keys)[0], []).append(up.to_user_string())
+    assert loaded == {}, f"pool-level assets loading per-shard inputs: {loaded}"
+    # and they do depend on the per-shard assets (lineage), through deps
+    deps = {k.to_user_string() for k in graph.get(dg.AssetKey("score_stats")).parent_keys}
+    assert "shard_index" in deps
