@@ -63,3 +63,58 @@ def write_section(name: str, text: str, path: Path = RESULTS) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(new)
     tmp.replace(path)
+
+
+def pg_bin(name: str) -> str | None:
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / name).exists():
+            return str(d / name)
+    return None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's `postgresql` binaries, as the test
+    suite's): ``with PostgresServer() as pg: url = pg.database("name")``."""
+
+    def __enter__(self):
+        import shutil
+        import socket
+        import subprocess
+        import tempfile
+
+        self.initdb, self.pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
+        if not self.initdb or not self.pg_ctl:
+            raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql")
+        self.data = Path(tempfile.mkdtemp(prefix="metarater-bench-pg-"))
+        self.run_as = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            self.run_as = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.data, "postgres", "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        subprocess.run(self.run_as + [self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True)
+        subprocess.run(self.run_as + [self.pg_ctl, "-D", str(self.data), "-w", "-l", str(self.data / "log"), "-o",
+                                      f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True)
+        return self
+
+    def database(self, name: str) -> str:
+        import subprocess
+
+        subprocess.run(self.run_as + [pg_bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(self.port),
+                                      "-U", "postgres", name], check=True, capture_output=True)
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
+
+    def __exit__(self, *exc):
+        import shutil
+        import subprocess
+
+        subprocess.run(self.run_as + [self.pg_ctl, "-D", str(self.data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(self.data, ignore_errors=True)

@@ -88,8 +88,9 @@ SENSORS_HELP = """sensors (Automation page of the UI; `dagster sensor start NAME
                         changed files, in batches of compute.shards_per_run shards.
   metarater_automation  ON by default: declarative automation. Once new shards are indexed it refreshes
                         score_stats, curated_selection, every curated_corpus shard and curated_manifest.
-                        Pool-level fits (DSIR model, PRRC rater, tokenizer, proxies, regressor,
-                        evaluation) never run by themselves: materialise them, or `metarater run --refit`."""
+                        Pool-level fits (DSIR model, PRRC rater, tokenizer, proxies of both tiers,
+                        regressor, evaluation) never run by themselves: materialise them in the UI, or
+                        `metarater run --refit`."""
 
 
 def cmd_ui(args) -> int:

@@ -51,6 +51,24 @@ def write_config(path: Path, **over) -> Path:
     return path
 
 
+def save_tiny_encoder(dest: Path, texts: list[str]) -> str:
+    """A tiny BERT (1 layer, width 32) + a BPE tokenizer trained on ``texts``, saved with
+    ``save_pretrained``: the PRRC fine-tuning path at a test's cost, loaded through the same
+    ``from_pretrained`` as a hub model."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from metarater_assets.core import proxy_lm
+
+    tok = proxy_lm.train_tokenizer(texts, vocab_size=600)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128,
+                         pad_token_id=tok.pad_token_id)).save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return str(dest)
+
+
 @pytest.fixture
 def env_home(tmp_path, monkeypatch):
     """An isolated METARATER_HOME + DAGSTER_HOME, two small shards and a fast config."""
@@ -101,3 +119,10 @@ def chat_reply(handler, content: str) -> None:
     handler.send_header("Content-Length", str(len(payload)))
     handler.end_headers()
     handler.wfile.write(payload)
+
+
+def pytest_collection_modifyitems(config, items):
+    """METARATER_TEST_ORDER=reverse runs the collected tests in reverse order: a check that no test
+    depends on another one having run first (module fixtures are shared, tests work on clones)."""
+    if os.environ.get("METARATER_TEST_ORDER") == "reverse":
+        items.reverse()

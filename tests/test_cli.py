@@ -172,8 +172,18 @@ def test_ui_started_in_the_background_stops_on_sigterm_and_on_sigint_with_its_ch
         for name, (pid, kids) in procs.items():
             assert not _alive(pid), f"metarater ui ignored {name}"
             assert not [c for c in kids if _alive(c)], f"dagster dev's processes outlived {name}"
-    finally:
-        for *_, shell in started:
+    finally:  # also on failure: every process each UI started, not just the shell's group
+        for name, _, pidfile, shell in started:
+            text = pidfile.read_text().strip() if pidfile.exists() else ""
+            kids = _descendants(int(text)) if text else []
+            if text and _alive(int(text)):
+                os.kill(int(text), signal.SIGTERM)
+            end = time.time() + 30
+            while time.time() < end and any(map(_alive, kids)):
+                time.sleep(0.5)
+            for k in kids:
+                if _alive(k):
+                    os.kill(k, signal.SIGKILL)
             os.killpg(shell.pid, signal.SIGKILL)
 
 

@@ -27,20 +27,11 @@ def tiny_encoder(tmp_path_factory):
     under test here; the real MiniLM is trained in tests/core/test_rater_training.py)."""
     import gzip
 
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from metarater_assets.core import proxy_lm
+    from conftest import SAMPLE, save_tiny_encoder
 
     with gzip.open(SAMPLE / "annotations" / "prrc.jsonl.gz", "rt") as f:
         texts = [json.loads(line)["text"] for line in f][:300]
-    d = tmp_path_factory.mktemp("tiny-encoder")
-    tok = proxy_lm.train_tokenizer(texts, vocab_size=600)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), texts)
 
 
 def _env(tmp, **prrc):

@@ -2,6 +2,7 @@
 past 100), 100+ proxy runs, a one-shard pool, nested raw folders."""
 import gzip
 import json
+import re
 import shutil
 
 import dagster as dg
@@ -90,13 +91,21 @@ def test_a_pool_of_one_shard_runs_end_to_end(tmp_path):
 
 
 def test_nested_raw_folders_are_a_pool(tmp_path):
-    """SlimPajama's train/chunk1..chunk2/ with the same file names in each chunk."""
+    """SlimPajama's train/chunk1..chunk2/ with the same file names in each chunk; run by two worker
+    processes (compute.workers: 2), one shard per run, as a user's `metarater run` would."""
     for chunk in ("chunk1", "chunk2"):
         _tiny_shards(tmp_path / "raw" / "train" / chunk, 2, docs=30)
     settings = Settings(home=str(tmp_path / "home"), raw_uri=str(tmp_path / "raw"),
-                        config_path=str(write_config(tmp_path / "c.yaml")))
-    with dg.DagsterInstance.ephemeral() as instance:
-        assert not run_pipeline(settings, "pool", instance=instance, echo=lambda m: None).failed
+                        config_path=str(write_config(tmp_path / "c.yaml", compute={"workers": 2, "shards_per_run": 1})))
+    (tmp_path / "dg").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dg")) as instance:
+        lines = []
+        assert not run_pipeline(settings, "pool", instance=instance, echo=lines.append).failed
+        # one run per shard per step, each a partition of its own, with progress and an ETA
+        ingest = instance.get_run_records(dg.RunsFilter(tags={"metarater/stage": "ingest"}))
+        assert sorted(r.dagster_run.tags["dagster/partition"] for r in ingest) == sorted(
+            instance.get_dynamic_partitions("shards"))
+        assert any(re.search(r"4/4 done, ETA 0s", l) for l in lines), lines
         assert sorted(instance.get_dynamic_partitions("shards")) == [
             "train__chunk1__s0000.jsonl.gz", "train__chunk1__s0001.jsonl.gz",
             "train__chunk2__s0000.jsonl.gz", "train__chunk2__s0001.jsonl.gz"]

@@ -100,9 +100,12 @@ def _prepare(tmp_path: Path, n: int = 40, **cfg_over):
     return raw, cfg, env
 
 
-def test_a_new_shard_reaches_the_manifest_through_the_running_daemon(ui):
+def test_a_burst_of_new_shards_reaches_the_manifest_through_the_running_daemon(ui):
+    """The README's path with the real daemon: three shards dropped at once, one sensor run each
+    (shards_per_run 1); the pool-level refresh waits for the burst and runs once, not per shard."""
     start, tmp = ui
-    raw, cfg, env = _prepare(tmp, proxies={"n": 4, "single_score_runs": False}, evaluation={"seeds": [0]})
+    raw, cfg, env = _prepare(tmp, proxies={"n": 4, "single_score_runs": False}, evaluation={"seeds": [0]},
+                             compute={"shards_per_run": 1})
     out = subprocess.run([sys.executable, "-m", "metarater_assets.cli", "run", "--stage", "curated"], env=env,
                          capture_output=True, text=True, timeout=900, cwd=REPO)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -110,6 +113,8 @@ def test_a_new_shard_reaches_the_manifest_through_the_running_daemon(ui):
     before = json.loads(manifest_path.read_text())
     assert "shard-0008.jsonl.gz" not in before["per_shard"]
     graphql, env = start(raw, cfg)
+    ui_log = (tmp / "dagster-dev.log").read_text()  # metarater ui names the sensors and their defaults
+    assert "shard_sensor          OFF by default" in ui_log and "metarater_automation  ON by default" in ui_log
     # the README's step: switch the shard sensor on (the automation sensor runs by default)
     d = graphql("mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename "
                 "... on Sensor { sensorState { status } } ... on PythonError { message } } }",
@@ -118,25 +123,35 @@ def test_a_new_shard_reaches_the_manifest_through_the_running_daemon(ui):
     auto = graphql("query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor { sensorState { status } } } }",
                    {"s": _selector(graphql, "metarater_automation")})
     assert auto["sensorOrError"]["sensorState"]["status"] == "RUNNING"
-    shutil.copy(TEST_DATA / "shard-0008.jsonl.gz", raw / "shard-0008.jsonl.gz")
+    burst = ["shard-0008.jsonl.gz", "shard-0009.jsonl.gz", "shard-0010.jsonl.gz"]
+    (tmp / "incoming").mkdir()
+    for name in burst:  # staged beside the pool, then moved in (an upload's final rename)
+        shutil.copy(TEST_DATA / "shard-0008.jsonl.gz", tmp / "incoming" / name)
+    for name in burst:
+        os.replace(tmp / "incoming" / name, raw / name)
 
     def refreshed():
         if not manifest_path.exists():
             return None
         m = json.loads(manifest_path.read_text())
-        return m if m.get("per_shard", {}).get("shard-0008.jsonl.gz", {}).get("pool_docs") == 60 else None
+        return m if all(m.get("per_shard", {}).get(b, {}).get("pool_docs") == 60 for b in burst) else None
 
     t_drop = time.time()
-    m = _wait(refreshed, 420, "the daemon did not bring shard-0008 into the curated manifest", every=3)
+    m = _wait(refreshed, 420, "the daemon did not bring the new shards into the curated manifest", every=3)
     print(f"manifest refreshed {time.time() - t_drop:.0f}s after the drop\n" + _timeline(env["DAGSTER_HOME"]))
-    assert m["pool_docs"] == before["pool_docs"] + 60
+    assert m["pool_docs"] == before["pool_docs"] + 180
     stats = json.loads((tmp / "home" / "storage" / "score_stats.json").read_text())
-    assert "shard-0008.jsonl.gz" in stats["keys"]
-    assert (tmp / "home" / "curated" / "shard-0008.parquet").exists()
+    assert set(burst) <= set(stats["keys"])
+    for b in burst:
+        assert (tmp / "home" / "curated" / b.replace(".jsonl.gz", ".parquet")).exists()
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as inst:
         runs = inst.get_runs()
         sensor_runs = [r for r in runs if r.tags.get("dagster/sensor_name") == "shard_sensor"]
-        assert sensor_runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in sensor_runs)
+        assert len(sensor_runs) == 3 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in sensor_runs)
+        # debounced: the burst refreshed the pool statistics and the selection once (plus the
+        # materialisation `metarater run` made before the daemon started)
+        for key in ("score_stats", "curated_selection"):
+            assert len(inst.fetch_materializations(dg.AssetKey(key), limit=10).records) == 2, key
         # nothing was refit: proxies and the regressor keep their single materialisation
         for key in ("regressor", "tokenizer", "dsir_model"):
             assert len(inst.fetch_materializations(dg.AssetKey(key), limit=5).records) == 1, key

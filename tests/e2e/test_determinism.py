@@ -16,27 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import SAMPLE, stop_group, write_config, write_small_shards
+from conftest import SAMPLE, save_tiny_encoder, stop_group, write_config, write_small_shards
 
 DIMS = ["professionalism", "readability", "reasoning", "cleanliness"]
 TOL = 1e-9
 RUN_TIMEOUT = 600  # one run takes about a minute on 2 CPU cores; a hang is killed, not waited on
-
-
-def _tiny_encoder(dest: Path, texts: list[str]) -> str:
-    """A tiny BERT + a BPE tokenizer trained on the labels (as in tests/assets/test_prrc.py): the
-    demo's fine-tuning path (Lightning, early stopping, shared encoder) at a test's cost."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from metarater_assets.core import proxy_lm
-
-    tok = proxy_lm.train_tokenizer(texts, vocab_size=600)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)).save_pretrained(dest)
-    tok.save_pretrained(dest)
-    return str(dest)
 
 
 def _inputs(d: Path) -> tuple[Path, Path]:
@@ -47,7 +31,7 @@ def _inputs(d: Path) -> tuple[Path, Path]:
         lines = f.readlines()[:150]
     labels = d / "prrc-labels.jsonl"
     labels.write_text("".join(lines), encoding="utf-8")
-    encoder = _tiny_encoder(d / "encoder", [json.loads(x)["text"] for x in lines])
+    encoder = save_tiny_encoder(d / "encoder", [json.loads(x)["text"] for x in lines])
     cfg_path = write_config(
         d / "config.yaml",
         # the demo's PRRC section (fine-tuned, one shared encoder, the four dimensions), shortened
