@@ -26,7 +26,7 @@ demo: install
 TEST_TMP := $(if $(wildcard /dev/shm),/dev/shm/metarater-tests-$(shell id -u),)
 
 test: install
-	$(PY) -m pytest -q $(if $(TEST_TMP),--basetemp=$(TEST_TMP)); rc=$$?; $(if $(TEST_TMP),rm -rf $(TEST_TMP);) exit $$rc
+	$(PY) -m pytest -q --durations=20 $(if $(TEST_TMP),--basetemp=$(TEST_TMP)); rc=$$?; $(if $(TEST_TMP),rm -rf $(TEST_TMP);) exit $$rc
 
 ui: install
 	$(VENV)/bin/metarater ui
