@@ -62,7 +62,7 @@ def confirm_plan(context: dg.AssetExecutionContext, optimal_weights: dict, regre
     return {"names": optimal_weights["names"], "runs": runs}
 
 
-@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tier-agreement-1",
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tier-agreement-2",
           deps=[dg.AssetDep("confirm_run", partition_mapping=dg.AllPartitionMapping())],
           ins={"confirm_plan": dg.AssetIn("confirm_plan")},
           description="How tier 1 (the regressor's proxies) and tier 2 (transformer proxies) agree: "
@@ -94,7 +94,7 @@ def tier_agreement(context: dg.AssetExecutionContext, confirm_plan: dict, settin
         singles = [t2[r["key"]]["target_loss"] for r in confirm_plan["runs"] if r["kind"] == "single"]
         optimum = {"key": opt["key"], "tier2_loss": loss, "rank": losses.index(loss) + 1, "of": len(losses),
                    "beats_every_single_score": bool(singles) and loss < min(singles)}
-    out = {"spearman": rho, "shared_vectors": len(pairs), "pairs": pairs, "optimum": optimum,
+    out = {"spearman": rho, "shared_vectors": len(pairs), "runs": len(keys), "pairs": pairs, "optimum": optimum,
            "tier1_kind": cfg.proxies.kind, "tier2_kind": cfg.confirm.kind,
            "target": cfg.validation_target}
     context.add_output_metadata({

@@ -158,6 +158,9 @@ def _config_parts(c) -> dict:
     curation_ = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), cur.get("weights_file"),
                  _file_digest(cur.get("weights_file")))
     model_cfg = (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget, p.seed)
+    # what a proxy's loss is measured on (both tiers)
+    measured = (dict(c.validation_sets), c.validation_max_docs, c.validation_held_out, c.validation_target,
+                (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs))
     return {
         "raw_docs": [(s.score, s.column, s.reduce, s.index, s.length) for s in c.precomputed],
         "dsir_counts": c.dsir.buckets,
@@ -172,13 +175,10 @@ def _config_parts(c) -> dict:
         # proxies are refit on request only (ON_REQUEST), so everything that changes what they
         # learn or how they are measured is part of their own version
         "proxy_data": model_cfg,
-        "proxy_run": (model_cfg, dict(c.validation_sets), c.validation_max_docs, c.validation_held_out,
-                      c.validation_target, (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs)),
+        "proxy_run": (model_cfg, *measured),
         "confirm_plan": (c.confirm.spread, c.confirm.single_score_runs, c.confirm.optimum) if c.confirm else None,
         "confirm_data": (model_cfg, c.confirm.preset, c.confirm.token_budget) if c.confirm else None,
-        "confirm_run": ((c.confirm.kind, c.confirm.preset, c.confirm.token_budget), dict(c.validation_sets),
-                        c.validation_max_docs, c.validation_held_out, c.validation_target,
-                        (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs)) if c.confirm else None,
+        "confirm_run": ((c.confirm.kind, c.confirm.preset, c.confirm.token_budget), *measured) if c.confirm else None,
         "tier_agreement": c.validation_target if c.confirm else None,
         "regressor": (c.regressor["folds"], c.regressor["holdout"], list(c.regressor["models"]),
                       c.regressor.get("seed"), c.validation_target),

@@ -122,6 +122,10 @@ def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: d
              "store": {"uri": u, **i}} for c, n, u, i in zip(cuts, counts, store_uris, infos)]
 
 
+#: the proxy-run asset of each tier and the config section that shapes it
+TIERS = {"proxy_run": "proxies", "confirm_run": "confirm"}
+
+
 def kind_config(cfg: Config, section: str):
     """The proxy kind / preset / budget of a tier: ``proxies`` (tier 1) or ``confirm`` (tier 2)."""
     return cfg.proxies if section == "proxies" else cfg.confirm

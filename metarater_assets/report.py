@@ -72,7 +72,7 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
     if st.exists(f"{base}/tier_agreement.json"):
         t = st.read_json(f"{base}/tier_agreement.json")
         rep.setdefault("proxies", {}).update({
-            "tier2_kind": t["tier2_kind"], "tier2_runs": len(t["pairs"]) + (1 if t.get("optimum") else 0),
+            "tier2_kind": t["tier2_kind"], "tier2_runs": t["runs"],
             "tier_agreement_spearman": t["spearman"], "tier_shared_vectors": t["shared_vectors"],
             "tier2_optimum": t.get("optimum")})
     if st.exists(f"{base}/regressor.json"):
@@ -114,11 +114,16 @@ def compare_arms(ev: dict) -> dict:
     out = {}
     for arm in ("random", "single_best"):
         other = np.asarray(ev[f"{arm}_loss"], float)
-        sd = max(float(cur.std(ddof=1)) if len(cur) > 1 else 0.0, float(other.std(ddof=1)) if len(other) > 1 else 0.0)
+        sd = max(_sd(cur), _sd(other))
         diff = float(other.mean() - cur.mean())
         out[arm] = {"curated_better_by": diff, "noisier_sd": sd, "in_sds": diff / sd if sd > 0 else float("inf"),
                     "wins_by_2sd": bool(diff > 2 * sd)}
     return out
+
+
+def _sd(v: np.ndarray) -> float:
+    """Sample standard deviation over seeds (0 for a single seed)."""
+    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def settings_files(settings: Settings):
@@ -170,7 +175,7 @@ def format_report(rep: dict) -> str:
         e = rep["evaluation"]
         for arm in ("curated", "random", "single_best"):
             v = np.array(e[f"{arm}_loss"])
-            lines.append(f"evaluation {arm:12s}: {v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f} "
+            lines.append(f"evaluation {arm:12s}: {v.mean():.4f} +- {_sd(v):.4f} "
                          f"({e['evaluated_on']})")
         lines.append(f"  best single score: {e['single_best_score']}; tokens ratio: {e['tokens_ratio']}")
         for arm, c in e.get("comparisons", {}).items():

@@ -23,6 +23,7 @@ from .core import corpus
 from .defs import ON_REQUEST, STAGE_NAMES, all_assets, build_resources, steps_for
 from .ingest import ingest_facts
 from .partitions import shards
+from .proxies import TIERS, kind_config
 from .staleness import Staleness
 from resources import Settings
 
@@ -298,11 +299,11 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                 if part is None:
                     batches.append(Batch(sel, (), stage_name))
                 else:
-                    per = size if part == "shards" or keys in (["proxy_run"], ["confirm_run"]) else len(pks)
-                    kind = (cfg.proxies if keys == ["proxy_run"] else cfg.confirm).kind \
-                        if keys in (["proxy_run"], ["confirm_run"]) else None
-                    if kind is not None and kind != "ngram":
-                        per = 1  # a transformer proxy per run: they go in parallel up to compute.workers
+                    tier = TIERS.get(keys[0]) if len(keys) == 1 else None
+                    if tier is not None:  # n-gram proxies in batches; a transformer proxy per run, in
+                        per = size if kind_config(cfg, tier).kind == "ngram" else 1  # parallel up to workers
+                    else:
+                        per = size if part == "shards" else len(pks)
                     batches += [Batch(sel, tuple(c), stage_name) for c in _contiguous(pks, order, per)]
             total = sum(max(1, len(b.partitions)) for b in batches)
             echo(f"== {stage_name}: {', '.join(sorted({k for b in batches for k in b.assets}))} "
