@@ -96,7 +96,7 @@ SENSORS_HELP = """sensors (Automation page of the UI; `dagster sensor start NAME
 def cmd_ui(args) -> int:
     """``dagster dev`` (webserver + daemon) in its own process group; SIGTERM or SIGINT to this
     process stops the whole group, however it was started (a shell's ``&`` ignores SIGINT)."""
-    _settings()  # creates DAGSTER_HOME (telemetry off) and exports it for dagster dev
+    _settings().prepare_instance()  # DAGSTER_HOME (telemetry off), exported, its tables created once
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", os.path.join(root, "workspace.yaml"),
            "-h", args.host, "-p", str(args.port)]

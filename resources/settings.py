@@ -63,6 +63,18 @@ class Settings:
         os.environ["DAGSTER_HOME"] = str(d)
         return str(d)
 
+    def prepare_instance(self) -> str:
+        """Create the instance's storage (SQLite tables) once, under a file lock, before any process
+        that shares it starts: ``dagster dev``'s webserver and daemon would otherwise both migrate a
+        fresh SQLite instance at once and one of them fails (``table jobs already exists``)."""
+        import fcntl
+
+        home = self.ensure_dagster_home()
+        with open(Path(home) / ".metarater-instance.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            dg.DagsterInstance.get().dispose()  # opening the instance creates its run, event and schedule tables
+        return home
+
 
 class MetaraterConfig(dg.ConfigurableResource):
     """The run configuration file (YAML) and the raw shard folder."""

@@ -95,18 +95,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_group(proc, grace: float = 30) -> None:
-    """Stop a process started with start_new_session=True, and everything it started: SIGTERM to
-    the group, SIGKILL after ``grace`` seconds."""
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children in other sessions included, e.g. dagster dev's)."""
+    import subprocess
+
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
+    kids: dict[int, list[int]] = {}
+    for line in out:
+        if line.strip():
+            p, pp = map(int, line.split())
+            kids.setdefault(pp, []).append(p)
+    todo, seen = [pid], []
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            seen.append(c)
+            todo.append(c)
+    return seen
+
+
+def stop_group(proc, grace: float = 45) -> None:
+    """Stop a process started with start_new_session=True and everything it started, also what it
+    started in sessions of its own (``metarater ui`` runs dagster dev in one): SIGTERM to the group,
+    SIGKILL after ``grace`` seconds to the group and to every descendant still alive."""
     import signal
     import subprocess
 
-    os.killpg(proc.pid, signal.SIGTERM)
+    kids = descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.wait()
+    for k in kids + descendants(proc.pid):
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def chat_reply(handler, content: str) -> None:

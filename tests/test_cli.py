@@ -136,14 +136,16 @@ def test_ui_started_in_the_background_stops_on_sigterm_and_on_sigint_with_its_ch
     import time
     import urllib.request
 
-    from conftest import free_port
+    from conftest import descendants, free_port
 
     started = []
     for name in ("SIGTERM", "SIGINT"):
         port = free_port()
         pidfile = tmp_path / f"{name}.pid"
-        # each UI its own home and instance: two fresh SQLite instances migrated at once would race
-        shell = subprocess.Popen(["bash", "-c", f"METARATER_HOME={tmp_path / name}-home "
+        # each UI its own home and instance (DAGSTER_HOME unset: $METARATER_HOME/dagster), both fresh,
+        # so each `metarater ui` creates its instance's tables before dagster dev's webserver and daemon
+        # start (they raced on a fresh SQLite instance: "table jobs already exists")
+        shell = subprocess.Popen(["bash", "-c", f"unset DAGSTER_HOME; METARATER_HOME={tmp_path / name}-home "
                                                 f"{sys.executable} -m metarater_assets.cli ui --port {port} "
                                                 f"> {tmp_path / name}.log 2>&1 & echo $! > {pidfile}; wait"],
                                  start_new_session=True)
@@ -162,7 +164,7 @@ def test_ui_started_in_the_background_stops_on_sigterm_and_on_sigint_with_its_ch
                     assert time.time() < deadline, (tmp_path / f"{name}.log").read_text()[-3000:]
                     time.sleep(1)
             pid = int(pidfile.read_text())
-            procs[name] = (pid, _descendants(pid))
+            procs[name] = (pid, descendants(pid))
             assert procs[name][1], "dagster dev started no processes"
         for name, (pid, _) in procs.items():
             os.kill(pid, getattr(signal, name))
@@ -175,7 +177,7 @@ def test_ui_started_in_the_background_stops_on_sigterm_and_on_sigint_with_its_ch
     finally:  # also on failure: every process each UI started, not just the shell's group
         for name, _, pidfile, shell in started:
             text = pidfile.read_text().strip() if pidfile.exists() else ""
-            kids = _descendants(int(text)) if text else []
+            kids = descendants(int(text)) if text else []
             if text and _alive(int(text)):
                 os.kill(int(text), signal.SIGTERM)
             end = time.time() + 30
@@ -185,21 +187,6 @@ def test_ui_started_in_the_background_stops_on_sigterm_and_on_sigint_with_its_ch
                 if _alive(k):
                     os.kill(k, signal.SIGKILL)
             os.killpg(shell.pid, signal.SIGKILL)
-
-
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
-    kids: dict[int, list[int]] = {}
-    for line in out:
-        if line.strip():
-            p, pp = map(int, line.split())
-            kids.setdefault(pp, []).append(p)
-    todo, seen = [pid], []
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            seen.append(c)
-            todo.append(c)
-    return seen
 
 
 def _alive(pid: int) -> bool:

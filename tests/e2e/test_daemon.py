@@ -64,8 +64,10 @@ def ui(tmp_path):
 
     yield start, tmp_path
     for proc, log in procs:
-        stop_group(proc)
-        log.close()
+        try:
+            stop_group(proc)
+        finally:
+            log.close()
 
 
 def _location_loaded(graphql) -> bool:
@@ -106,9 +108,15 @@ def test_a_burst_of_new_shards_reaches_the_manifest_through_the_running_daemon(u
     start, tmp = ui
     raw, cfg, env = _prepare(tmp, proxies={"n": 4, "single_score_runs": False}, evaluation={"seeds": [0]},
                              compute={"shards_per_run": 1})
-    out = subprocess.run([sys.executable, "-m", "metarater_assets.cli", "run", "--stage", "curated"], env=env,
-                         capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = subprocess.Popen([sys.executable, "-m", "metarater_assets.cli", "run", "--stage", "curated"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                           start_new_session=True)  # its worker processes are stopped with it on failure
+    try:
+        text, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            stop_group(run, grace=5)
+    assert run.returncode == 0, text[-3000:]
     manifest_path = tmp / "home" / "curated" / "_manifest.json"
     before = json.loads(manifest_path.read_text())
     assert "shard-0008.jsonl.gz" not in before["per_shard"]
