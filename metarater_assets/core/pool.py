@@ -363,8 +363,10 @@ def find_cuts(scan: Callable[[], Iterator[ShardScores]], targets: Sequence[float
     running count reaches the target. Pass 1 sums per-shard (P, bins) histograms of the count over
     [0, hi); the bin holding each vector's boundary is refined by another histogram pass while it
     holds more than ``collect_limit`` documents and more than one distinct value; then one pass
-    collects the boundary bin's documents and sorts them exactly. Memory: O(P * bins) plus the
-    boundary documents (at most ``collect_limit`` per vector), never the pool.
+    collects the boundary bin's documents and sorts them exactly, or, where the boundary is one
+    value (a block of ties of any size), counts them shard by shard in pool order. Memory:
+    O(P * bins) plus the boundary documents of a multi-value bin (at most ``collect_limit`` per
+    vector), never the pool.
     """
     if bins < 2:
         raise ValueError("bins must be >= 2 (a one-bin histogram cannot narrow the boundary)")
@@ -423,10 +425,20 @@ def find_cuts(scan: Callable[[], Iterator[ShardScores]], targets: Sequence[float
 
 
 def _collect(scan, want, counting, lo_v, hi_v, above, above_docs, above_tok, keep_all, empty) -> list[Cut | None]:
+    """The last pass. A boundary bin of several values: collect its documents and sort them
+    exactly. A boundary of one value (a block of ties, however large): its documents are in pool
+    order already, the order the scan yields them, so a running count over the shards finds the
+    cut without holding them (memory: one shard)."""
     P = len(want)
+    tie = (hi_v - lo_v) == 1
     rows: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(P)]
     keys: list[str] = []
     last_key, last_row = "", -1
+    run = np.zeros(P, dtype=np.float64)  # one-value boundaries: amount, docs and tokens so far
+    run_docs = np.zeros(P, dtype=np.int64)
+    run_tok = np.zeros(P, dtype=np.int64)
+    found: list[Cut | None] = [None] * P
+    last: list[Cut | None] = [None] * P  # the last document at a one-value boundary (keep them all)
     for sh in scan():
         keys.append(sh.key)
         if len(sh.tokens):
@@ -435,6 +447,26 @@ def _collect(scan, want, counting, lo_v, hi_v, above, above_docs, above_tok, kee
         t = np.asarray(sh.tokens, dtype=np.int64)
         for p in range(P):
             if empty[p]:
+                continue
+            if tie[p]:
+                if found[p] is not None:
+                    continue
+                m = np.flatnonzero(c[:, p] == lo_v[p])
+                if not len(m):
+                    continue
+                tm = t[m]
+                amount = tm.astype(np.float64) if counting == "tokens" else np.ones(len(m))
+                cum = above[p] + run[p] + np.cumsum(amount)
+                i = int(np.searchsorted(cum, want[p] - 1e-9, side="left"))
+                if not keep_all[p] and i < len(m):
+                    found[p] = Cut(threshold=int(lo_v[p]), tie_shard=sh.key, tie_row=int(m[i]),
+                                   docs=int(above_docs[p] + run_docs[p] + i + 1),
+                                   tokens=int(above_tok[p] + run_tok[p] + tm[:i + 1].sum()))
+                run[p] += amount.sum()
+                run_docs[p] += len(m)
+                run_tok[p] += int(tm.sum())
+                last[p] = Cut(threshold=int(lo_v[p]), tie_shard=sh.key, tie_row=int(m[-1]),
+                              docs=int(above_docs[p] + run_docs[p]), tokens=int(above_tok[p] + run_tok[p]))
                 continue
             m = np.flatnonzero((c[:, p] >= lo_v[p]) & (c[:, p] < hi_v[p]))
             if len(m):
@@ -445,6 +477,11 @@ def _collect(scan, want, counting, lo_v, hi_v, above, above_docs, above_tok, kee
     for p in range(P):
         if empty[p]:
             cuts.append(None)
+            continue
+        if tie[p]:
+            if last[p] is None:
+                raise RuntimeError("the boundary value of a cut holds no document: the pool changed during the selection")
+            cuts.append(found[p] or last[p])
             continue
         if not rows[p]:
             raise RuntimeError("the boundary bin of a cut is empty: the pool changed during the selection")

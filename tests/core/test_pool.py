@@ -117,3 +117,66 @@ def test_seeded_uniform_is_stable_and_uniform():
     u = pool.uniform(h, 3)
     assert (u == pool.uniform(h, 3)).all() and not (u == pool.uniform(h, 4)).all()
     assert abs(u.mean() - 0.5) < 0.01 and 0 <= u.min() and u.max() < 1
+
+
+def test_a_cut_inside_a_huge_block_of_ties_holds_one_shard_not_the_block():
+    """Half a million documents share the boundary value (a saturating score): the cut is still
+    exact (pool order), and the pass holds about one shard, not the tied block."""
+    import tracemalloc
+
+    n_shards, per = 50, 10_000
+    target = 123_457.0  # documents: the boundary falls inside shard 12 of the tied block
+
+    def scan():
+        for s in range(n_shards):
+            c = np.full((per, 1), 7, dtype=np.int64)
+            c[:5] = 9  # a few documents above the block in each shard
+            yield pool.ShardScores(f"s{s:03d}", c, np.ones(per, dtype=np.int64))
+
+    tracemalloc.start()
+    cut = pool.find_cuts(scan, [target], "docs", bins=16, collect_limit=1000, hi_units=16)[0]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    above = 5 * n_shards
+    # independent arithmetic: after the 250 documents above, the block is taken in pool order
+    need = int(target) - above
+    assert cut.threshold == 7 and cut.docs == int(target)
+    assert cut.tie_shard == f"s{need // (per - 5):03d}"
+    assert cut.tie_row == 5 + need % (per - 5) - 1
+    assert peak < 8 * per * 8 * 4, peak  # a few shard-sized arrays; the block would be ~16 MB
+
+
+def test_random_selection_has_the_target_size_and_is_the_smallest_hashes(tmp_path):
+    """The evaluation's random arm: per seed, the documents with the smallest seeded hash until
+    their tokens reach the target (checked against an independent sort), so it has the compared
+    selection's size up to its last document, and another seed draws other documents."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from metarater_assets.core import scan
+
+    rng = np.random.default_rng(3)
+    keys, uris, tables = [], [], []
+    for s in range(4):
+        n = int(rng.integers(20, 60))
+        t = pa.table({"n_tokens": rng.integers(1, 400, size=n), "doc_hash": rng.integers(0, 2 ** 63, size=n, dtype=np.uint64)})
+        keys.append(f"k{s}")
+        uris.append(str(tmp_path / f"k{s}.parquet"))
+        pq.write_table(t, uris[-1])
+        tables.append(t)
+    files = scan.PoolFiles(tuple(keys), tuple(uris))
+    target = 9000
+    masks = scan.random_selections(files, [target, target], [11, 12])
+    picked = []
+    for seed, mask in zip([11, 12], masks):
+        got = np.concatenate([mask(k, None, t) for k, t in zip(keys, tables)])
+        h = np.concatenate([t.column("doc_hash").to_numpy() for t in tables])
+        n = np.concatenate([t.column("n_tokens").to_numpy() for t in tables])
+        order = np.argsort(pool.uniform(h, seed), kind="stable")
+        k = int(np.searchsorted(np.cumsum(n[order]), target, side="left")) + 1
+        want = np.zeros(len(h), dtype=bool)
+        want[order[:k]] = True
+        assert (got == want).all()
+        assert n[got].sum() >= target > n[got].sum() - n[order[k - 1]]
+        picked.append(got)
+    assert (picked[0] != picked[1]).any()
