@@ -15,7 +15,7 @@ import numpy as np
 
 import dagster as dg
 
-from .core import pool as cp, proxy_lm, scan, storage as st
+from .core import proxy_lm, scan, storage as st
 from .core.stats import md_table
 from .partitions import proxy_runs
 from .plots import curves_png, png_metadata
@@ -71,17 +71,19 @@ def evaluation(context: dg.AssetExecutionContext, curated_selection: dict, score
     w_cur = np.asarray(curated_selection["weights"])
     w_one = np.zeros(len(names))
     w_one[names.index(single)] = 1.0
-    rate = curated_selection["tokens"] / max(curated_selection["pool_tokens"], 1)
+    # random arm: a uniformly random selection of exactly the curated selection's tokens (to the
+    # last document), one per seed, so every arm is compared at equal size
+    randoms = scan.random_selections(pool_files(settings, score_stats), [int(curated_selection["tokens"])] * len(seeds),
+                                     [7919 + s for s in seeds])
     work = tempfile.mkdtemp(prefix="metarater-eval-")
     store_uri = lambda arm, seed: f"{settings.artifacts_uri}/evaluation_data/{arm}-{seed}"  # noqa: E731
     # every arm and seed in one pass over the pool: curated and single-best cut like the curated
-    # corpus; random = a seeded hash sample of the pool of the curated selection's expected size
+    # corpus; random = its seed's random selection of the curated size
     cols, masks, uris, arms = [], [], [], []
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         for arm in ARMS:
             cols.append(w_cur if arm != "single_best" else w_one)
-            masks.append((lambda s: lambda key, c, t: cp.uniform(t.column("doc_hash").to_numpy(), 7919 + s) < rate)(seed)
-                         if arm == "random" else None)
+            masks.append(randoms[i] if arm == "random" else None)
             uris.append(store_uri(arm, seed))
             arms.append((arm, seed))
     W = np.stack(cols, axis=1)
@@ -104,7 +106,7 @@ def evaluation(context: dg.AssetExecutionContext, curated_selection: dict, score
                                                          tmp, comp, seed, callbacks=[cb])
             tune_losses = {s: proxy_lm.evaluate_loss(model, x, src, pcfg.seq_len, eos, device=comp.torch_device)
                            for s, (x, src) in tune.items()} if held else losses
-            sel = d["sampled"] if arm == "random" else d["selected"]
+            sel = d["selected"]  # the arm's whole selection (random: its hash sample of the pool)
             results[arm].append({"seed": seed, "target_loss": target_loss(losses, cfg.validation_target),
                                  "tune_target_loss": target_loss(tune_losses, cfg.validation_target),
                                  **{s: losses[s]["loss"] for s in vsets},

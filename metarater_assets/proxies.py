@@ -118,8 +118,14 @@ def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: d
             w.abort()
         raise
     infos = [w.close() for w in writers]
-    return [{"cut": c.to_dict(), "selected": {"docs": c.docs, "tokens": c.tokens}, "sampled": n,
-             "store": {"uri": u, **i}} for c, n, u, i in zip(cuts, counts, store_uris, infos)]
+    out = []
+    for p, (c, n, u, i) in enumerate(zip(cuts, counts, store_uris, infos)):
+        selected = n.pop("selected")  # what the cut (or the column's mask) selected, counted in the pass
+        if not (masks and masks[p]) and (selected["docs"], selected["tokens"]) != (c.docs, c.tokens):
+            raise RuntimeError(f"column {p}: the cut keeps {c.docs} documents, the writing pass selected "
+                               f"{selected['docs']}: the pool changed during the selection")
+        out.append({"cut": c.to_dict(), "selected": selected, "sampled": n, "store": {"uri": u, **i}})
+    return out
 
 
 #: the proxy-run asset of each tier and the config section that shapes it

@@ -123,6 +123,29 @@ def _selected(key, c, t, cuts_, masks) -> list[np.ndarray]:
             for p in range(len(cuts_))]
 
 
+def _hash_units(doc_hash: np.ndarray, seed: int) -> np.ndarray:
+    """A document's seeded hash as cut units: a lower uniform number ranks first (kept first)."""
+    return HASH_UNITS - 1 - np.floor(pool.uniform(doc_hash, seed) * HASH_UNITS).astype(np.int64)
+
+
+def random_selections(files: PoolFiles, tokens: Sequence[int], seeds: Sequence[int]) -> list[Callable]:
+    """Per (token target, seed): a uniformly random selection of the pool of that many tokens (the
+    documents with the smallest seeded hash until their tokens reach it, an exact cut on the hash
+    in one pass), as a mask ``(key, c, t) -> bool array`` for ``write_stores``: a random arm of the
+    same size as the selection it is compared with."""
+    P = len(tokens)
+
+    def scan_():
+        for key, t in zip(files.keys, _tables(files.index, ["n_tokens", "doc_hash"])):
+            h = t.column("doc_hash").to_numpy()
+            cc = np.stack([_hash_units(h, s) for s in seeds], axis=1) if len(h) else np.zeros((0, P), np.int64)
+            yield pool.ShardScores(key, cc, t.column("n_tokens").to_numpy())
+
+    cuts_ = pool.find_cuts(scan_, [float(x) for x in tokens], "tokens", hi_units=HASH_UNITS)
+    return [(lambda cut, seed: lambda key, c, t: cut.keep(key, _hash_units(t.column("doc_hash").to_numpy(), seed)))(cut, s)
+            for cut, s in zip(cuts_, seeds)]
+
+
 def sample_cuts(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts_: Sequence[pool.Cut],
                 samples: Sequence[Sample], masks: Sequence[Callable] | None = None) -> list[pool.Cut]:
     """Per vector, the cut in hash space that keeps the selected documents with the smallest
@@ -136,8 +159,7 @@ def sample_cuts(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts_
             sel = _selected(key, c, t, cuts_, masks)
             cc = np.empty((len(h), P), dtype=np.int64)
             for p in range(P):
-                u = pool.uniform(h, samples[p].seed)
-                cc[:, p] = np.where(sel[p], HASH_UNITS - 1 - np.floor(u * HASH_UNITS).astype(np.int64), -1)
+                cc[:, p] = np.where(sel[p], _hash_units(h, samples[p].seed), -1)
             yield pool.ShardScores(key, cc, t.column("n_tokens").to_numpy())
 
     return pool.find_cuts(scan, targets, "tokens", hi_units=HASH_UNITS)
@@ -149,12 +171,13 @@ def write_stores(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts
     """Every shard's selected and hash-sampled documents appended to each vector's token store
     writer, in pool order (after the passes that fix the sample). Only the row groups of
     ``doc_tokens`` that hold a written document are read. ``masks[p]`` (optional) replaces vector
-    p's cut (e.g. a random selection)."""
+    p's cut (e.g. a random selection). Returns per vector the documents and tokens written, and
+    under ``selected`` those of its whole selection (before the sample)."""
     if len(files.tokens) != len(files.keys):
         raise ValueError("write_stores needs the token file of every shard")
     P = len(writers)
     scuts = sample_cuts(files, norm, W, cuts_, samples, masks)
-    counts = [{"docs": 0, "tokens": 0} for _ in range(P)]
+    counts = [{"docs": 0, "tokens": 0, "selected": {"docs": 0, "tokens": 0}} for _ in range(P)]
     tok_uri = dict(zip(files.keys, files.tokens))
     step = max(1, len(files.keys) // 10)
     for i, (key, c, t) in enumerate(combined(files, norm, W, extra=["doc_hash"])):
@@ -163,8 +186,9 @@ def write_stores(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts
         sel = _selected(key, c, t, cuts_, masks)
         take = []
         for p in range(P):
-            u = pool.uniform(h, samples[p].seed)
-            hu = HASH_UNITS - 1 - np.floor(u * HASH_UNITS).astype(np.int64)
+            counts[p]["selected"]["docs"] += int(sel[p].sum())
+            counts[p]["selected"]["tokens"] += int(n[sel[p]].sum())
+            hu = _hash_units(h, samples[p].seed)
             take.append(np.flatnonzero(sel[p] & scuts[p].keep(key, np.where(sel[p], hu, -1))))
         rows = np.unique(np.concatenate(take)) if take else np.zeros(0, dtype=np.int64)
         if len(rows):

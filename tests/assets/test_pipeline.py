@@ -185,7 +185,8 @@ def test_jsonl_zst_output_option(pipeline, tmp_path):
 
 
 def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
-    """curation.token_budget: every evaluation arm is cut to the same size as the curated one."""
+    """curation.token_budget: every evaluation arm is cut to the same size as the curated one (the
+    random arm too: a random selection of exactly the curated tokens), and trains on equal tokens."""
     settings, instance, cfg_path = clone(pipeline, tmp_path)
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["curation"]["token_budget"] = 20000
@@ -196,6 +197,10 @@ def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
     assert 20000 <= sel["tokens"] < 20000 + 8000
     for r in ev["results"]["single_best"] + ev["results"]["curated"]:
         assert 20000 <= r["selected_tokens"] < 20000 + 8000, r  # the budget, plus at most the last document
+    for r in ev["results"]["random"]:  # a random selection of the curated selection's tokens, to its last document
+        assert sel["tokens"] <= r["selected_tokens"] < sel["tokens"] + 8000 < sel["pool_tokens"], r
+    trained = {r["trained_tokens"] for arm in ev["results"].values() for r in arm}
+    assert len(trained) == 1, trained  # every arm trains on the same number of tokens
 
 
 def test_tier_two_confirms_tier_one_and_reports_the_agreement(pipeline, tmp_path):
