@@ -104,3 +104,37 @@ def test_released_layout_runs_to_the_curated_corpus_without_scoring(tmp_path):
         files = ShardFiles(settings.storage_uri)
         assert pq.read_table(files.uri("precomputed_scores", "example_train_1.parquet")).num_rows == 60
         assert pq.read_table(files.uri("raw_docs", "example_train_1.parquet")).num_rows == 60
+
+
+def test_computed_dsir_mixes_with_the_precomputed_scores(tmp_path):
+    """raters: [dsir, precomputed] with the dsir_* entries dropped from the mapping: DSIR is computed
+    against the bundled targets, the other 22 scores are read from the shards, and the proxies and
+    the curated cut see all 25."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in SHARDS:
+        shutil.copy(FIXTURE / name, raw / name)
+    cfg_path = _config(tmp_path / "c.yaml")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    dsir = ("dsir_books", "dsir_wiki", "dsir_math")
+    cfg["raters"] = ["dsir", "precomputed"]
+    for n in dsir:
+        del cfg["precomputed"]["scores"][n]
+    cfg["dsir"] = {"buckets": 10000, "targets": {n: str(SAMPLE / "targets" / f"{n}.jsonl.gz") for n in ("books", "wiki", "math")}}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    home = tmp_path / "home"
+    settings = Settings(home=str(home), raw_uri=str(raw), config_path=str(cfg_path))
+    with dg.DagsterInstance.ephemeral() as instance:
+        summary = run_pipeline(settings, "curated", instance=instance, echo=lambda m: None)
+        assert not summary.failed
+        for shard in SHARDS:
+            assert _times(instance, "dsir_scores", shard) == 1 and _times(instance, "precomputed_scores", shard) == 1
+        assert _times(instance, "rpv2_scores") == 0  # the rps_* signals are read, not computed
+        files = ShardFiles(settings.storage_uri)
+        pre = pq.read_table(files.uri("precomputed_scores", SHARDS[0]))
+        assert not set(dsir) & set(pre.column_names) and "rps_doc_word_count" in pre.column_names
+        ours = pq.read_table(files.uri("dsir_scores", SHARDS[0]))
+        stats = json.load(open(home / "storage" / "score_stats.json"))
+        assert len(stats["scores"]) == 25 and set(dsir) <= {r["score"] for r in stats["scores"]}
+        assert set(dsir) <= set(ours.column_names) and ours.num_rows == 150
+        assert len(json.load(open(home / "curated" / "_manifest.json"))["weights"]) == 25
