@@ -87,10 +87,13 @@ SENSORS_HELP = """sensors (Automation page of the UI; `dagster sensor start NAME
                         shard partitions and runs shard_job (ingest, scores, tokens, shard index) for new or
                         changed files, in batches of compute.shards_per_run shards.
   metarater_automation  ON by default: declarative automation. Once new shards are indexed it refreshes
-                        score_stats, curated_selection, every curated_corpus shard and curated_manifest.
+                        score_stats, curated_selection, every curated_corpus shard and curated_manifest;
+                        after a pool-level refit (DSIR model, tokenizer, PRRC rater) it reruns the
+                        per-shard scores, tokens and index that read it.
                         Pool-level fits (DSIR model, PRRC rater, tokenizer, proxies of both tiers,
                         regressor, evaluation) never run by themselves: materialise them in the UI, or
-                        `metarater run --refit`."""
+                        `metarater run --refit`.
+  Both tick every METARATER_SENSOR_INTERVAL seconds (default 30)."""
 
 
 def cmd_ui(args) -> int:

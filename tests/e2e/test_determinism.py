@@ -1,8 +1,8 @@
 """Two runs from scratch give identical results: the whole graph up to the evaluation, run twice
 by the `metarater` command in two separate processes, each with its own METARATER_HOME and
-DAGSTER_HOME, with the demo's own kinds (a trained PRRC rater on the bundled labels, transformer
-proxies with single-score runs, the regressor, the curated cut and the evaluation's transformer
-arms) on a shortened config. Curated ids, proxy losses, PRRC scores, optimal weights and the
+DAGSTER_HOME, with the demo's own kinds (a trained PRRC rater on the bundled labels, n-gram tier-1
+proxies with single-score runs, the regressor, the curated cut, transformer tier-2 proxies and
+their tier agreement, and the evaluation's transformer arms) on a shortened config. Curated ids, proxy losses, PRRC scores, optimal weights and the
 evaluation's losses per arm and seed must agree."""
 import gzip
 import json
@@ -39,8 +39,11 @@ def _inputs(d: Path) -> tuple[Path, Path]:
               "train": {"encoder": encoder, "max_tokens": 48, "max_epochs": 2, "patience": 1,
                         "batch_size": 16, "lr": 5e-3}},
         model_raters={"scores": DIMS},
-        # the demo's proxy kind; single-score runs stay on (the evaluation's single-best arm reads them)
-        proxies={"n": 3, "kind": "transformer", "preset": "test", "token_budget": 2048, "single_score_runs": True},
+        # the demo's two tiers: n-gram tier 1 with single-score runs (the evaluation's single-best arm
+        # reads them), transformer tier 2 on the optimum, two spread vectors and the single scores
+        proxies={"n": 3, "kind": "ngram", "preset": "test", "token_budget": 2048, "single_score_runs": True},
+        confirm={"kind": "transformer", "preset": "test", "token_budget": 2048, "spread": 2,
+                 "single_score_runs": True},
         evaluation={"preset": "test", "token_budget": 2048, "seeds": [0, 1]},
     )
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -138,12 +141,23 @@ def assert_identical(a: Path, b: Path) -> None:
     kinds = set()
     for name in runs_a:
         pa_, pb_ = _json(a, f"storage/proxy_run/{name}"), _json(b, f"storage/proxy_run/{name}")
-        assert pa_["proxy_kind"] == "transformer" and pa_["train"]["steps"] > 0
+        assert pa_["proxy_kind"] == "ngram"
         kinds.add(pa_["kind"])
         for k in ("losses", "target_loss", "selection", "sampled", "threshold", "weights", "names"):
             _close(pa_[k], pb_[k], f"proxy_run/{name}.{k}")
-        _close(pa_["train"]["final_train_loss"], pb_["train"]["final_train_loss"], f"proxy_run/{name}.final_train_loss")
     assert kinds == {"dirichlet", "single"}, kinds
+
+    # tier 2: the same transformer runs on the same vectors, the same losses and tier agreement
+    conf_a = sorted(p.name for p in (a / "storage" / "confirm_run").glob("*.json"))
+    assert conf_a == sorted(p.name for p in (b / "storage" / "confirm_run").glob("*.json"))
+    assert len(conf_a) >= 1 + len(runs_a) - 3, conf_a  # the optimum + the single scores (+ spread)
+    for name in conf_a:
+        ca, cb = _json(a, f"storage/confirm_run/{name}"), _json(b, f"storage/confirm_run/{name}")
+        assert ca["proxy_kind"] == "transformer" and ca["train"]["steps"] > 0
+        for k in ("losses", "target_loss", "selection", "weights"):
+            _close(ca[k], cb[k], f"confirm_run/{name}.{k}")
+        _close(ca["train"]["final_train_loss"], cb["train"]["final_train_loss"], f"confirm_run/{name}.final_train_loss")
+    _close(_json(a, "storage/tier_agreement.json"), _json(b, "storage/tier_agreement.json"), "tier_agreement")
 
     # the regressor's optimum
     oa, ob = _json(a, "storage/optimal_weights.json"), _json(b, "storage/optimal_weights.json")
