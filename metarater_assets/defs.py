@@ -157,7 +157,9 @@ def _config_parts(c) -> dict:
     p, cur = c.proxies, c.curation
     curation_ = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), cur.get("weights_file"),
                  _file_digest(cur.get("weights_file")))
-    model_cfg = (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget, p.seed)
+    # what a weight vector selects and how its proxy is trained: the orientation flips scores in the
+    # normalisation, so every vector's selection moves with it
+    model_cfg = (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget, p.seed, sorted(c.orientation.items()))
     # what a proxy's loss is measured on (both tiers)
     measured = (dict(c.validation_sets), c.validation_max_docs, c.validation_held_out, c.validation_target,
                 (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs))

@@ -4,6 +4,7 @@ The module fixture runs the chain once; a test that changes anything (config, ne
 proposal) works on its own copy of the home, the instance and the raw folder (``clone``), so the
 tests pass in any order."""
 import json
+from pathlib import Path
 import shutil
 
 import pyarrow.parquet as pq
@@ -106,6 +107,23 @@ def test_changing_only_the_fraction_recomputes_only_curation_and_evaluation(pipe
     assert done == {"curated_selection", "curated_corpus", "curated_manifest", "evaluation"}
     rep = build_report(settings, instance)
     assert rep["curated"]["fraction"] == 0.3
+
+
+def test_changing_a_scores_orientation_retrains_the_proxies_on_the_flipped_selections(pipeline, tmp_path):
+    """scores.orientation changes what every weight vector selects, so the proxies (refit on request,
+    not by new data) are stale by their own config: their data and runs, the regressor, the weights
+    and the curated output are redone; scores, tokens and the other pool-level fits are not."""
+    settings, instance, cfg_path = clone(pipeline, tmp_path)
+    before = {p.name: json.load(open(p))["selection"] for p in (Path(settings.storage_uri) / "proxy_run").glob("*.json")}
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg.setdefault("scores", {})["orientation"] = {"rps_doc_frac_no_alph_words": "low"}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    summary = run_pipeline(settings, "curated", instance=instance, echo=lambda m: None)
+    done = {k for k, _ in summary.materialised}
+    assert {"score_stats", "proxy_data", "proxy_run", "regressor", "optimal_weights", "curated_selection"} <= done, done
+    assert not done & {"raw_docs", "rpv2_scores", "dsir_scores", "doc_tokens", "tokenizer", "dsir_model"}, done
+    after = {p.name: json.load(open(p))["selection"] for p in (Path(settings.storage_uri) / "proxy_run").glob("*.json")}
+    assert after.keys() == before.keys() and after != before  # the same vectors, other selections
 
 
 def test_explain_kept_and_dropped(pipeline):
