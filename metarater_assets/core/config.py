@@ -13,6 +13,7 @@ import yaml
 
 from . import dsir as _dsir
 from .proxy_lm import PROXY_PRESETS
+from .regression import MODEL_NAMES as REGRESSORS
 from .signals import SIGNAL_NAMES
 
 #: Rater groups computed by the project and the scores each provides; ``precomputed`` reads the
@@ -25,7 +26,6 @@ RATERS: dict[str, tuple[str, ...]] = {
 #: per-score direction: "high" (higher is better, the paper's default for every score) or "low"
 #: (lower is better: the score is flipped in the normalisation, so a positive weight favours low values)
 ORIENTATIONS = ("high", "low")
-REGRESSORS = ("lightgbm", "gbr", "linear", "ridge")
 
 
 class ConfigError(ValueError):

@@ -7,7 +7,11 @@ following RegMix), R^2 and MAE:
 * ``gbr``: scikit-learn ``GradientBoostingRegressor``;
 * ``linear``: statsmodels OLS without intercept -- weights sum to 1, so the coefficient of
   score i is the predicted loss with all weight on score i, with a confidence interval;
-* ``ridge``: scikit-learn ``Ridge``.
+* ``ridge``: scikit-learn ``Ridge``;
+* ``quadratic``: ridge on the weights and their pairwise products and squares (scikit-learn
+  ``PolynomialFeatures(2)`` + ``RidgeCV``, its penalty chosen by efficient leave-one-out inside
+  each fit): the loss surface's curvature and the interactions between scores, which a linear
+  model cannot bend to and boosted trees need many more runs to approximate.
 
 Optimal weights (paper): predict many Dirichlet candidates, average the ``top_k`` with the lowest
 predicted loss. The predicted loss at the optimum gets a bootstrap interval (refit on resampled
@@ -22,8 +26,8 @@ import functools
 
 import numpy as np
 
-REGRESSION_VERSION = "2"
-MODEL_NAMES = ("lightgbm", "gbr", "linear", "ridge")
+REGRESSION_VERSION = "3"
+MODEL_NAMES = ("lightgbm", "gbr", "linear", "ridge", "quadratic")
 
 
 @functools.cache
@@ -80,6 +84,13 @@ def make_model(name: str, seed: int = 0):
         from sklearn.linear_model import Ridge
 
         return Ridge(alpha=1e-3)
+    if name == "quadratic":
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+
+        return make_pipeline(PolynomialFeatures(2, include_bias=False), StandardScaler(),
+                             RidgeCV(alphas=np.logspace(-3, 4, 15)))
     raise ValueError(f"unknown regressor {name!r}; known: {MODEL_NAMES}")
 
 

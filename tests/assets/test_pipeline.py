@@ -52,7 +52,7 @@ def test_whole_chain_runs(pipeline):
     assert len(rep["scores"]["names"]) == 14 and rep["scores"]["docs_scored"] == 300
     assert rep["proxies"]["n"] == 6 + 14
     assert rep["proxies"]["val_loss_min"] < rep["proxies"]["val_loss_max"]
-    assert rep["regressor"]["model"] in ("lightgbm", "gbr", "linear", "ridge")
+    assert rep["regressor"]["model"] in ("lightgbm", "gbr", "linear", "ridge", "quadratic")
     w = rep["optimal_weights"]
     assert abs(sum(w.values()) - 1) < 1e-9 and len(w) == 14
     assert 0 < rep["curated"]["docs"] < 300
