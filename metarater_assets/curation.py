@@ -21,7 +21,7 @@ from .batched import for_each_shard
 from .core import corpus, dsir, pool as cp, precomputed, proxy_lm, regression, scan, selection, signals
 from .core import storage as st
 from .partitions import shards
-from .pool import normalisation, pool_files
+from .pool import normalisation, oriented, pool_files
 from resources import MetaraterConfig
 
 GROUP = "curated"
@@ -68,7 +68,7 @@ def curated_selection(context: dg.AssetExecutionContext, score_stats: dict, opti
                       settings: MetaraterConfig):
     cfg = settings.load()
     w, names, origin = resolve_weights(cfg, optimal_weights)
-    norm = normalisation(score_stats)
+    norm = normalisation(oriented(settings, cfg, score_stats))  # auto scores as score_orientation decided
     if list(norm.names) != names:
         raise dg.Failure(f"the weights are over {names} but the pool statistics over {list(norm.names)}: "
                          "re-run the proxies and the regressor (metarater run --refit)", allow_retries=False)

@@ -11,8 +11,9 @@ import json
 
 import dagster as dg
 
-from . import batched, confirm, curation, evaluation, ingest, pool, prrc, proxies, regression, scoring, tokens
-from .partitions import confirm_runs, shards
+from . import (batched, confirm, curation, evaluation, ingest, orientation, pool, prrc, proxies, regression, scoring,
+               tokens)
+from .partitions import confirm_runs, orientation_runs, shards
 from .sensors import AUTOMATION_SENSOR, make_automation_sensor, make_shard_sensor
 from resources import ComputeResource, JsonIOManager, MetaraterConfig, Settings
 
@@ -26,6 +27,10 @@ STEPS: tuple[tuple[tuple[str, ...], str | None], ...] = (
     (("dsir_model", "prrc_annotations", "prrc_rater", "tokenizer"), None),
     (("dsir_scores", "@model_scores", "doc_tokens", "shard_index"), "shards"),
     (("score_stats", "validation_tokens"), None),
+    (("orientation_plan",), None),
+    (("orientation_data",), "orientation_runs"),
+    (("orientation_run",), "orientation_runs"),
+    (("score_orientation",), None),
     (("proxy_plan",), None),
     (("proxy_data",), "proxy_runs"),
     (("proxy_run",), "proxy_runs"),
@@ -45,7 +50,8 @@ _STAGE_OF = {
     "rpv2_scores": "scores", "dsir_counts": "scores", "dsir_model": "scores", "dsir_scores": "scores",
     "prrc_annotations": "scores", "prrc_rater": "scores", "@model_scores": "scores",
     "tokenizer": "pool", "doc_tokens": "pool", "shard_index": "pool", "score_stats": "pool",
-    "validation_tokens": "pool", "proxy_plan": "proxies", "proxy_data": "proxies", "proxy_run": "proxies",
+    "validation_tokens": "pool", "orientation_plan": "proxies", "orientation_data": "proxies",
+    "orientation_run": "proxies", "score_orientation": "proxies", "proxy_plan": "proxies", "proxy_data": "proxies", "proxy_run": "proxies",
     "regressor": "regressor", "optimal_weights": "regressor", "curated_selection": "curated",
     "curated_corpus": "curated", "curated_manifest": "curated", "confirm_plan": "confirm",
     "confirm_data": "confirm", "confirm_run": "confirm", "tier_agreement": "confirm", "evaluation": "evaluation",
@@ -55,7 +61,7 @@ _STAGE_OF = {
 #: and rater, the tokenizer and the proxies' data and runs of both tiers (and so the regressor). They
 #: run when missing, when their own code or config changed, with --force ASSET, or all with --refit.
 ON_REQUEST = frozenset({"dsir_model", "prrc_annotations", "prrc_rater", "tokenizer", "proxy_data", "proxy_run",
-                        "confirm_data", "confirm_run"})
+                        "confirm_data", "confirm_run", "orientation_data", "orientation_run"})
 
 
 def stage_of(asset: str) -> str:
@@ -174,6 +180,10 @@ def _config_parts(c) -> dict:
         "validation_tokens": (dict(c.validation_sets), c.validation_max_docs, c.validation_held_out),
         "score_stats": (c.score_names, c.stats_sample_docs, sorted(c.orientation.items())),
         "proxy_plan": (c.score_names, p.n, p.seed, p.single_score_runs),
+        "orientation_plan": (c.score_names, c.auto_oriented, p.seed),
+        "orientation_data": model_cfg,
+        "orientation_run": (model_cfg, *measured),
+        "score_orientation": c.validation_target,
         # proxies are refit on request only (ON_REQUEST), so everything that changes what they
         # learn or how they are measured is part of their own version
         "proxy_data": model_cfg,
@@ -219,6 +229,13 @@ def _base_assets(cfg) -> list:
             regression.regressor, regression.optimal_weights,
             curation.curated_selection, curation.make_curated_corpus(policy), curation.curated_manifest,
             evaluation.evaluation]
+    if cfg is not None and cfg.auto_oriented:  # scores.orientation auto: two single-score runs decide each
+        out += [orientation.orientation_plan,
+                proxies.make_proxy_data(cfg, name="orientation_data", partitions=orientation_runs,
+                                        plan="orientation_plan", orientation_runs=True),
+                proxies.make_proxy_run(cfg, name="orientation_run", partitions=orientation_runs,
+                                       data="orientation_data"),
+                orientation.score_orientation]
     if cfg is not None and cfg.confirm is not None:  # tier 2: transformer proxies confirm tier 1
         out += [confirm.confirm_plan,
                 proxies.make_proxy_data(cfg, name="confirm_data", partitions=confirm_runs, plan="confirm_plan",

@@ -19,7 +19,7 @@ from .core import proxy_lm, scan, storage as st
 from .core.stats import md_table
 from .partitions import proxy_runs
 from .plots import curves_png, png_metadata
-from .pool import normalisation, pool_files
+from .pool import oriented, pool_files
 from .proxies import proxy_results, target_loss, write_training_data
 from .tokens import validation_sets
 from resources import ComputeResource, MetaraterConfig
@@ -53,6 +53,7 @@ def _summary(values) -> dict:
 def evaluation(context: dg.AssetExecutionContext, curated_selection: dict, score_stats: dict, tokenizer: dict,
                settings: MetaraterConfig, compute: ComputeResource) -> dict:
     cfg = settings.load()
+    score_stats = oriented(settings, cfg, score_stats)  # auto scores as score_orientation decided
     ev = cfg.evaluation
     pcfg = proxy_lm.get_preset(ev["preset"], token_budget=ev.get("token_budget"))
     budget = pcfg.steps * pcfg.batch_size * pcfg.seq_len

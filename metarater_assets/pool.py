@@ -205,3 +205,29 @@ def pool_files(settings: MetaraterConfig, stats_out: dict, tokens: bool = False)
 def normalisation(stats_out: dict, flips: dict | None = None) -> cp.Normalisation:
     norm = cp.Normalisation.from_dict(stats_out["normalisation"])
     return norm.with_flip(flips) if flips is not None else norm
+
+
+def flipped(stats_out: dict, scores) -> dict:
+    """``score_stats`` with ``scores`` flipped as well (``5 - s``) in its normalisation."""
+    norm = cp.Normalisation.from_dict(stats_out["normalisation"])
+    extra = set(scores)
+    return {**stats_out, "normalisation": norm.with_flip(
+        {n: f or n in extra for n, f in zip(norm.names, norm.flip)}).to_dict()}
+
+
+def oriented(settings: MetaraterConfig, cfg, stats_out: dict) -> dict:
+    """``score_stats`` as every selection reads it: the scores with ``orientation: auto`` flipped where
+    ``score_orientation`` decided ``low`` (nothing to do without auto scores)."""
+    auto = cfg.auto_oriented
+    if not auto:
+        return stats_out
+    uri = f"{settings.storage_uri}/score_orientation.json"
+    if not st.exists(uri):
+        raise dg.Failure(f"scores.orientation is auto for {list(auto)}, but score_orientation has not decided "
+                         "them: materialise score_orientation (metarater run --stage proxies)", allow_retries=False)
+    decided = st.read_json(uri)["decided"]
+    missing = [n for n in auto if n not in decided]
+    if missing:
+        raise dg.Failure(f"score_orientation has no decision for {missing}: re-materialise orientation_plan and "
+                         "score_orientation", allow_retries=False)
+    return flipped(stats_out, [n for n in auto if decided[n] == "low"])

@@ -20,7 +20,7 @@ from .batched import for_each_shard
 from .core import pool as cp, proxy_lm, scan, selection, storage as st, token_store as ts
 from .core.config import Config
 from .partitions import proxy_runs
-from .pool import normalisation, pool_files
+from .pool import flipped, normalisation, oriented, pool_files
 from .tokens import validation_sets
 from resources import ComputeResource, MetaraterConfig
 
@@ -129,7 +129,7 @@ def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: d
 
 
 #: the proxy-run asset of each tier and the config section that shapes it
-TIERS = {"proxy_run": "proxies", "confirm_run": "confirm"}
+TIERS = {"proxy_run": "proxies", "confirm_run": "confirm", "orientation_run": "proxies"}
 
 
 def kind_config(cfg: Config, section: str):
@@ -138,13 +138,18 @@ def kind_config(cfg: Config, section: str):
 
 
 def make_proxy_data(cfg, *, name: str = "proxy_data", partitions=proxy_runs, plan: str = "proxy_plan",
-                    section: str = "proxies"):
-    """``proxy_data`` (tier 1) or ``confirm_data`` (tier 2): each run's training data."""
+                    section: str = "proxies", orientation_runs: bool = False):
+    """``proxy_data`` (tier 1), ``confirm_data`` (tier 2) or ``orientation_data``: each run's training
+    data. Tier 1 and 2 select with the decided orientation of ``auto`` scores (``score_orientation``);
+    orientation runs select by a score's top (``flip`` false) or its bottom (``flip`` true)."""
+    decided = bool(cfg is not None and cfg.auto_oriented and not orientation_runs)
+
     @dg.asset(name=name, partitions_def=partitions, group_name=GROUP if section == "proxies" else "confirm",
               backfill_policy=dg.BackfillPolicy.single_run(),
               code_version=f"proxy-data-{cp.POOL_VERSION}-{ts.STORE_VERSION}",
               deps=[plan, dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping()),
-                    dg.AssetDep("doc_tokens", partition_mapping=dg.AllPartitionMapping())],
+                    dg.AssetDep("doc_tokens", partition_mapping=dg.AllPartitionMapping()),
+                    *(["score_orientation"] if decided else [])],
               ins={"score_stats": dg.AssetIn("score_stats"), "tokenizer": dg.AssetIn("tokenizer")},
               description="Each run's training data: its exact top-fraction selection of the pool, "
                           "hash-sampled (seeded) to the proxy's token budget, in an on-disk token store "
@@ -154,13 +159,20 @@ def make_proxy_data(cfg, *, name: str = "proxy_data", partitions=proxy_runs, pla
         cfg_ = settings.load()
         keys = list(context.partition_keys) if context.has_partition_key_range else [context.partition_key]
         specs = [read_spec(settings, k, cfg_.score_names) for k in keys]
-        W = np.array([s["weights"] for s in specs]).T  # (S, P)
         p = cfg_.proxies
         mc = model_config(kind_config(cfg_, section))
         budget = mc.steps * mc.batch_size * mc.seq_len
-        stores = [f"{settings.artifacts_uri}/{name}/{k}" for k in keys]
-        res = write_training_data(settings, score_stats, tokenizer, W, stores, fraction=p.fraction, by=p.fraction_of,
-                                  token_budget=None, sample_budget=budget, seed=p.seed, log=context.log.info)
+        stats = oriented(settings, cfg_, score_stats) if decided else score_stats
+        res: list = [None] * len(keys)
+        for flip in sorted({bool(s.get("flip", False)) for s in specs}):  # one pass over the pool per group
+            idx = [i for i, s in enumerate(specs) if bool(s.get("flip", False)) == flip]
+            W = np.array([specs[i]["weights"] for i in idx]).T  # (S, P)
+            group = write_training_data(settings, flipped(stats, cfg_.auto_oriented) if flip else stats, tokenizer, W,
+                                        [f"{settings.artifacts_uri}/{name}/{keys[i]}" for i in idx], fraction=p.fraction,
+                                        by=p.fraction_of, token_budget=None, sample_budget=budget, seed=p.seed,
+                                        log=context.log.info)
+            for i, r in zip(idx, group):
+                res[i] = r
         for k, r in zip(keys, res):
             st.write_json({"key": k, **r}, settings.files.uri(name, k, ".json"))
         context.log.info(f"{len(keys)} run(s): training data written")

@@ -61,6 +61,9 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
         s = st.read_json(f"{base}/score_stats.json")
         rep["scores"] = {"names": [r["score"] for r in s["scores"]], "docs_scored": s["docs"], "tokens": s["tokens"],
                          "shards": s["shards"], "excluded_shards": s["excluded"]}
+        if cfg.auto_oriented and st.exists(f"{base}/score_orientation.json"):  # scores.orientation: auto
+            o = st.read_json(f"{base}/score_orientation.json")
+            rep["scores"]["orientation"] = {"decided": o["decided"], "losses": o["losses"]}
     runs = instance.get_dynamic_partitions(proxy_runs.name)
     from .proxies import proxy_results
 
@@ -150,6 +153,8 @@ def format_report(rep: dict) -> str:
         s = rep["scores"]
         lines.append(f"scores: {len(s['names'])} scores on {s['docs_scored']} docs in {s['shards']} shard(s)"
                      + (f", {len(s['excluded_shards'])} shard(s) not in the pool" if s["excluded_shards"] else ""))
+        if "orientation" in s:
+            lines.append("orientation (auto): " + ", ".join(f"{n}={d}" for n, d in sorted(s["orientation"]["decided"].items())))
     if "proxies" in rep:
         p = rep["proxies"]
         if "n" in p:

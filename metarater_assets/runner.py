@@ -263,7 +263,7 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
             if part == "shards":
                 order = list(instance.get_dynamic_partitions(shards.name))
                 partitions = [k for k in order if k in present and k not in failed_shards]
-            elif part in ("proxy_runs", "confirm_runs"):
+            elif part in ("proxy_runs", "confirm_runs", "orientation_runs"):
                 order = list(instance.get_dynamic_partitions(part))
                 partitions = order
             else:

@@ -23,9 +23,10 @@ RATERS: dict[str, tuple[str, ...]] = {
     "dsir": ("dsir_books", "dsir_wiki", "dsir_math"),
     "precomputed": (),
 }
-#: per-score direction: "high" (higher is better, the paper's default for every score) or "low"
+#: per-score direction: "high" (higher is better, the paper's default for every score), "low"
 #: (lower is better: the score is flipped in the normalisation, so a positive weight favours low values)
-ORIENTATIONS = ("high", "low")
+#: or "auto" (decided before the proxy swarm by two single-score runs, its top and its bottom)
+ORIENTATIONS = ("high", "low", "auto")
 
 
 class ConfigError(ValueError):
@@ -163,6 +164,11 @@ class Config:
 
     def orientation_of(self, name: str) -> str:
         return self.orientation.get(name, self.orientation.get("default", "high"))
+
+    @property
+    def auto_oriented(self) -> tuple[str, ...]:
+        """The scores whose direction single-score proxy runs decide (``orientation: auto``)."""
+        return tuple(n for n in self.score_names if self.orientation_of(n) == "auto")
 
 
 def load_config(path: str) -> Config:
@@ -358,11 +364,8 @@ def _orientation(raw: Any) -> dict[str, str]:
     if isinstance(raw, str):
         raw = {"default": raw}
     if not isinstance(raw, Mapping):
-        raise ConfigError("scores.orientation must be high, low or a mapping {score: high|low}")
+        raise ConfigError("scores.orientation must be high, low, auto or a mapping {score: high|low|auto}")
     bad = {k: v for k, v in raw.items() if v not in ORIENTATIONS}
-    if "auto" in bad.values():
-        raise ConfigError("scores.orientation: 'auto' is not implemented (deciding a direction needs proxy runs "
-                          "selected by that score's bottom as well as its top); set high or low per score")
     if bad:
         raise ConfigError(f"scores.orientation: {bad} not one of {list(ORIENTATIONS)}")
     return dict(raw)

@@ -126,6 +126,41 @@ def test_changing_a_scores_orientation_retrains_the_proxies_on_the_flipped_selec
     assert after.keys() == before.keys() and after != before  # the same vectors, other selections
 
 
+def test_auto_orientation_decides_each_direction_from_its_top_and_bottom_runs(pipeline, tmp_path):
+    """scores.orientation auto: two single-score runs per auto score (its top, its bottom), the
+    direction with the lower target loss kept, and every later selection (the swarm, the curated
+    cut) reads the decided flips; score_stats itself stays unflipped."""
+    from metarater_assets.proxies import target_loss
+
+    settings, instance, cfg_path = clone(pipeline, tmp_path)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    auto = ["rps_doc_frac_no_alph_words", "rps_doc_word_count", "dsir_wiki"]
+    cfg.setdefault("scores", {})["orientation"] = {n: "auto" for n in auto}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    summary = run_pipeline(settings, "curated", instance=instance, echo=lambda m: None)
+    assert not summary.failed
+    done = {k for k, _ in summary.materialised}
+    assert {"orientation_plan", "orientation_data", "orientation_run", "score_orientation", "proxy_data",
+            "proxy_run", "curated_selection"} <= done, done
+    store = Path(settings.storage_uri)
+    runs = sorted(instance.get_dynamic_partitions("orientation_runs"))
+    assert len(runs) == 2 * len(auto) and {r.rsplit("-", 1)[1] for r in runs} == {"high", "low"}
+    res = {k: json.load(open(store / "orientation_run" / f"{k}.json")) for k in runs}
+    target = yaml.safe_load(cfg_path.read_text())["validation"]["target"]
+    decided = json.load(open(store / "score_orientation.json"))["decided"]
+    for n in auto:
+        hi, lo = (next(r for k, r in res.items() if r["score"] == n and k.endswith(d)) for d in ("-high", "-low"))
+        assert hi["selection"] != lo["selection"]  # the top and the bottom of the pool
+        want = "low" if target_loss(lo["losses"], target) < target_loss(hi["losses"], target) else "high"
+        assert decided[n] == want
+    stats = json.load(open(store / "score_stats.json"))["normalisation"]
+    sel = json.load(open(store / "curated_selection.json"))["normalisation"]
+    for n in auto:
+        i = stats["names"].index(n)
+        assert stats["flip"][i] is False and sel["flip"][i] is (decided[n] == "low")
+    assert build_report(settings, instance)["scores"]["orientation"]["decided"] == decided
+
+
 def test_explain_kept_and_dropped(pipeline):
     from metarater_assets.core import pool as cp
     from metarater_assets.explain import explain

@@ -98,3 +98,18 @@ def test_a_score_from_two_raters_is_refused():
     raw["precomputed"] = {"scores": {"rps_doc_word_count": "rps_doc_word_count"}}
     with pytest.raises(ConfigError, match=r"score\(s\) \['rps_doc_word_count'\] come from more than one rater"):
         parse_config(raw, str(REPO / "configs"))
+
+
+def test_orientation_auto_is_accepted_per_score_and_as_default(tmp_path):
+    import yaml
+
+    from conftest import write_config
+    from metarater_assets.core.config import load_config
+
+    p = write_config(tmp_path / "c.yaml", scores={"orientation": {"rps_doc_word_count": "auto", "dsir_wiki": "low"}})
+    cfg = load_config(str(p))
+    assert cfg.auto_oriented == ("rps_doc_word_count",) and cfg.orientation_of("dsir_wiki") == "low"
+    raw = yaml.safe_load(p.read_text())
+    raw["scores"]["orientation"] = "auto"
+    p.write_text(yaml.safe_dump(raw))
+    assert load_config(str(p)).auto_oriented == load_config(str(p)).score_names
