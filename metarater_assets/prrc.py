@@ -181,9 +181,12 @@ def prrc_rater(context: dg.AssetExecutionContext, settings: MetaraterConfig, com
         "held_out": dg.MetadataValue.md(table),
         "mean_macro_f1": round(sum(m["macro_f1"] for m in report["test"].values()) / len(report["test"]), 4),
         **{f"macro_f1_{d}": round(m["macro_f1"], 4) for d, m in report["test"].items()},
+        **({"probe_mean_macro_f1": round(sum(m["macro_f1"] for m in report["probe_test"].values())
+                                         / len(report["probe_test"]), 4)} if report.get("probe_test") else {}),
     })
     value = {"enabled": True, "method": report.get("method", "finetune"), "models": report["models"],
              "dims": list(cfg.prrc.dims), "max_tokens": tc.max_tokens, "shared": report["shared"],
-             "test": report["test"], "split": report["split"], "best_epoch": report["best_epoch"]}
+             "test": report["test"], "split": report["split"], "best_epoch": report["best_epoch"],
+             "probe_test": report.get("probe_test")}
     return dg.Output(value, data_version=dg.DataVersion(
         hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()))

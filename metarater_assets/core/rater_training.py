@@ -375,7 +375,8 @@ def train_prrc(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig, shared: 
         rep = train_rater(rows, out_uri, cfg, log)
         models = {d: {"uri": out_uri, "offset": i * CLASSES} for i, d in enumerate(cfg.dims)}
         return {"shared": True, "models": models, "test": rep["test"], "split": rep["split"],
-                "best_epoch": {d: rep["best_epoch"] for d in cfg.dims}, "quarantined": len(rep["quarantined"])}
+                "best_epoch": {d: rep["best_epoch"] for d in cfg.dims}, "quarantined": len(rep["quarantined"]),
+                "probe_test": probe_baseline(rows, cfg, log)}
     out: dict = {"shared": False, "models": {}, "test": {}, "best_epoch": {}}
     for d in cfg.dims:
         uri = join(out_uri, d)
@@ -384,7 +385,21 @@ def train_prrc(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig, shared: 
         out["test"][d] = rep["test"][d]
         out["best_epoch"][d] = rep["best_epoch"]
         out["split"], out["quarantined"] = rep["split"], len(rep["quarantined"])
+    out["probe_test"] = probe_baseline(rows, cfg, log)
     return out
+
+
+def probe_baseline(rows: Sequence[Mapping], cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """A fine-tuned rater's baseline: the probe on the same encoder, labels and split (its held-out
+    metrics per dimension; the probe itself is not kept)."""
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="metarater-probe-baseline-")
+    try:
+        return train_probe(rows, tmp, cfg, log)["test"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def specs_for(models: Mapping[str, Mapping], max_tokens: int = 512, batch_size: int = 32) -> dict:
@@ -401,12 +416,16 @@ def specs_for(models: Mapping[str, Mapping], max_tokens: int = 512, batch_size: 
 def summary_table(report: Mapping, paper: Mapping[str, float] | None = None) -> str:
     """Markdown: per dimension macro-F1 / accuracy of the rater vs the majority class (and the
     paper's ModernBERT F1 where given)."""
+    probe = report.get("probe_test")  # a fine-tuned rater's probe baseline (same encoder and split)
     head = "| dimension | n | macro-F1 | accuracy | within one | majority macro-F1 | majority accuracy |"
+    head += " probe macro-F1 |" if probe else ""
     head += " paper ModernBERT F1 |" if paper else ""
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for d, m in report["test"].items():
         row = (f"| {d} | {m['n']} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | {m['within_one']:.3f} | "
                f"{m['majority_macro_f1']:.3f} | {m['majority_accuracy']:.3f} |")
+        if probe:
+            row += f" {probe[d]['macro_f1']:.3f} |"
         if paper:
             row += f" {paper.get(d, math.nan) / 100:.3f} |"
         lines.append(row)

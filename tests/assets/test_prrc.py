@@ -72,6 +72,12 @@ def test_trained_prrc_rater_serves_four_scores(tmp_path, tiny_encoder):
         for d in DIMS:
             assert rater_training.read_report(f"{model_uri}/{d}")["split"]["train"] == 200
         assert "| professionalism |" in md["held_out"].value and "majority" in md["held_out"].value
+        # beside the fine-tuned rater: the probe on the same encoder, labels and split
+        assert "probe macro-F1" in md["held_out"].value and "probe_mean_macro_f1" in md
+        stored = json.loads((tmp_path / "home" / "storage" / "prrc_rater.json").read_text())
+        for d in DIMS:
+            probe, tuned = stored["probe_test"][d], stored["test"][d]
+            assert probe["n"] == tuned["n"] and probe["majority_macro_f1"] == tuned["majority_macro_f1"]
         import numpy as np
         from metarater_assets.core import raters
 
