@@ -202,17 +202,13 @@ def pool_files(settings: MetaraterConfig, stats_out: dict, tokens: bool = False)
                           tuple(settings.files.uri("doc_tokens", k) for k in keys) if tokens else ())
 
 
-def normalisation(stats_out: dict, flips: dict | None = None) -> cp.Normalisation:
-    norm = cp.Normalisation.from_dict(stats_out["normalisation"])
-    return norm.with_flip(flips) if flips is not None else norm
+def normalisation(stats_out: dict) -> cp.Normalisation:
+    return cp.Normalisation.from_dict(stats_out["normalisation"])
 
 
 def flipped(stats_out: dict, scores) -> dict:
     """``score_stats`` with ``scores`` flipped as well (``5 - s``) in its normalisation."""
-    norm = cp.Normalisation.from_dict(stats_out["normalisation"])
-    extra = set(scores)
-    return {**stats_out, "normalisation": norm.with_flip(
-        {n: f or n in extra for n, f in zip(norm.names, norm.flip)}).to_dict()}
+    return {**stats_out, "normalisation": normalisation(stats_out).flipping(scores).to_dict()}
 
 
 def oriented(settings: MetaraterConfig, cfg, stats_out: dict) -> dict:

@@ -179,10 +179,9 @@ def prrc_rater(context: dg.AssetExecutionContext, settings: MetaraterConfig, com
         "model_uri": out, "encoder": tc.encoder, "layout": layout,
         "split": dg.MetadataValue.json(report["split"]), "best_epoch": dg.MetadataValue.json(report["best_epoch"]),
         "held_out": dg.MetadataValue.md(table),
-        "mean_macro_f1": round(sum(m["macro_f1"] for m in report["test"].values()) / len(report["test"]), 4),
+        "mean_macro_f1": _mean_f1(report["test"]),
         **{f"macro_f1_{d}": round(m["macro_f1"], 4) for d, m in report["test"].items()},
-        **({"probe_mean_macro_f1": round(sum(m["macro_f1"] for m in report["probe_test"].values())
-                                         / len(report["probe_test"]), 4)} if report.get("probe_test") else {}),
+        **({"probe_mean_macro_f1": _mean_f1(report["probe_test"])} if report.get("probe_test") else {}),
     })
     value = {"enabled": True, "method": report.get("method", "finetune"), "models": report["models"],
              "dims": list(cfg.prrc.dims), "max_tokens": tc.max_tokens, "shared": report["shared"],
@@ -190,3 +189,8 @@ def prrc_rater(context: dg.AssetExecutionContext, settings: MetaraterConfig, com
              "probe_test": report.get("probe_test")}
     return dg.Output(value, data_version=dg.DataVersion(
         hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()))
+
+
+def _mean_f1(test: dict) -> float:
+    """Mean held-out macro-F1 over the dimensions of a rater's test metrics."""
+    return round(sum(m["macro_f1"] for m in test.values()) / len(test), 4)

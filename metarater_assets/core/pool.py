@@ -238,8 +238,10 @@ class Normalisation:
         hi = tuple(summary.scores[n].max if summary.scores[n].count else 0.0 for n in names)
         return cls(tuple(names), lo, hi, tuple(bool((flip or {}).get(n, False)) for n in names))
 
-    def with_flip(self, flip: Mapping[str, bool]) -> "Normalisation":
-        return Normalisation(self.names, self.lo, self.hi, tuple(bool(flip.get(n, False)) for n in self.names))
+    def flipping(self, scores: Iterable[str]) -> "Normalisation":
+        """The same normalisation with ``scores`` flipped as well (those already flipped stay so)."""
+        extra = set(scores)
+        return Normalisation(self.names, self.lo, self.hi, tuple(f or n in extra for n, f in zip(self.names, self.flip)))
 
     def units(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """(n, S) normalised scores as exact integers (float64) in units of 2**-20, 0..5 * 2**20."""
@@ -433,7 +435,7 @@ def _collect(scan, want, counting, lo_v, hi_v, above, above_docs, above_tok, kee
     tie = (hi_v - lo_v) == 1
     rows: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(P)]
     keys: list[str] = []
-    last_key, last_row = "", -1
+    last_row = -1
     run = np.zeros(P, dtype=np.float64)  # one-value boundaries: amount, docs and tokens so far
     run_docs = np.zeros(P, dtype=np.int64)
     run_tok = np.zeros(P, dtype=np.int64)
@@ -442,7 +444,7 @@ def _collect(scan, want, counting, lo_v, hi_v, above, above_docs, above_tok, kee
     for sh in scan():
         keys.append(sh.key)
         if len(sh.tokens):
-            last_key, last_row = sh.key, len(sh.tokens) - 1
+            last_row = len(sh.tokens) - 1
         c = sh.combined
         t = np.asarray(sh.tokens, dtype=np.int64)
         for p in range(P):

@@ -392,14 +392,8 @@ def train_prrc(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig, shared: 
 def probe_baseline(rows: Sequence[Mapping], cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """A fine-tuned rater's baseline: the probe on the same encoder, labels and split (its held-out
     metrics per dimension; the probe itself is not kept)."""
-    import shutil
-    import tempfile
-
-    tmp = tempfile.mkdtemp(prefix="metarater-probe-baseline-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="metarater-probe-baseline-") as tmp:
         return train_probe(rows, tmp, cfg, log)["test"]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def specs_for(models: Mapping[str, Mapping], max_tokens: int = 512, batch_size: int = 32) -> dict:
