@@ -136,6 +136,9 @@ def _execute(settings: Settings, batch: Batch, instance: dg.DagsterInstance | No
 
 def _child_init(settings: tuple, dagster_home: str, threads: int) -> None:
     os.environ["DAGSTER_HOME"] = dagster_home
+    from resources.settings import sqlite_commit_mode
+
+    sqlite_commit_mode()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
 

@@ -21,6 +21,77 @@ nux:
 """
 
 
+_SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class _SqliteCommits:
+    """Cheap commits on the Dagster instance's SQLite files, through a SQLAlchemy ``connect``
+    listener (public API). Dagster opens a new connection per operation (several per event, a few
+    events per partition) on files in WAL mode, and SQLite then pays for durability on each one:
+    ``synchronous=FULL`` fsyncs the log at every commit, and the close of the last connection to a
+    file checkpoints it (more fsyncs) and deletes its ``-wal`` and ``-shm`` files, which the next
+    connection creates again. On a local disk that was most of the per-shard cost of a run. Here
+    every connection gets ``PRAGMA synchronous=NORMAL`` (WAL stays consistent through a crash or a
+    power loss; a power loss can drop the last commits, so a run shows as not done and reruns), and
+    from a file's second connection on, this process keeps one idle connection to it open (the
+    last ``KEEP`` files), so closing the others neither checkpoints nor deletes the log; SQLite
+    still checkpoints it every 1,000 pages. ``METARATER_SQLITE_SYNCHRONOUS`` picks the mode."""
+
+    KEEP = 8
+
+    def __init__(self):
+        import threading
+        from collections import OrderedDict
+
+        self.mode = "NORMAL"
+        self.seen: set[str] = set()
+        self.keepers: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def on_connect(self, dbapi_connection, _record) -> None:
+        import sqlite3
+
+        if not isinstance(dbapi_connection, sqlite3.Connection):
+            return
+        dbapi_connection.execute(f"PRAGMA synchronous={self.mode}")
+        rows = dbapi_connection.execute("PRAGMA database_list").fetchall()
+        path = next((r[2] for r in rows if r[1] == "main"), "")
+        if not path:  # in-memory
+            return
+        with self.lock:
+            if path in self.keepers:
+                self.keepers.move_to_end(path)
+                return
+            if path not in self.seen:  # the first connection may still be creating the file
+                self.seen.add(path)
+                return
+            keeper = sqlite3.connect(path, timeout=30, check_same_thread=False)
+            keeper.execute("SELECT count(*) FROM sqlite_master").fetchall()  # maps the WAL index
+            self.keepers[path] = keeper
+            while len(self.keepers) > self.KEEP:
+                self.keepers.popitem(last=False)[1].close()
+
+
+_SQLITE: _SqliteCommits | None = None
+
+
+def sqlite_commit_mode() -> str:
+    """Install (once per process) the SQLite commit settings of :class:`_SqliteCommits` for the
+    Dagster instance; return the ``synchronous`` mode. PostgreSQL instances are not touched."""
+    global _SQLITE
+    mode = os.environ.get("METARATER_SQLITE_SYNCHRONOUS", "NORMAL").upper()
+    if mode not in _SYNC_MODES:
+        raise ValueError(f"METARATER_SQLITE_SYNCHRONOUS={mode!r}: expected one of {', '.join(_SYNC_MODES)}")
+    if _SQLITE is None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        _SQLITE = _SqliteCommits()
+        event.listen(Engine, "connect", _SQLITE.on_connect)
+    _SQLITE.mode = mode
+    return mode
+
+
 @dataclass(frozen=True)
 class Settings:
     home: str
@@ -61,6 +132,7 @@ class Settings:
         if not y.exists():
             y.write_text(_DAGSTER_YAML)
         os.environ["DAGSTER_HOME"] = str(d)
+        sqlite_commit_mode()
         return str(d)
 
     def prepare_instance(self) -> str:

@@ -110,3 +110,42 @@ def test_no_pool_level_asset_loads_a_shard_partitioned_input(env_home):
     # and they do depend on the per-shard assets (lineage), through deps
     deps = {k.to_user_string() for k in graph.get(dg.AssetKey("score_stats")).parent_keys}
     assert "shard_index" in deps
+
+
+def test_instance_sqlite_commits_skip_fsync_and_keep_the_log(tmp_path, monkeypatch):
+    """Every SQLite connection SQLAlchemy opens gets synchronous=NORMAL, and from a file's second
+    connection on an idle keeper holds it, so closing a NullPool connection (Dagster opens one per
+    operation) no longer checkpoints and deletes the WAL; a bad mode is refused."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from resources.settings import sqlite_commit_mode
+
+    db = tmp_path / "events.db"
+    raw = sqlite3.connect(db)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("CREATE TABLE t (x INTEGER)")
+    raw.commit()
+    raw.close()
+    wal = tmp_path / "events.db-wal"
+    assert not wal.exists()  # SQLite's own behaviour: the last close deletes the log
+
+    monkeypatch.setenv("METARATER_SQLITE_SYNCHRONOUS", "normal")
+    assert sqlite_commit_mode() == "NORMAL"
+    engine = sa.create_engine(f"sqlite:///{db}", poolclass=sa.pool.NullPool)
+    for i in range(3):
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+            conn.execute(sa.text("INSERT INTO t VALUES (:x)"), {"x": i})
+            conn.commit()
+    assert wal.exists()
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+    check.close()
+
+    monkeypatch.setenv("METARATER_SQLITE_SYNCHRONOUS", "sometimes")
+    with pytest.raises(ValueError, match="METARATER_SQLITE_SYNCHRONOUS"):
+        sqlite_commit_mode()
+    monkeypatch.setenv("METARATER_SQLITE_SYNCHRONOUS", "NORMAL")
+    sqlite_commit_mode()
