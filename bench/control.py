@@ -1,11 +1,12 @@
 """`make bench` (control-plane part): the cost of many shards.
 
-The same 20,000 documents of the shared corpus as 10 shards of 2,000 and as 1,000 shards of 20,
+The same 20,000 documents of the shared corpus as 10 files of 2,000 and as 1,000 files of 20,
 through `metarater run --stage scores` (ingest, RPv2, DSIR; cheap raters, as a user's CLI run), then
-a no-op rerun at 1,000 shards. Prints the wall times, their ratio and the per-shard overhead, and
-writes its section of bench/RESULTS.md.
+a no-op rerun at 1,000 files; once with a partition per file (the default) and once with small
+files packed into partitions (`ingest.pack_bytes`). Prints the wall times, their ratio and the
+overhead per extra file, and writes its section of bench/RESULTS.md.
 
-    python bench/control.py [--workers 2] [--docs 20000]
+    python bench/control.py [--workers 2] [--docs 20000] [--instances sqlite,postgres] [--pack 2MB]
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,7 +53,7 @@ def write_pool(dest: Path, lines: list[str], shards: int) -> None:
         (dest / f"part-{i:05d}.jsonl").write_text("".join(lines[i * per:(i + 1) * per]))
 
 
-def config(dest: Path, workers: int) -> Path:
+def config(dest: Path, workers: int, pack: str | None = None) -> Path:
     root = corpus_root()
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     cfg["raters"] = ["rpv2", "dsir"]
@@ -61,7 +63,9 @@ def config(dest: Path, workers: int) -> Path:
     cfg["dsir"]["targets"] = {n: str(root / "targets" / f"{n}.jsonl.gz") for n in ("books", "wiki", "math")}
     cfg["validation"]["sets"] = {"validation": str(root / "validation.jsonl.gz"), "reference": str(root / "reference.jsonl.gz")}
     cfg["compute"] = {"accelerator": "cpu", "precision": "32-true", "workers": workers, "shards_per_run": 100}
-    p = dest / "control.yaml"
+    if pack:
+        cfg["ingest"] = {"pack_bytes": pack}
+    p = dest / f"control-{'packed' if pack else 'per-file'}.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
 
@@ -82,48 +86,62 @@ def run(home: Path, raw: Path, cfg: Path, pg_url: str | None = None) -> tuple[fl
     return wall, out.stdout
 
 
+def partitions(out: str) -> int:
+    m = re.search(r"registered (\d+) new shard", out)
+    if not m:
+        raise RuntimeError("the run registered no shards:\n" + out[-2000:])
+    return int(m.group(1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--docs", type=int, default=20000)
     ap.add_argument("--instances", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    ap.add_argument("--pack", default="2MB", help="ingest.pack_bytes of the packed rows")
     args = ap.parse_args()
     lines = docs(args.docs)
     n = len(lines)
     tmp = Path(tempfile.mkdtemp(prefix="metarater-control-"))
-    rows = {}
+    rows = []
     try:
-        cfg = config(tmp, args.workers)
+        layouts = {"a partition per file": config(tmp, args.workers),
+                   f"packed, ingest.pack_bytes {args.pack}": config(tmp, args.workers, args.pack)}
         for shards in (10, 1000):
             write_pool(tmp / f"raw-{shards}", lines, shards)
         for inst in args.instances.split(","):
             with contextlib.ExitStack() as stack:
                 pg = stack.enter_context(PostgresServer()) if inst == "postgres" else None
-                res = {}
-                for shards in (10, 1000):
-                    url = pg.database(f"control{shards}") if pg else None
-                    res[shards], _ = run(tmp / f"home-{inst}-{shards}", tmp / f"raw-{shards}", cfg, url)
-                    print(f"  {inst}: {shards} shards x {n // shards} docs: {res[shards]:.1f} s", flush=True)
-                noop, out = run(tmp / f"home-{inst}-1000", tmp / "raw-1000", cfg, url)
-                print(f"  {inst}: no-op rerun at 1,000 shards: {noop:.1f} s", flush=True)
-                assert "0 asset partition(s) materialised" in out, out[-2000:]
-                rows[inst] = (res, noop)
+                for li, (layout, cfg) in enumerate(layouts.items()):
+                    res, parts = {}, {}
+                    for shards in (10, 1000):
+                        url = pg.database(f"control{li}x{shards}") if pg else None
+                        res[shards], out = run(tmp / f"home-{inst}-{li}-{shards}", tmp / f"raw-{shards}", cfg, url)
+                        parts[shards] = partitions(out)
+                        print(f"  {inst}, {layout}: {shards} files x {n // shards} docs ({parts[shards]} partitions): "
+                              f"{res[shards]:.1f} s", flush=True)
+                    noop, out = run(tmp / f"home-{inst}-{li}-1000", tmp / "raw-1000", cfg, url)
+                    print(f"  {inst}, {layout}: no-op rerun at 1,000 files: {noop:.1f} s", flush=True)
+                    assert "0 asset partition(s) materialised" in out, out[-2000:]
+                    rows.append((inst, layout, res, parts, noop))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table = ["| Dagster instance | 10 shards x {:,} docs, s | 1,000 shards x {} docs, s | ratio (target <= 1.5) | "
-             "per-shard overhead, ms | no-op rerun at 1,000 shards, s (target < 30) |".format(n // 10, n // 1000),
-             "|---|---|---|---|---|---|"]
-    for inst, (res, noop) in rows.items():
-        table.append(f"| {inst} | {res[10]:.1f} | {res[1000]:.1f} | {res[1000] / res[10]:.2f} | "
-                     f"{1000 * (res[1000] - res[10]) / 990:.0f} | {noop:.1f} |")
+    table = ["| Dagster instance | partitions | 10 files x {:,} docs, s | 1,000 files x {} docs, s | ratio (target <= 1.5) | "
+             "extra wall time per extra file, ms | no-op rerun at 1,000 files, s (target < 30) |".format(n // 10, n // 1000),
+             "|---|---|---|---|---|---|---|"]
+    for inst, layout, res, parts, noop in rows:
+        table.append(f"| {inst} | {layout}: {parts[10]:,} / {parts[1000]:,} | {res[10]:.1f} | {res[1000]:.1f} | "
+                     f"{res[1000] / res[10]:.2f} | {1000 * (res[1000] - res[10]) / 990:.0f} | {noop:.1f} |")
     text = "\n".join([
-        "## Control plane: many small shards vs few large ones (`bench/control.py`)",
+        "## Control plane: many small files vs few large ones (`bench/control.py`)",
         "", "`python bench/control.py` (run by `make bench`).", "",
         f"Machine: {machine()}; `metarater run --stage scores` (ingest, RPv2, DSIR) with {args.workers} worker "
-        f"process(es), 100 shards per run; the same {n:,} documents, on a SQLite Dagster instance (the default) "
-        "and on PostgreSQL (a local throwaway server, as a shared deployment would use). Per-shard overhead: the "
-        "extra wall time per extra shard, for 5 per-shard asset materialisations (ingest's two, RPv2, DSIR counts "
-        "and scores).", "", *table])
+        f"process(es), 100 partitions per run; the same {n:,} documents as 10 files and as 1,000 files, on a "
+        "SQLite Dagster instance (the default) and on PostgreSQL (a local throwaway server, as a shared "
+        "deployment would use). With a partition per file, every file costs 5 per-shard asset materialisations "
+        "(ingest's two, RPv2, DSIR counts and scores), each a few Dagster event writes; packed, the 1,000 small "
+        f"files are read as partitions of at least {args.pack} (the 2.7 MB files of the 10-file pool stay "
+        "partitions of their own).", "", *table])
     print(text)
     write_section("control", text)
 

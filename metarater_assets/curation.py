@@ -101,7 +101,8 @@ def make_curated_corpus(policy):
     @dg.asset(partitions_def=shards, group_name=GROUP, code_version="curated-corpus-2", backfill_policy=policy,
               deps=["raw_docs", "shard_index"], ins={"curated_selection": dg.AssetIn("curated_selection")},
               description="The kept documents of one shard, written under the curated output URI as "
-                          "<shard>.parquet: doc_id, text, source, n_tokens, combined_score, raw_shard, raw_row.")
+                          "<shard>.parquet: doc_id, text, source, n_tokens, combined_score, raw_shard (the "
+                          "key of the raw file the document came from), raw_row (its row in that file).")
     def curated_corpus(context: dg.AssetExecutionContext, curated_selection: dict,
                        settings: MetaraterConfig) -> dg.MaterializeResult:
         sel = curated_selection
@@ -120,12 +121,18 @@ def make_curated_corpus(policy):
                 raise dg.Failure(f"{key}: the shard's documents differ from those curated_selection was cut from; "
                                  "re-materialise shard_index, score_stats and curated_selection")
             idx = pa.array(np.flatnonzero(kept))
+            rows = docs.column("raw_row").take(idx)
+            members = corpus.pack_members_of(docs.schema)
+            if members:  # a pack: each document's own file and its row in that file
+                raw_files, raw_rows = corpus.locate(members, rows.to_pylist())
+                raw_shard, raw_row = pa.array(raw_files, pa.string()), pa.array(raw_rows, pa.int64())
+            else:
+                raw_shard, raw_row = pa.array([key] * len(idx), pa.string()), rows
             out = pa.table({"doc_id": docs.column("doc_id").take(idx), "text": docs.column("text").take(idx),
                             "source": docs.column("source").take(idx),
                             "n_tokens": index.column("n_tokens").take(idx),
                             "combined_score": pa.array(cp.to_score(c[kept])),
-                            "raw_shard": pa.array([key] * len(idx), pa.string()),
-                            "raw_row": docs.column("raw_row").take(idx)})
+                            "raw_shard": raw_shard, "raw_row": raw_row})
             base = settings.curated_uri.rstrip("/")
             st.write_parquet(out, f"{base}/{sel['files'][key]}.parquet")
             if fmt == "jsonl.zst":  # in addition to the Parquet file

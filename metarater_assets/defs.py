@@ -312,7 +312,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     cfg = load(settings)  # a broken config fails here, naming the file and the field
     js = jobs(cfg)
     shard_job = js[0]
-    sensors = [make_shard_sensor(lambda: settings.raw_uri, shard_job, int(cfg.compute["shards_per_run"])),
+    sensors = [make_shard_sensor(lambda: settings.raw_uri, shard_job, int(cfg.compute["shards_per_run"]),
+                                 pack_bytes=cfg.pack_bytes, pack_max_files=cfg.pack_max_files),
                make_automation_sensor()]
     # runs execute their steps in one process: a run is already a batch of shards, and the
     # parallelism comes from several runs at once (backfill batches, the run queue, `metarater run`'s

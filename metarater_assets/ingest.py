@@ -1,5 +1,6 @@
 """Stage 'ingest': raw shard files -> normalised documents + quarantine rows (+ scores already in
-the shards, with ``precomputed``), one shard at a time, batched runs."""
+the shards, with ``precomputed``), one shard (a file, or a pack of small files) at a time,
+batched runs."""
 
 import os
 import tempfile
@@ -9,6 +10,7 @@ import dagster as dg
 from .batched import combine_checks, for_each_shard
 from .core import corpus, precomputed
 from .partitions import shards
+from .registry import PACK_MEMBERS, Resolver
 from resources import MetaraterConfig
 
 INGEST_VERSION = "2"
@@ -61,13 +63,15 @@ def make_ingest(cfg, policy):
         """Stream each shard file through fsspec (JSONL, JSONL.gz, JSONL.zst, Parquet) into Parquet."""
         files = settings.files
 
+        resolver = Resolver(context.instance, settings.raw_uri)
+
         def one(key: str):
             with tempfile.TemporaryDirectory(prefix="metarater-ingest-") as tmp:
                 paths = {n: os.path.join(tmp, f"{n}.parquet") for n in ("docs", "quarantine", "scores")}
                 try:
-                    shard = corpus.find_shard(settings.raw_uri, key)
-                    res = corpus.ingest_shard(shard.uri, shard.name, paths["docs"], paths["quarantine"],
-                                              extractor=extractor,
+                    members = resolver.files(key)
+                    res = corpus.ingest_files([(m.uri, m.name) for m in members], paths["docs"],
+                                              paths["quarantine"], extractor=extractor,
                                               scores_path=paths["scores"] if extractor else None)
                 except corpus.ShardError as e:  # the file itself is bad: retrying cannot help
                     raise dg.Failure(description=f"ShardError: {e}", allow_retries=False) from e
@@ -75,9 +79,18 @@ def make_ingest(cfg, policy):
                 files.put("raw_quarantine", key, paths["quarantine"])
                 if extractor:
                     files.put("precomputed_scores", key, paths["scores"])
-            facts = {"file": shard.uri, "fingerprint": shard.fingerprint, "rows_in": res.rows_in,
-                     "rows_ok": res.rows_ok, "rows_quarantined": res.rows_quarantined,
+            facts = {"rows_in": res.rows_in, "rows_ok": res.rows_ok, "rows_quarantined": res.rows_quarantined,
                      "quarantine_reasons": dg.MetadataValue.json(res.reasons)}
+            if corpus.is_pack_key(key):
+                facts.update({"file": members[0].uri if members else "", "files": len(members),
+                              "fingerprint": corpus.pack_fingerprint([m.fingerprint for m in members]),
+                              PACK_MEMBERS: dg.MetadataValue.json([
+                                  {"key": m.key, "name": m.name, "fingerprint": m.fingerprint, "rows": n}
+                                  for m, n in zip(members, res.member_rows)])})
+            elif members:
+                facts.update({"file": members[0].uri, "fingerprint": members[0].fingerprint})
+            else:  # two registrations raced and an earlier partition holds this file: nothing to read here
+                facts.update({"file": "", "owned_by": resolver.owner(key) or ""})
             context.log_event(dg.AssetObservation(asset_key="raw_docs", partition=key, metadata=facts))
             balanced = res.rows_in == res.rows_ok + res.rows_quarantined
             check = dg.AssetCheckResult(asset_key="raw_docs", check_name="rows_balance", passed=balanced,

@@ -24,6 +24,7 @@ from .defs import ON_REQUEST, STAGE_NAMES, all_assets, build_resources, steps_fo
 from .ingest import ingest_facts
 from .partitions import shards
 from .proxies import TIERS, kind_config
+from .registry import Registration, register, small_files_hint
 from .staleness import Staleness
 from resources import Settings
 
@@ -63,15 +64,15 @@ class RunSummary:
     queries: int = 0
 
 
-def register_shards(instance: dg.DagsterInstance, files: list[corpus.ShardFile]) -> tuple[list[str], list[str]]:
-    """Add a partition for each new shard file; return (new, changed since ingest)."""
-    registered = set(instance.get_dynamic_partitions(shards.name))
-    new = [f.key for f in files if f.key not in registered]
-    if new:
-        instance.add_dynamic_partitions(shards.name, new)
+def register_shards(instance: dg.DagsterInstance, files: list[corpus.ShardFile], cfg=None) -> tuple[Registration, list[str]]:
+    """Register new files as partitions (packed with ``ingest.pack_bytes``); return the
+    registration and the partitions whose files changed since their ingest."""
+    reg = register(instance, files, cfg)
     facts = ingest_facts(instance)
-    changed = [f.key for f in files if f.key in facts and facts[f.key].get("fingerprint") not in (None, f.fingerprint)]
-    return new, changed
+    present = reg.present
+    changed = [k for k in reg.order if k in present and k in facts
+               and facts[k].get("fingerprint") not in (None, reg.fingerprint(k))]
+    return reg, changed
 
 
 def user_error(err) -> str:
@@ -237,13 +238,21 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
     size = int(cfg.compute["shards_per_run"])
     summary = RunSummary()
     files = corpus.list_shards(settings.raw_uri)  # the only listing of the raw folder
-    new, changed = register_shards(instance, files)
+    reg, changed = register_shards(instance, files, cfg)
+    new = reg.new
     summary.new_shards, summary.changed_shards = new, changed
     if new:
-        echo(f"registered {len(new)} new shard(s): {_short(new)}")
+        packed = f" ({reg.new_files} files packed by ingest.pack_bytes)" if reg.new_files > len(new) else ""
+        echo(f"registered {len(new)} new shard(s){packed}: {_short(new)}")
+        hint = small_files_hint(reg, cfg.pack_bytes)
+        if hint:
+            echo(hint)
     if changed:
-        echo(f"{len(changed)} shard file(s) changed since ingest: {_short(changed)}")
-    present = {f.key for f in files}
+        echo(f"{len(changed)} shard(s) with files changed since ingest: {_short(changed)}")
+    if reg.missing:
+        echo(f"{len(reg.missing)} shard(s) skipped, file(s) removed (their outputs stay from the last ingest): "
+             f"{_short(sorted(reg.missing))}")
+    present = reg.present
     if not present:
         echo(f"warning: no shard files under {settings.raw_uri} (looked for {', '.join(sorted(corpus.FORMATS))}; "
              "dot-files and partial uploads are ignored)")

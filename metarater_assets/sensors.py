@@ -2,9 +2,10 @@
 
 * ``shard_sensor`` (off by default; switch it on to watch ``METARATER_RAW_URI``): each tick lists
   the raw folder once (a fresh listing: object-store listing caches are dropped), registers new
-  files as ``shards`` partitions (at most ``max_new`` per tick, the rest carried to the next tick
-  by the cursor) and requests ``shard_job`` for them in batched runs of up to
-  ``compute.shards_per_run`` shards (a partition-key range each), plus a run for each changed file.
+  files as ``shards`` partitions (small files packed with ``ingest.pack_bytes``; at most
+  ``max_new`` files per tick, the rest carried to the next tick by the cursor) and requests
+  ``shard_job`` for them in batched runs of up to ``compute.shards_per_run`` shards (a
+  partition-key range each), plus a run for each shard with a changed file.
 * ``metarater_automation`` (running by default): Dagster's declarative automation. After new
   shards are indexed it refreshes the pool statistics, the curated selection, every curated shard
   and the manifest (``AutomationCondition`` on each asset, see ``defs._automation``).
@@ -18,6 +19,7 @@ import zlib
 
 import dagster as dg
 
+from . import registry
 from .core import corpus
 from .partitions import shards
 
@@ -43,30 +45,27 @@ def _dump_cursor(state: dict) -> str:
     return base64.b64encode(zlib.compress(json.dumps(state, sort_keys=True).encode(), 6)).decode()
 
 
-def plan_new_shards(raw_uri: str, cursor: str | None, registered: set[str], max_new: int = MAX_NEW_PER_TICK):
-    """(new keys to register now, changed keys, fingerprints of the new keys, new cursor).
+def plan_new_shards(raw_uri: str, cursor: str | None, order: list[str], members: dict[str, list[dict]],
+                    max_new: int = MAX_NEW_PER_TICK, pack_bytes: int = 0, pack_max_files: int = 1000):
+    """(registration, changed partitions, new cursor) for one tick.
 
-    The cursor (parsed once, zlib-compressed JSON) maps partition key -> fingerprint (size +
-    mtime/etag) of each file seen, and carries the new files beyond ``max_new`` to the next tick.
+    The registration (``registry.plan``) holds the new partitions for at most ``max_new`` new files
+    (packed with ``pack_bytes``); the cursor (parsed once, zlib-compressed JSON) maps each file seen
+    to its fingerprint (size + mtime/etag), so a changed file is found by a set lookup and its
+    partition rerun, and carries the new files beyond ``max_new`` to the next tick.
     """
     state = _load_cursor(cursor)
     seen: dict[str, str] = state["seen"]
     files = corpus.list_shards(raw_uri, fresh=True)
-    new, changed = [], []
+    reg = registry.plan(files, order, members, pack_bytes, pack_max_files, max_new)
+    owner, present, fresh = reg.owner(), reg.present, set(reg.new)
+    hit = {owner[f.key] for f in files if f.key in seen and seen[f.key] != f.fingerprint and f.key in owner}
+    changed = [p for p in reg.order if p in hit and p in present and p not in fresh]
+    later = set(reg.pending)
     for f in files:
-        if f.key not in registered:
-            new.append(f.key)
-        elif f.key in seen and seen[f.key] != f.fingerprint:
-            changed.append(f.key)
-    now, later = new[:max_new], set(new[max_new:])
-    fps = {}
-    for f in files:
-        if f.key in later:
-            continue  # seen next tick
-        seen[f.key] = f.fingerprint
-        fps[f.key] = f.fingerprint
-    state = {"seen": seen, "pending": sorted(later)}
-    return now, changed, fps, _dump_cursor(state)
+        if f.key not in later:  # the rest are seen next tick
+            seen[f.key] = f.fingerprint
+    return reg, changed, _dump_cursor({"seen": seen, "pending": sorted(later)})
 
 
 def _ranges(keys: list[str], order: list[str], size: int) -> list[tuple[str, str, list[str]]]:
@@ -84,25 +83,30 @@ def _ranges(keys: list[str], order: list[str], size: int) -> list[tuple[str, str
     return out
 
 
-def make_shard_sensor(raw_uri_getter, job, shards_per_run: int = 64, max_new: int = MAX_NEW_PER_TICK):
+def make_shard_sensor(raw_uri_getter, job, shards_per_run: int = 64, max_new: int = MAX_NEW_PER_TICK,
+                      pack_bytes: int = 0, pack_max_files: int = 1000):
     @dg.sensor(job=job, minimum_interval_seconds=interval(), default_status=dg.DefaultSensorStatus.STOPPED,
                name="shard_sensor",
-               description="Registers each new data file under METARATER_RAW_URI as a shard partition "
-                           "and requests shard_job (ingest, scores, tokens, shard index) for new or changed "
-                           "files, in batched runs of up to compute.shards_per_run shards.")
+               description="Registers each new data file under METARATER_RAW_URI as a shard partition (small "
+                           "files packed with ingest.pack_bytes) and requests shard_job (ingest, scores, tokens, "
+                           "shard index) for new or changed shards, in batched runs of up to "
+                           "compute.shards_per_run shards.")
     def shard_sensor(context: dg.SensorEvaluationContext):
-        registered = set(context.instance.get_dynamic_partitions(shards.name))
+        order = list(context.instance.get_dynamic_partitions(shards.name))
         try:
-            new, changed, fps, cursor = plan_new_shards(raw_uri_getter(), context.cursor, registered, max_new)
+            reg, changed, cursor = plan_new_shards(raw_uri_getter(), context.cursor, order,
+                                                   registry.pack_members(context.instance, order), max_new,
+                                                   pack_bytes, pack_max_files)
         except corpus.ShardError as e:
             return dg.SkipReason(str(e))
         context.update_cursor(cursor)
+        new = reg.new
         if not new and not changed:
             return dg.SkipReason("no new or changed shard files")
-        order = list(context.instance.get_dynamic_partitions(shards.name)) + new
+        fps = {k: reg.fingerprint(k) for k in new + changed}
         runs = []
         for reason, keys in (("new", new), ("changed", changed)):
-            for start, end, ks in _ranges(keys, order, shards_per_run):
+            for start, end, ks in _ranges(keys, reg.order, shards_per_run):
                 digest = zlib.crc32("|".join(f"{k}:{fps.get(k, '')}" for k in ks).encode())
                 tags = {"metarater/reason": reason, "metarater/shards": str(len(ks))}
                 if start == end:
@@ -110,7 +114,8 @@ def make_shard_sensor(raw_uri_getter, job, shards_per_run: int = 64, max_new: in
                 else:
                     runs.append(dg.RunRequest(run_key=f"{reason}:{start}..{end}:{digest:08x}",
                                               tags={**tags, RANGE_START: start, RANGE_END: end}))
-        return dg.SensorResult(run_requests=runs,
+        # the packs' member lists are recorded before the partitions are added (Dagster's order)
+        return dg.SensorResult(run_requests=runs, asset_events=reg.events,
                                dynamic_partitions_requests=[shards.build_add_request(new)] if new else [])
 
     return shard_sensor

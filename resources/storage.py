@@ -47,6 +47,14 @@ class ShardFiles:
             raise FileNotFoundError(f"{asset}[{key}] has not been materialised ({uri} is missing)")
         return st.read_parquet(uri, columns)
 
+    def schema(self, asset: str, key: str) -> pa.Schema:
+        """A per-shard file's schema, with its footer's metadata (the footer alone is read)."""
+        import pyarrow.parquet as pq
+
+        fs, path = st.fs_and_path(self.uri(asset, key))
+        with fs.open(path, "rb") as f:
+            return pq.read_schema(f)
+
     def write(self, asset: str, key: str, table: pa.Table, metadata: dict[bytes, bytes] | None = None,
               row_group_size: int | None = None) -> str:
         uri = self.uri(asset, key)

@@ -6,6 +6,7 @@ is loaded (CLI, UI code location, daemon), never silently falls back to defaults
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -59,6 +60,19 @@ def _int(name: str, v: Any, lo: int = 0) -> int:
     if i < lo or i != v and not isinstance(v, str):
         raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
     return i
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _bytes(name: str, v: Any) -> int:
+    """A size in bytes: an integer, or a string such as ``16MB`` / ``64 MiB``."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", v)
+        if not m or m.group(2).upper() not in _UNITS:
+            raise ConfigError(f"{name} must be a size such as 16MB or 67108864, got {v!r}")
+        return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return _int(name, v, 0)
 
 
 def _known(section: str, raw: Mapping, keys: set[str]) -> None:
@@ -141,6 +155,10 @@ class Config:
     orientation: Mapping[str, str] = field(default_factory=dict)  # score -> high / low
     confirm: ConfirmConfig | None = None
     stats_sample_docs: int = 5000
+    #: new files smaller than this many bytes are packed into partitions of at least this size
+    #: (0: one partition per file, the default); a pack holds at most ``pack_max_files`` files
+    pack_bytes: int = 0
+    pack_max_files: int = 1000
 
     @property
     def trained_scores(self) -> tuple[str, ...]:
@@ -208,7 +226,7 @@ def _registry(path: str) -> dict:
 def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> Config:
     _known("config", raw, {"raters", "dsir", "validation", "tokenizer", "proxies", "confirm", "regressor",
                            "curation", "evaluation", "compute", "model_raters", "prrc", "precomputed",
-                           "scores", "stats"})
+                           "scores", "stats", "ingest"})
     raters = tuple(raw.get("raters", ["rpv2", "dsir"]))
     unknown = [r for r in raters if r not in RATERS]
     if unknown:
@@ -315,6 +333,8 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     orientation = _orientation(sc.get("orientation"))
     st = raw.get("stats", {}) or {}
     _known("stats", st, {"sample_docs"})
+    ing = raw.get("ingest", {}) or {}
+    _known("ingest", ing, {"pack_bytes", "pack_max_files"})
     cfg = Config(
         prrc=prrc,
         raters=raters,
@@ -340,6 +360,8 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         precomputed=precomputed,
         orientation=orientation,
         stats_sample_docs=_int("stats.sample_docs", st.get("sample_docs", 5000), 10),
+        pack_bytes=_bytes("ingest.pack_bytes", ing.get("pack_bytes", 0)),
+        pack_max_files=_int("ingest.pack_max_files", ing.get("pack_max_files", 1000), 2),
     )
     names = cfg.score_names
     dup = sorted({n for n in names if names.count(n) > 1})

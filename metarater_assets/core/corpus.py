@@ -1,8 +1,9 @@
 """Reading raw shards through fsspec: formats, streaming, doc ids and quarantine reasons.
 
-A shard is one file: ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` (JSON object per line with a
-``text`` field and optional ``id``, ``meta``/``source``) or ``.parquet`` (a ``text`` column and
-optional ``id``, ``source``, ``meta`` columns). Rows are decoded one line / one record batch at a
+A shard is one file, or (with ``ingest.pack_bytes``) a pack of small files read as one shard.
+Files are ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` (JSON object per line with a ``text`` field
+and optional ``id``, ``meta``/``source``) or ``.parquet`` (a ``text`` column and optional ``id``,
+``source``, ``meta`` columns). Rows are decoded one line / one record batch at a
 time. A row that cannot be used becomes a quarantine row ``(raw_row, reason, preview)``; nothing
 is dropped silently, so ``rows_in == rows_ok + rows_quarantined`` always holds.
 
@@ -75,8 +76,9 @@ class ShardError(Exception):
 class ShardFile:
     key: str
     uri: str
-    name: str
+    name: str  # path relative to the raw root
     fingerprint: str  # size + mtime/etag: changes when the file changes
+    size: int | None = None  # bytes, when the filesystem says
 
 
 def shard_format(name: str) -> tuple[str, str | None] | None:
@@ -157,7 +159,9 @@ def _shard_file(fs, root: str, info: dict) -> ShardFile | None:
     *folders, name = rel.split("/")
     if any(f.startswith((".", "_")) for f in folders) or not is_shard_name(name):
         return None
-    return ShardFile(partition_key(rel), _file_uri(fs, full), rel, _fingerprint(info))
+    size = info.get("size")
+    return ShardFile(partition_key(rel), _file_uri(fs, full), rel, _fingerprint(info),
+                     int(size) if isinstance(size, (int, float)) else None)
 
 
 def list_shards(uri: str, fresh: bool = True) -> list[ShardFile]:
@@ -184,20 +188,121 @@ def list_shards(uri: str, fresh: bool = True) -> list[ShardFile]:
     return out
 
 
+def shard_at(uri: str, relpath: str) -> ShardFile:
+    """The file at ``relpath`` under the raw root ``uri`` (one ``info`` call), or a ShardError."""
+    fs, root = fs_and_path(uri)
+    try:
+        info = fs.info(f"{root.rstrip('/')}/{relpath}")
+    except FileNotFoundError:
+        info = None
+    shard = _shard_file(fs, root, info) if info is not None and info.get("type", "file") == "file" else None
+    if shard is None:
+        raise ShardError(f"{relpath}: no such shard file under {uri!r} (was it removed?)")
+    return shard
+
+
+# --------------------------------------------------------------------------------------------
+# Packs: many small files as one partition
+
+#: A pack's partition key: ``pack-<first member's key>-<n>f-<10 hex digits of the members>``. It
+#: never ends with a shard extension, so it is never mistaken for a file's own key.
+PACK_PREFIX = "pack-"
+_PACK_KEY = re.compile(r"pack-.+-[0-9]+f-[0-9a-f]{10}")
+
+
+def pack_key(member_keys: list[str]) -> str:
+    """The partition key of a pack of two or more files (stable: a function of the members)."""
+    digest = hashlib.sha1("\n".join(member_keys).encode("utf-8")).hexdigest()[:10]
+    return f"{PACK_PREFIX}{member_keys[0][:MAX_KEY - 40]}-{len(member_keys)}f-{digest}"
+
+
+def is_pack_key(key: str) -> bool:
+    return _PACK_KEY.fullmatch(key) is not None
+
+
+def plan_packs(files: list[ShardFile], pack_bytes: int, max_files: int = 1000) -> list[list[ShardFile]]:
+    """Partitions for new files, in listing order. With ``pack_bytes`` 0 every file is a partition
+    of its own. Otherwise a file of at least ``pack_bytes`` (or of unknown size) stays alone, and
+    smaller files are packed in listing order until a pack holds ``pack_bytes`` or ``max_files``
+    files (the last pack may hold less), like Spark's ``maxPartitionBytes`` packing of small files:
+    the control plane's cost is per partition, so a thousand 30 KB files cost what one 30 MB
+    file does. Each group is ordered as listed; groups are ordered by their first file."""
+    if pack_bytes <= 0:
+        return [[f] for f in files]
+    pos = {f.key: i for i, f in enumerate(files)}
+    out, cur, size = [], [], 0
+    for f in files:
+        if f.size is None or f.size >= pack_bytes:
+            out.append([f])
+            continue
+        cur.append(f)
+        size += f.size
+        if size >= pack_bytes or len(cur) >= max_files:
+            out.append(cur)
+            cur, size = [], 0
+    if cur:
+        out.append(cur)
+    return sorted(out, key=lambda g: pos[g[0].key])
+
+
+def group_key(group: list[ShardFile]) -> str:
+    """A single file keeps its own key; two or more files get a pack key."""
+    return group[0].key if len(group) == 1 else pack_key([f.key for f in group])
+
+
+def pack_fingerprint(fingerprints: list[str]) -> str:
+    """One fingerprint for a pack: changes when any member changes (or goes missing)."""
+    return "pack:" + hashlib.sha1("\n".join(fingerprints).encode("utf-8")).hexdigest()[:16]
+
+
+def owners(order: list[str], members: dict[str, list[str]]) -> dict[str, str]:
+    """``{file key: partition}``: each file belongs to the first partition, in registration
+    ``order``, that holds it (a partition is its own file unless ``members`` lists a pack's files).
+    Two registrations that raced and packed the same file twice therefore still ingest it once."""
+    out: dict[str, str] = {}
+    for p in order:
+        for f in members.get(p, [p]):
+            out.setdefault(f, p)
+    return out
+
+
+#: key of a pack's member list (file key, relative path, rows) in its raw_docs Parquet footer
+PACK_META = b"metarater.pack"
+
+
+def pack_members_of(schema: pa.Schema) -> list[dict] | None:
+    """The member files of a pack from its raw_docs schema (``None`` for a single-file shard)."""
+    raw = (schema.metadata or {}).get(PACK_META)
+    return json.loads(raw) if raw else None
+
+
+def locate(members: list[dict], raw_rows) -> tuple[list[str], list[int]]:
+    """For rows of a pack (``raw_row``: numbered across its files), each row's file key and its
+    row number inside that file."""
+    import bisect
+
+    starts, total = [], 0
+    for m in members:
+        starts.append(total)
+        total += int(m["rows"])
+    keys, rows = [], []
+    for r in raw_rows:
+        i = bisect.bisect_right(starts, int(r)) - 1
+        keys.append(members[i]["key"])
+        rows.append(int(r) - starts[i])
+    return keys, rows
+
+
 def find_shard(uri: str, key: str) -> ShardFile:
     """The file behind a partition key: one ``info`` call for a plain key, a listing otherwise."""
     rel = relpath_of(key)
     if rel is not None:
-        fs, root = fs_and_path(uri)
-        path = f"{root.rstrip('/')}/{rel}"
         try:
-            info = fs.info(path)
-        except FileNotFoundError:
-            info = None
-        if info is not None and info.get("type", "file") == "file":
-            shard = _shard_file(fs, root, info)
-            if shard is not None and shard.key == key:
-                return shard
+            shard = shard_at(uri, rel)
+        except ShardError:
+            shard = None
+        if shard is not None and shard.key == key:
+            return shard
     for shard in list_shards(uri):
         if shard.key == key:
             return shard
@@ -353,11 +458,12 @@ class _WriterSink:
     """Second streaming pass: rows go to Parquet writers in batches, never all in memory."""
 
     def __init__(self, ids: list[str], docs_path: str, quarantine_path: str, batch_rows: int,
-                 scores_path: str | None = None, score_names=()):
+                 scores_path: str | None = None, score_names=(), docs_metadata: dict | None = None):
         self.ids = ids
         self.k = 0
         self.batch_rows = batch_rows
-        self.docs = pq.ParquetWriter(docs_path, RAW_SCHEMA, compression="zstd")
+        schema = RAW_SCHEMA.with_metadata(docs_metadata) if docs_metadata else RAW_SCHEMA
+        self.docs = pq.ParquetWriter(docs_path, schema, compression="zstd")
         self.quar = pq.ParquetWriter(quarantine_path, QUARANTINE_SCHEMA, compression="zstd")
         self.score_names = list(score_names)
         self.s_schema = score_schema(self.score_names)
@@ -566,31 +672,69 @@ class IngestCounts:
     rows_ok: int
     rows_quarantined: int
     reasons: dict[str, int]
+    member_rows: tuple[int, ...] = ()  # rows read from each file of the shard, in order
+
+
+class _Shifted:
+    """A sink seen through a row offset: a pack's rows are numbered across its files."""
+
+    def __init__(self, sink, offset: int):
+        self.sink, self.offset = sink, offset
+
+    def ok(self, row, *args) -> None:
+        self.sink.ok(row + self.offset, *args)
+
+    def bad(self, row, *args) -> None:
+        self.sink.bad(row + self.offset, *args)
+
+
+def _scan_all(files: list[tuple[str, str]], sink, extractor=None) -> list[int]:
+    rows, offset = [], 0
+    for uri, name in files:
+        n = _scan(uri, name, _Shifted(sink, offset) if offset else sink, extractor)
+        rows.append(n)
+        offset += n
+    return rows
 
 
 def ingest_shard(uri: str, name: str, docs_path: str, quarantine_path: str, batch_rows: int = 10_000,
                  extractor=None, scores_path: str | None = None) -> IngestCounts:
-    """Stream one shard into local Parquet files (docs, quarantine, and with an ``extractor`` the
-    precomputed scores) in batches.
+    """Stream one shard file into local Parquet files; see :func:`ingest_files`."""
+    return ingest_files([(uri, name)], docs_path, quarantine_path, batch_rows, extractor, scores_path)
 
-    Two passes over the file: the first keeps only what the doc-id policy needs (own ids and
+
+def ingest_files(files: list[tuple[str, str]], docs_path: str, quarantine_path: str, batch_rows: int = 10_000,
+                 extractor=None, scores_path: str | None = None) -> IngestCounts:
+    """Stream a shard, one file or a pack of files ``[(uri, name), ...]``, into local Parquet files
+    (docs, quarantine, and with an ``extractor`` the precomputed scores) in batches.
+
+    Two passes over the files: the first keeps only what the doc-id policy needs (own ids and
     16-character content hashes), the second writes rows ``batch_rows`` at a time, so memory
-    stays bounded by one batch plus the ids, whatever the shard's size.
+    stays bounded by one batch plus the ids, whatever the shard's size. A pack is one shard: ids
+    are unique across its files and ``raw_row`` counts on from one file to the next
+    (``member_rows`` gives each file's rows).
     """
     first = _IdSink()
-    rows = _scan(uri, name, first, extractor)
+    rows = _scan_all(files, first, extractor)
     ids = assign_ids(first.given, first.hashes, first.raw_row)
+    meta = None
+    if len(files) > 1:  # which rows came from which file, in the docs file's own footer
+        members = [{"key": partition_key(name), "name": name, "rows": n} for (_, name), n in zip(files, rows)]
+        meta = {PACK_META: json.dumps(members)}
     second = _WriterSink(ids, docs_path, quarantine_path, batch_rows, scores_path,
-                         extractor.names if extractor is not None else ())
+                         extractor.names if extractor is not None else (), meta)
     try:
-        rows2 = _scan(uri, name, second, extractor)
+        rows2 = _scan_all(files, second, extractor)
     finally:
         second.close()
-    if rows2 != rows or second.k != len(ids):
-        raise ShardError(f"{name}: the file changed while it was being read ({rows} then {rows2} rows)")
+    for (_, name), a, b in zip(files, rows, rows2):
+        if a != b:
+            raise ShardError(f"{name}: the file changed while it was being read ({a} then {b} rows)")
+    if second.k != len(ids):
+        raise ShardError(f"{files[0][1]}: the file changed while it was being read")
     ok = pq.ParquetFile(docs_path).metadata.num_rows
     quarantined = pq.ParquetFile(quarantine_path).metadata.num_rows
-    return IngestCounts(rows, ok, quarantined, dict(second.reasons))
+    return IngestCounts(sum(rows), ok, quarantined, dict(second.reasons), tuple(rows))
 
 
 def read_documents(uri: str) -> pa.Table:
