@@ -18,7 +18,7 @@ import yaml
 import dagster as dg
 
 from .batched import for_each_shard
-from .core import corpus, dsir, pool as cp, precomputed, proxy_lm, regression, scan, selection, signals
+from .core import corpus, dsir, packs, pool as cp, precomputed, proxy_lm, regression, scan, selection, signals
 from .core import storage as st
 from .partitions import shards
 from .pool import normalisation, oriented, pool_files
@@ -122,9 +122,9 @@ def make_curated_corpus(policy):
                                  "re-materialise shard_index, score_stats and curated_selection")
             idx = pa.array(np.flatnonzero(kept))
             rows = docs.column("raw_row").take(idx)
-            members = corpus.pack_members_of(docs.schema)
+            members = packs.pack_members_of(docs.schema)
             if members:  # a pack: each document's own file and its row in that file
-                raw_files, raw_rows = corpus.locate(members, rows.to_pylist())
+                raw_files, raw_rows = packs.locate(members, rows.to_pylist())
                 raw_shard, raw_row = pa.array(raw_files, pa.string()), pa.array(raw_rows, pa.int64())
             else:
                 raw_shard, raw_row = pa.array([key] * len(idx), pa.string()), rows

@@ -15,7 +15,7 @@ import numpy as np
 
 import dagster as dg
 
-from .core import proxy_lm, scan, storage as st
+from .core import proxy_lm, scan
 from .core.stats import md_table
 from .partitions import proxy_runs
 from .plots import curves_png, png_metadata

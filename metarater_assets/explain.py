@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import corpus, pool as cp, scan, storage as st
+from .core import packs, pool as cp, scan, storage as st
 from resources import Settings, ShardFiles
 
 
@@ -45,10 +45,10 @@ def explain(settings: Settings, doc_id: str, shard: str | None = None) -> str:
                                   cp.weight_units(w))
         kept = bool(cut.keep(key, c_all)[row])
         raw_row = t.column("raw_row")[0].as_py()
-        members = corpus.pack_members_of(files.schema("raw_docs", key))
+        members = packs.pack_members_of(files.schema("raw_docs", key))
         where = f"row={raw_row}"
         if members:  # a pack of small files: the document's own file and row
-            (file_key,), (file_row,) = corpus.locate(members, [raw_row])
+            (file_key,), (file_row,) = packs.locate(members, [raw_row])
             where = f"file={next(m['name'] for m in members if m['key'] == file_key)} row={file_row}"
         out.append(f"{doc_id}  shard={key} {where} source={t.column('source')[0].as_py()} "
                    f"tokens={t.column('n_tokens')[0].as_py()}")

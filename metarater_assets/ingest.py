@@ -8,7 +8,7 @@ import tempfile
 import dagster as dg
 
 from .batched import combine_checks, for_each_shard
-from .core import corpus, precomputed
+from .core import corpus, packs, precomputed
 from .partitions import shards
 from .registry import PACK_MEMBERS, Resolver
 from resources import MetaraterConfig
@@ -81,9 +81,9 @@ def make_ingest(cfg, policy):
                     files.put("precomputed_scores", key, paths["scores"])
             facts = {"rows_in": res.rows_in, "rows_ok": res.rows_ok, "rows_quarantined": res.rows_quarantined,
                      "quarantine_reasons": dg.MetadataValue.json(res.reasons)}
-            if corpus.is_pack_key(key):
+            if packs.is_pack_key(key):
                 facts.update({"file": members[0].uri if members else "", "files": len(members),
-                              "fingerprint": corpus.pack_fingerprint([m.fingerprint for m in members]),
+                              "fingerprint": packs.pack_fingerprint([m.fingerprint for m in members]),
                               PACK_MEMBERS: dg.MetadataValue.json([
                                   {"key": m.key, "name": m.name, "fingerprint": m.fingerprint, "rows": n}
                                   for m, n in zip(members, res.member_rows)])})

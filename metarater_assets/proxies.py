@@ -10,7 +10,6 @@
   model), its loss on every validation set's tuning part.
 """
 
-import json
 
 import numpy as np
 

@@ -7,7 +7,7 @@ new files, records each pack's members as an observation of ``raw_docs`` (shown 
 in the UI; read back with one paged query over the packs only), and only then adds the
 partitions. Registration is sticky: a file keeps its partition when the packing settings change.
 A file that two racing registrations put in two partitions belongs to the first one
-(``corpus.owners``), so it is ingested once.
+(``packs.owners``), so it is ingested once.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from .core import corpus
+from .core import corpus, packs
 from .partitions import shards
 
 #: metadata key of a pack's members on its raw_docs observations: [{"key", "name"}, ...]
@@ -26,13 +26,13 @@ _CHUNK = 500  # partition keys per query filter
 def pack_members(instance: dg.DagsterInstance, keys) -> dict[str, list[dict]]:
     """``{pack key: [{"key", "name"}, ...]}`` for the packs among ``keys``, newest record first:
     a few paged queries over the packs' observations, none when there are no packs."""
-    packs = [k for k in keys if corpus.is_pack_key(k)]
+    wanted = [k for k in keys if packs.is_pack_key(k)]
     out: dict[str, list[dict]] = {}
-    for i in range(0, len(packs), _CHUNK):
+    for i in range(0, len(wanted), _CHUNK):
         cursor = None
         while True:
             res = instance.fetch_observations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_docs"), asset_partitions=packs[i:i + _CHUNK]),
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_docs"), asset_partitions=wanted[i:i + _CHUNK]),
                 limit=5000, cursor=cursor)
             for rec in res.records:
                 md = rec.asset_observation.metadata
@@ -41,7 +41,7 @@ def pack_members(instance: dg.DagsterInstance, keys) -> dict[str, list[dict]]:
             cursor = res.cursor
             if not res.has_more:
                 break
-    missing = sorted(set(packs) - set(out))
+    missing = sorted(set(wanted) - set(out))
     if missing:
         raise RuntimeError(f"pack partition(s) without a recorded member list: {missing[:5]} "
                            "(their registration was not recorded; delete the partitions and run again)")
@@ -74,9 +74,9 @@ class Registration:
 
     def fingerprint(self, key: str) -> str:
         fs = self.files[key]
-        if not corpus.is_pack_key(key):
+        if not packs.is_pack_key(key):
             return fs[0].fingerprint
-        return corpus.pack_fingerprint([f.fingerprint for f in fs])
+        return packs.pack_fingerprint([f.fingerprint for f in fs])
 
     def owner(self) -> dict[str, str]:
         return {f.key: p for p, fs in self.files.items() for f in fs}
@@ -87,7 +87,7 @@ def plan(files: list[corpus.ShardFile], order: list[str], members: dict[str, lis
     """Which files each registered partition reads, and the partitions for the files no
     partition holds yet (at most ``max_new`` of them now, the rest in ``pending``)."""
     listed = {f.key: f for f in files}
-    own = corpus.owners(order, {p: [m["key"] for m in ms] for p, ms in members.items()})
+    own = packs.owners(order, {p: [m["key"] for m in ms] for p, ms in members.items()})
     reg = Registration(order=list(order), files={})
     for p in order:
         keys = [m["key"] for m in members[p]] if p in members else [p]
@@ -101,8 +101,8 @@ def plan(files: list[corpus.ShardFile], order: list[str], members: dict[str, lis
         reg.pending = [f.key for f in new_files[max_new:]]
         new_files = new_files[:max_new]
     reg.new_files = len(new_files)
-    for group in corpus.plan_packs(new_files, pack_bytes, max_files):
-        key = corpus.group_key(group)
+    for group in packs.plan_packs(new_files, pack_bytes, max_files):
+        key = packs.group_key(group)
         reg.files[key] = group
         reg.new.append(key)
         reg.order.append(key)
@@ -132,7 +132,7 @@ class Resolver:
         self.raw_uri = raw_uri
         order = list(instance.get_dynamic_partitions(shards.name))
         self.members = pack_members(instance, order)
-        self.own = corpus.owners(order, {p: [m["key"] for m in ms] for p, ms in self.members.items()})
+        self.own = packs.owners(order, {p: [m["key"] for m in ms] for p, ms in self.members.items()})
 
     def files(self, key: str) -> list[corpus.ShardFile]:
         """The files ``key`` reads ([] when an earlier partition holds its file)."""

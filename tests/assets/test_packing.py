@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import yaml
 
-from metarater_assets.core import corpus
+from metarater_assets.core import corpus, packs
 from metarater_assets.explain import explain
 from metarater_assets.runner import run_pipeline
 from resources import Settings
@@ -50,27 +50,27 @@ def test_small_files_are_packed_and_every_document_traces_back_to_its_file(tmp_p
         log: list[str] = []
         first = _run(settings, instance, log)
         keys = instance.get_dynamic_partitions("shards")
-        packs = [k for k in keys if corpus.is_pack_key(k)]
+        pack_keys = [k for k in keys if packs.is_pack_key(k)]
         sizes = {p.name: p.stat().st_size for p in raw.iterdir()}
         alone = sorted(n for n, s in sizes.items() if s >= pack_bytes)  # files big enough on their own
         small = sorted(n for n in sizes if n not in alone)
-        singles = set(keys) - set(packs)  # the big files, and a last small file left on its own
+        singles = set(keys) - set(pack_keys)  # the big files, and a last small file left on its own
         assert "u-big.jsonl" in alone and set(alone) <= singles and singles - set(alone) <= {small[-1]}
-        assert len(packs) >= 3
+        assert len(pack_keys) >= 3
         assert any(re.search(r"registered \d+ new shard\(s\) \(31 files packed", l) for l in log), log
         # each pack: consecutive small files in listing order, closed as soon as it holds pack_bytes
         members = {}
-        for p in packs:
+        for p in pack_keys:
             t = pq.read_schema(home / "storage" / "raw_docs" / f"{p}.parquet")
-            members[p] = [m["name"] for m in corpus.pack_members_of(t)]
+            members[p] = [m["name"] for m in packs.pack_members_of(t)]
         order = {n: i for i, n in enumerate(small)}
-        for p in packs:
+        for p in pack_keys:
             idx = [order[m] for m in members[p]]
             assert idx == list(range(idx[0], idx[0] + len(idx)))  # consecutive among the small files
             total = sum(sizes[m] for m in members[p])
             if small[-1] not in members[p]:
                 assert total >= pack_bytes > total - sizes[members[p][-1]]
-        packed = sorted(m for p in packs for m in members[p])
+        packed = sorted(m for p in pack_keys for m in members[p])
         assert packed + sorted(singles - set(alone)) == small  # every small file once
         docs = 30 * 4 + 400
         stats = json.load(open(home / "storage" / "score_stats.json"))
@@ -89,17 +89,17 @@ def test_small_files_are_packed_and_every_document_traces_back_to_its_file(tmp_p
                     seen_pack_doc = (doc, f, r)
         assert seen_pack_doc is not None
         doc, f, r = seen_pack_doc
-        pack = next(p for p in packs if f in members[p])
+        pack = next(p for p in pack_keys if f in members[p])
         assert f"shard={pack} file={f} row={r}" in explain(settings, doc, shard=pack)
 
         # five new small files: a new pack; only it is ingested, and the pool follows
         _tiny(raw, 30, 5)
         second = _run(settings, instance)
         new = second.new_shards
-        assert new and any(corpus.is_pack_key(k) for k in new) and not set(new) & set(keys)
+        assert new and any(packs.is_pack_key(k) for k in new) and not set(new) & set(keys)
         new_members = []
         for p in new:
-            m = corpus.pack_members_of(pq.read_schema(home / "storage" / "raw_docs" / f"{p}.parquet"))
+            m = packs.pack_members_of(pq.read_schema(home / "storage" / "raw_docs" / f"{p}.parquet"))
             new_members += [x["name"] for x in m] if m else [p]
         assert sorted(new_members) == [f"t{i:03d}.jsonl.gz" for i in range(30, 35)]
         assert sorted(p for k, p in second.materialised if k == "raw_docs") == sorted(new)
@@ -107,20 +107,20 @@ def test_small_files_are_packed_and_every_document_traces_back_to_its_file(tmp_p
         assert json.load(open(home / "storage" / "score_stats.json"))["docs"] == docs + 20
 
         # a member file changes (one more document): its pack is re-ingested, alone
-        victim = members[packs[1]][0]
+        victim = members[pack_keys[1]][0]
         with gzip.open(raw / victim, "at", encoding="utf-8") as f:
             f.write(SHORT[399])
         third = _run(settings, instance)
-        assert third.changed_shards == [packs[1]]
-        assert [p for k, p in third.materialised if k == "raw_docs"] == [packs[1]]
+        assert third.changed_shards == [pack_keys[1]]
+        assert [p for k, p in third.materialised if k == "raw_docs"] == [pack_keys[1]]
         assert json.load(open(home / "storage" / "score_stats.json"))["docs"] == docs + 21
 
         # a member file is removed: its pack is skipped (outputs kept), and the run says so
-        (raw / members[packs[0]][1]).unlink()
+        (raw / members[pack_keys[0]][1]).unlink()
         log = []
         fourth = _run(settings, instance, log)
         assert not [p for k, p in fourth.materialised if k == "raw_docs"]
-        assert any(f"1 shard(s) skipped, file(s) removed" in l and packs[0] in l for l in log), log
+        assert any("1 shard(s) skipped, file(s) removed" in l and pack_keys[0] in l for l in log), log
 
         # packing switched off: the packs stay as registered, a new small file is a partition of its own
         c = yaml.safe_load(open(cfg))
@@ -129,7 +129,7 @@ def test_small_files_are_packed_and_every_document_traces_back_to_its_file(tmp_p
         _tiny(raw, 40, 1)
         fifth = _run(settings, instance)
         assert fifth.new_shards == ["t040.jsonl.gz"]
-        assert set(packs) <= set(instance.get_dynamic_partitions("shards"))
+        assert set(pack_keys) <= set(instance.get_dynamic_partitions("shards"))
 
 
 def _fake(n: int, size: int) -> list:
@@ -141,7 +141,7 @@ def test_registrations_that_raced_ingest_each_file_once():
     from metarater_assets.registry import plan
 
     files = _fake(4, 10)
-    racer = corpus.pack_key(["f0001.jsonl", "f0002.jsonl"])
+    racer = packs.pack_key(["f0001.jsonl", "f0002.jsonl"])
     # f0001 was registered on its own, then a racing registration packed it again with f0002
     reg = plan(files, ["f0000.jsonl", "f0001.jsonl", racer],
                {racer: [{"key": "f0001.jsonl", "name": "f0001.jsonl"}, {"key": "f0002.jsonl", "name": "f0002.jsonl"}]},

@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import pyarrow.parquet as pq
 
-from metarater_assets.core import corpus
+from metarater_assets.core import packs
 from metarater_assets.core.config import load_config
 from metarater_assets.defs import all_assets, build_resources
 from metarater_assets.sensors import RANGE_END, RANGE_START, make_shard_sensor
@@ -111,10 +111,10 @@ def test_a_tick_packs_small_files_and_the_requested_run_reads_the_recorded_membe
     with dg.instance_for_test() as instance:
         r1, cursor = _tick(sensor, instance, None)
         new = list(r1.dynamic_partitions_requests[0].partition_keys)
-        assert corpus.is_pack_key(new[0]) and new[0].startswith("pack-t00.jsonl.gz-3f-")
-        assert all(corpus.is_pack_key(k) for k in new[:-1]) and len(new) < 12
+        assert packs.is_pack_key(new[0]) and new[0].startswith("pack-t00.jsonl.gz-3f-")
+        assert all(packs.is_pack_key(k) for k in new[:-1]) and len(new) < 12
         events = {e.partition: [m["key"] for m in e.metadata["pack_members"].value] for e in r1.asset_events}
-        assert set(events) == {k for k in new if corpus.is_pack_key(k)}
+        assert set(events) == {k for k in new if packs.is_pack_key(k)}
         assert sorted(m for ms in events.values() for m in ms) + [k for k in new if k not in events] == \
             [f"t{i:02d}.jsonl.gz" for i in range(12)]
         assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in r1.run_requests] == [(new[0], new[-1])]

@@ -113,3 +113,18 @@ def test_orientation_auto_is_accepted_per_score_and_as_default(tmp_path):
     raw["scores"]["orientation"] = "auto"
     p.write_text(yaml.safe_dump(raw))
     assert load_config(str(p)).auto_oriented == load_config(str(p)).score_names
+
+
+def test_pack_bytes_takes_sizes_with_units_and_names_a_bad_one():
+    raw = _demo()
+    assert parse_config(raw, str(REPO / "configs")).pack_bytes == 0  # default: a partition per file
+    for given, want in (("16MB", 16_000_000), ("64 MiB", 64 * 2**20), (2048, 2048), ("1.5GB", 1_500_000_000)):
+        raw["ingest"] = {"pack_bytes": given}
+        assert parse_config(raw, str(REPO / "configs")).pack_bytes == want
+    for bad, message in (({"pack_bytes": "lots"}, "ingest.pack_bytes must be a size"),
+                         ({"pack_bytes": -1}, "ingest.pack_bytes must be an integer"),
+                         ({"pack_max_files": 1}, "ingest.pack_max_files must be an integer >= 2"),
+                         ({"pack_size": 5}, "unknown key")):
+        raw["ingest"] = bad
+        with pytest.raises(ConfigError, match=message):
+            parse_config(raw, str(REPO / "configs"))

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from metarater_assets.core import corpus
+from metarater_assets.core import corpus, packs
 from conftest import SAMPLE, read_jsonl_lines
 
 
@@ -181,40 +181,7 @@ def test_count_rows_counts_lines_on_its_own(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# Packs of small files (ingest.pack_bytes)
-
-def _files(sizes: dict[str, int | None]) -> list:
-    return [corpus.ShardFile(k, f"/raw/{k}", k, f"{s}:1", s) for k, s in sizes.items()]
-
-
-def test_plan_packs_groups_small_files_in_listing_order():
-    files = _files({"a.jsonl": 40, "b.jsonl": 40, "c.jsonl": 500, "d.jsonl": 30, "e.jsonl": 30,
-                    "f.jsonl": 30, "g.jsonl": None, "h.jsonl": 10})
-    groups = [[f.key for f in g] for g in corpus.plan_packs(files, pack_bytes=100, max_files=3)]
-    # c (500 >= 100) and g (size unknown) stay alone; a + b (80) go on past c and close with d
-    # (110 >= 100); e, f, h close at max_files (3 files, 70 bytes); groups in order of first file
-    assert groups == [["a.jsonl", "b.jsonl", "d.jsonl"], ["c.jsonl"], ["e.jsonl", "f.jsonl", "h.jsonl"], ["g.jsonl"]]
-    assert [[f.key for f in g] for g in corpus.plan_packs(files, pack_bytes=0)] == [[f.key] for f in files]
-
-
-def test_pack_keys_are_stable_safe_and_never_a_file_name():
-    k = corpus.pack_key(["a.jsonl", "b.jsonl.gz"])
-    assert k == corpus.pack_key(["a.jsonl", "b.jsonl.gz"]) != corpus.pack_key(["a.jsonl", "c.jsonl"])
-    assert k.startswith("pack-a.jsonl-2f-") and corpus.is_pack_key(k)
-    assert corpus._UNSAFE.search(k) is None and corpus.relpath_of(k) is None
-    assert not corpus.is_pack_key("pack-x.jsonl") and not corpus.is_pack_key(corpus.partition_key("a b.jsonl"))
-    long = corpus.pack_key(["x" * 190 + ".jsonl", "y.jsonl"])
-    assert len(long) <= corpus.MAX_KEY and corpus.is_pack_key(long)
-    one = _files({"a.jsonl": 1})
-    assert corpus.group_key(one) == "a.jsonl"  # a single file keeps its own key
-
-
-def test_a_file_in_two_partitions_belongs_to_the_first():
-    p1 = corpus.pack_key(["a", "b"])
-    own = corpus.owners(["z", p1, "b", corpus.pack_key(["b", "c"])],
-                        {p1: ["a", "b"], corpus.pack_key(["b", "c"]): ["b", "c"]})
-    assert own == {"z": "z", "a": p1, "b": p1, "c": corpus.pack_key(["b", "c"])}
-
+# A pack of small files read as one shard (ingest.pack_bytes; the grouping: test_packs.py)
 
 def test_a_pack_ingests_as_one_shard_and_each_row_finds_its_file(tmp_path):
     lines = read_jsonl_lines(SAMPLE / "raw" / "shard-0000.jsonl.gz")
@@ -230,12 +197,12 @@ def test_a_pack_ingests_as_one_shard_and_each_row_finds_its_file(tmp_path):
     assert len(set(ids)) == 14  # ids unique across the pack's files: the repeated docs get content ids
     q = pq.read_table(tmp_path / "q.parquet")
     assert q.column("raw_row").to_pylist() == [7] and q.column("reason").to_pylist() == ["invalid_json"]
-    members = corpus.pack_members_of(docs.schema)
+    members = packs.pack_members_of(docs.schema)
     assert [(m["name"], m["rows"]) for m in members] == [("a.jsonl", 5), ("b.jsonl", 6), ("c.jsonl.gz", 4)]
-    keys, rows = corpus.locate(members, docs.column("raw_row").to_pylist())
+    keys, rows = packs.locate(members, docs.column("raw_row").to_pylist())
     by_file = {"a.jsonl": lines[:5], "b.jsonl": lines[:2] + ["not json\n"] + lines[5:8], "c.jsonl.gz": lines[8:12]}
     for text, k, r in zip(docs.column("text").to_pylist(), keys, rows):
         assert json.loads(by_file[k][r])["text"] == text  # each row read back from its own file
     # a single file has no member list
     corpus.ingest_shard(files[0].uri, files[0].name, str(tmp_path / "e.parquet"), str(tmp_path / "f.parquet"))
-    assert corpus.pack_members_of(pq.read_schema(tmp_path / "e.parquet")) is None
+    assert packs.pack_members_of(pq.read_schema(tmp_path / "e.parquet")) is None
