@@ -124,8 +124,9 @@ def make_curated_corpus(policy):
             rows = docs.column("raw_row").take(idx)
             members = packs.pack_members_of(docs.schema)
             if members:  # a pack: each document's own file and its row in that file
-                raw_files, raw_rows = packs.locate(members, rows.to_pylist())
-                raw_shard, raw_row = pa.array(raw_files, pa.string()), pa.array(raw_rows, pa.int64())
+                files_of, raw_rows = packs.locate(members, rows.to_pylist())
+                raw_shard = pa.array([m["key"] for m in files_of], pa.string())
+                raw_row = pa.array(raw_rows, pa.int64())
             else:
                 raw_shard, raw_row = pa.array([key] * len(idx), pa.string()), rows
             out = pa.table({"doc_id": docs.column("doc_id").take(idx), "text": docs.column("text").take(idx),

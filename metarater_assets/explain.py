@@ -48,8 +48,8 @@ def explain(settings: Settings, doc_id: str, shard: str | None = None) -> str:
         members = packs.pack_members_of(files.schema("raw_docs", key))
         where = f"row={raw_row}"
         if members:  # a pack of small files: the document's own file and row
-            (file_key,), (file_row,) = packs.locate(members, [raw_row])
-            where = f"file={next(m['name'] for m in members if m['key'] == file_key)} row={file_row}"
+            (member,), (file_row,) = packs.locate(members, [raw_row])
+            where = f"file={member['name']} row={file_row}"
         out.append(f"{doc_id}  shard={key} {where} source={t.column('source')[0].as_py()} "
                    f"tokens={t.column('n_tokens')[0].as_py()}")
         out.append(f"{'score':50s} {'raw':>12s} {'norm[0,5]':>10s} {'weight':>8s} {'contrib':>8s}")

@@ -81,15 +81,13 @@ def make_ingest(cfg, policy):
                     files.put("precomputed_scores", key, paths["scores"])
             facts = {"rows_in": res.rows_in, "rows_ok": res.rows_ok, "rows_quarantined": res.rows_quarantined,
                      "quarantine_reasons": dg.MetadataValue.json(res.reasons)}
+            if members:
+                facts.update({"file": members[0].uri, "fingerprint": packs.fingerprint(key, members)})
             if packs.is_pack_key(key):
-                facts.update({"file": members[0].uri if members else "", "files": len(members),
-                              "fingerprint": packs.pack_fingerprint([m.fingerprint for m in members]),
-                              PACK_MEMBERS: dg.MetadataValue.json([
-                                  {"key": m.key, "name": m.name, "fingerprint": m.fingerprint, "rows": n}
-                                  for m, n in zip(members, res.member_rows)])})
-            elif members:
-                facts.update({"file": members[0].uri, "fingerprint": members[0].fingerprint})
-            else:  # two registrations raced and an earlier partition holds this file: nothing to read here
+                facts.update({"files": len(members), PACK_MEMBERS: dg.MetadataValue.json([
+                    {"key": m.key, "name": m.name, "fingerprint": m.fingerprint, "rows": n}
+                    for m, n in zip(members, res.member_rows)])})
+            elif not members:  # two registrations raced and an earlier partition holds this file: nothing to read here
                 facts.update({"file": "", "owned_by": resolver.owner(key) or ""})
             context.log_event(dg.AssetObservation(asset_key="raw_docs", partition=key, metadata=facts))
             balanced = res.rows_in == res.rows_ok + res.rows_quarantined

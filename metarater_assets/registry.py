@@ -48,6 +48,10 @@ def pack_members(instance: dg.DagsterInstance, keys) -> dict[str, list[dict]]:
     return out
 
 
+def _owners(order: list[str], members: dict[str, list[dict]]) -> dict[str, str]:
+    return packs.owners(order, {p: [m["key"] for m in ms] for p, ms in members.items()})
+
+
 def membership_event(key: str, group: list[corpus.ShardFile]) -> dg.AssetObservation:
     return dg.AssetObservation(asset_key="raw_docs", partition=key, metadata={
         PACK_MEMBERS: dg.MetadataValue.json([{"key": f.key, "name": f.name} for f in group]),
@@ -73,10 +77,7 @@ class Registration:
         return {p for p, fs in self.files.items() if fs and p not in self.missing}
 
     def fingerprint(self, key: str) -> str:
-        fs = self.files[key]
-        if not packs.is_pack_key(key):
-            return fs[0].fingerprint
-        return packs.pack_fingerprint([f.fingerprint for f in fs])
+        return packs.fingerprint(key, self.files[key])
 
     def owner(self) -> dict[str, str]:
         return {f.key: p for p, fs in self.files.items() for f in fs}
@@ -87,7 +88,7 @@ def plan(files: list[corpus.ShardFile], order: list[str], members: dict[str, lis
     """Which files each registered partition reads, and the partitions for the files no
     partition holds yet (at most ``max_new`` of them now, the rest in ``pending``)."""
     listed = {f.key: f for f in files}
-    own = packs.owners(order, {p: [m["key"] for m in ms] for p, ms in members.items()})
+    own = _owners(order, members)
     reg = Registration(order=list(order), files={})
     for p in order:
         keys = [m["key"] for m in members[p]] if p in members else [p]
@@ -111,12 +112,12 @@ def plan(files: list[corpus.ShardFile], order: list[str], members: dict[str, lis
     return reg
 
 
-def register(instance: dg.DagsterInstance, files: list[corpus.ShardFile], cfg) -> Registration:
+def register(instance: dg.DagsterInstance, files: list[corpus.ShardFile], pack_bytes: int = 0,
+             max_files: int = 1000) -> Registration:
     """Plan the registration of ``files`` (the caller's one listing) and record it: the packs'
     member lists first, then the new partitions."""
     order = list(instance.get_dynamic_partitions(shards.name))
-    reg = plan(files, order, pack_members(instance, order), cfg.pack_bytes if cfg else 0,
-               cfg.pack_max_files if cfg else 1000)
+    reg = plan(files, order, pack_members(instance, order), pack_bytes, max_files)
     for ev in reg.events:
         instance.report_runless_asset_event(ev)
     if reg.new:
@@ -132,7 +133,7 @@ class Resolver:
         self.raw_uri = raw_uri
         order = list(instance.get_dynamic_partitions(shards.name))
         self.members = pack_members(instance, order)
-        self.own = packs.owners(order, {p: [m["key"] for m in ms] for p, ms in self.members.items()})
+        self.own = _owners(order, self.members)
 
     def files(self, key: str) -> list[corpus.ShardFile]:
         """The files ``key`` reads ([] when an earlier partition holds its file)."""

@@ -64,10 +64,10 @@ class RunSummary:
     queries: int = 0
 
 
-def register_shards(instance: dg.DagsterInstance, files: list[corpus.ShardFile], cfg=None) -> tuple[Registration, list[str]]:
+def register_shards(instance: dg.DagsterInstance, files: list[corpus.ShardFile], cfg) -> tuple[Registration, list[str]]:
     """Register new files as partitions (packed with ``ingest.pack_bytes``); return the
     registration and the partitions whose files changed since their ingest."""
-    reg = register(instance, files, cfg)
+    reg = register(instance, files, cfg.pack_bytes, cfg.pack_max_files)
     facts = ingest_facts(instance)
     present = reg.present
     changed = [k for k in reg.order if k in present and k in facts

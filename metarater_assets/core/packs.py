@@ -38,8 +38,8 @@ def plan_packs(files: list[ShardFile], pack_bytes: int, max_files: int = 1000) -
     of its own. Otherwise a file of at least ``pack_bytes`` (or of unknown size) stays alone, and
     smaller files are packed in listing order until a pack holds ``pack_bytes`` or ``max_files``
     files (the last pack may hold less), like Spark's ``maxPartitionBytes`` packing of small files:
-    the control plane's cost is per partition, so a thousand 30 KB files cost what one 30 MB
-    file does. Each group is ordered as listed; groups are ordered by their first file."""
+    the control plane's cost is per partition, so many small files are cheaper as fewer, larger
+    partitions. Each group is ordered as listed; groups are ordered by their first file."""
     if pack_bytes <= 0:
         return [[f] for f in files]
     pos = {f.key: i for i, f in enumerate(files)}
@@ -63,9 +63,12 @@ def group_key(group: list[ShardFile]) -> str:
     return group[0].key if len(group) == 1 else pack_key([f.key for f in group])
 
 
-def pack_fingerprint(fingerprints: list[str]) -> str:
-    """One fingerprint for a pack: changes when any member changes (or goes missing)."""
-    return "pack:" + hashlib.sha1("\n".join(fingerprints).encode("utf-8")).hexdigest()[:16]
+def fingerprint(key: str, files: list[ShardFile]) -> str:
+    """A partition's fingerprint: its file's own, or for a pack one digest of its members' (it
+    changes when any member changes)."""
+    if not is_pack_key(key):
+        return files[0].fingerprint
+    return "pack:" + hashlib.sha1("\n".join(f.fingerprint for f in files).encode("utf-8")).hexdigest()[:16]
 
 
 def owners(order: list[str], members: dict[str, list[str]]) -> dict[str, str]:
@@ -85,16 +88,16 @@ def pack_members_of(schema: pa.Schema) -> list[dict] | None:
     return json.loads(raw) if raw else None
 
 
-def locate(members: list[dict], raw_rows) -> tuple[list[str], list[int]]:
-    """For rows of a pack (``raw_row``: numbered across its files), each row's file key and its
-    row number inside that file."""
+def locate(members: list[dict], raw_rows) -> tuple[list[dict], list[int]]:
+    """For rows of a pack (``raw_row``: numbered across its files), each row's member (its
+    ``key`` and ``name``) and its row number inside that file."""
     starts, total = [], 0
     for m in members:
         starts.append(total)
         total += int(m["rows"])
-    keys, rows = [], []
+    where, rows = [], []
     for r in raw_rows:
         i = bisect.bisect_right(starts, int(r)) - 1
-        keys.append(members[i]["key"])
+        where.append(members[i])
         rows.append(int(r) - starts[i])
-    return keys, rows
+    return where, rows

@@ -199,7 +199,8 @@ def test_a_pack_ingests_as_one_shard_and_each_row_finds_its_file(tmp_path):
     assert q.column("raw_row").to_pylist() == [7] and q.column("reason").to_pylist() == ["invalid_json"]
     members = packs.pack_members_of(docs.schema)
     assert [(m["name"], m["rows"]) for m in members] == [("a.jsonl", 5), ("b.jsonl", 6), ("c.jsonl.gz", 4)]
-    keys, rows = packs.locate(members, docs.column("raw_row").to_pylist())
+    where, rows = packs.locate(members, docs.column("raw_row").to_pylist())
+    keys = [m["key"] for m in where]
     by_file = {"a.jsonl": lines[:5], "b.jsonl": lines[:2] + ["not json\n"] + lines[5:8], "c.jsonl.gz": lines[8:12]}
     for text, k, r in zip(docs.column("text").to_pylist(), keys, rows):
         assert json.loads(by_file[k][r])["text"] == text  # each row read back from its own file
