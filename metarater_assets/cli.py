@@ -18,26 +18,77 @@ def _settings():
 
 
 def cmd_run(args) -> int:
+    """Exit 0 when everything ran, 1 when anything failed (shards and proxy runs included), with a
+    closing summary of what failed and why."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import dagster as dg
+
     from .runner import run_pipeline
+    from .runs import mark_dead_runs
 
     settings = _settings()
     print(f"metarater run --stage {args.stage}\n  raw: {settings.raw_uri}\n  config: {settings.config_path}\n"
           f"  home: {settings.home}", flush=True)
     only = tuple(a for x in (args.only or ()) for a in x.split(",") if a)
-    summary = run_pipeline(settings, "evaluation" if only and args.stage == "curated" else args.stage,
-                           echo=lambda m: print(m, flush=True), force=tuple(args.force or ()), refit=args.refit,
-                           workers=args.workers, only=only)
+    with dg.DagsterInstance.get() as instance:  # run_pipeline first marks failed the runs of dead workers
+        try:
+            summary = run_pipeline(settings, "evaluation" if only and args.stage == "curated" else args.stage,
+                                   instance=instance, echo=lambda m: print(m, flush=True),
+                                   force=tuple(args.force or ()), refit=args.refit, workers=args.workers, only=only)
+        except BrokenProcessPool as e:  # a worker was killed (the OOM killer, SIGKILL): its run cannot end itself
+            dead = mark_dead_runs(instance)
+            print(f"error: a worker process died ({e}); {len(dead)} run(s) it left in progress marked failed"
+                  + (f": {', '.join(dead)}" if dead else ""), file=sys.stderr)
+            return 1
     print(f"done: {len(summary.materialised)} asset partition(s) materialised in {summary.runs} run(s), "
-          f"{len(summary.failed)} failed")
-    for f in summary.failed:  # the error itself was printed once, on its FAIL line
-        print(f"  failed: {', '.join(f['assets'])} [{f['partition']}]")
-    return 1 if any(f["partition"] is None for f in summary.failed) else 0
+          f"{len(summary.failed)} failed" + (f", {len(summary.blocked)} blocked" if summary.blocked else ""))
+    if summary.held:
+        print(f"  kept (fitted on older data; --refit refits them): {', '.join(summary.held)}")
+    if not summary.failed and not summary.blocked:
+        return 0
+    for line in failure_summary(summary.failed) if summary.failed else []:
+        print(line)
+    if summary.blocked:
+        assets = sorted({b["asset"] for b in summary.blocked})
+        print(f"  blocked: {', '.join(assets)} ({len(summary.blocked)} partition(s)): an input failed, is missing "
+              "or failed a check; fix it, or take a shard that cannot be fixed out of the pool with ingest.exclude")
+    return 1
+
+
+def failure_summary(failed: list[dict], most: int = 8) -> list[str]:
+    """One line per asset(s) and error: ``  failed: ASSETS [PARTITIONS]: ERROR`` (the first line of
+    the error; the whole trace stays in the run's event log), then what to do next."""
+    groups: dict[tuple[str, str], list] = {}
+    for f in failed:
+        err = (f.get("error") or "").strip().split("\n", 1)[0] or "run failed"
+        groups.setdefault((", ".join(f["assets"]), err), []).append(f["partition"])
+    lines = []
+    for (assets, err), parts in groups.items():
+        parts = [p for p in parts if p is not None]
+        where = ""
+        if parts:
+            shown = ", ".join(parts[:most]) + (f" ... ({len(parts)} in all)" if len(parts) > most else "")
+            where = f" [{shown}]"
+        lines.append(f"  failed: {assets}{where}: {err}")
+    stopped = [f for f in failed if f["partition"] is None]
+    if stopped:
+        lines.append(f"  the steps after {', '.join(stopped[0]['assets'])} did not run")
+    lines.append(f"{len(failed)} failure(s); the failed runs' full errors are in the UI (Runs, status Failure); "
+                 "`metarater run` again retries them")
+    return lines
 
 
 def cmd_report(args) -> int:
-    from .report import build_report, format_report
+    import dagster as dg
 
-    rep = build_report(_settings())
+    from .report import build_report, format_report
+    from .runs import mark_dead_runs
+
+    settings = _settings()
+    with dg.DagsterInstance.get() as instance:
+        mark_dead_runs(instance)  # a run whose process was killed shows as failed, not in progress forever
+        rep = build_report(settings, instance)
     print(json.dumps(rep, indent=2, sort_keys=True) if args.json else format_report(rep))
     return 0
 
@@ -93,7 +144,10 @@ SENSORS_HELP = """sensors (Automation page of the UI; `dagster sensor start NAME
                         Pool-level fits (DSIR model, PRRC rater, tokenizer, proxies of both tiers,
                         regressor, evaluation) never run by themselves: materialise them in the UI, or
                         `metarater run --refit`.
-  Both tick every METARATER_SENSOR_INTERVAL seconds (default 30)."""
+  shard_batch_retry     ON by default: a failed run over a range of shards (a shard_sensor batch, or a UI
+                        backfill of per-shard assets) is retried shard by shard, one shard_job run each,
+                        so one bad file fails alone, as in `metarater run`.
+  All tick every METARATER_SENSOR_INTERVAL seconds (default 30)."""
 
 
 def cmd_ui(args) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 
 import dagster as dg
 
+from . import identity
 from .core import selection
 from .core.stats import md_table
 from .partitions import confirm_runs
@@ -52,14 +53,18 @@ def choose(cfg, optimal: dict, results: dict[str, dict]) -> list[dict]:
           description="Tier 2's vectors: the predicted optimum, the single-score vectors and a spread "
                       "across tier 1's loss range, each a confirm_runs partition.")
 def confirm_plan(context: dg.AssetExecutionContext, optimal_weights: dict, regressor: dict,
-                 settings: MetaraterConfig) -> dict:
+                 settings: MetaraterConfig):
     cfg = settings.load()
-    results = proxy_results(settings, regressor["keys"])
+    tracer = identity.for_run(context, settings, cfg)
+    tracer.check_json("regressor", regressor)
+    tracer.check_json("optimal_weights", optimal_weights)
+    ident = tracer.identity("confirm_plan")
+    results = proxy_results(settings, regressor["keys"], tracer=tracer)
     runs = choose(cfg, optimal_weights, results)
     new = register_runs(context.instance, settings.artifacts_uri, optimal_weights["names"], cfg.proxies.seed, runs,
                         partitions=confirm_runs)
-    context.add_output_metadata({"runs": len(runs), "new_partitions": len(new)})
-    return {"names": optimal_weights["names"], "runs": runs}
+    return identity.output(tracer, "confirm_plan", {"names": optimal_weights["names"], "runs": runs}, ident,
+                           {"runs": len(runs), "new_partitions": len(new)})
 
 
 @dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tier-agreement-2",
@@ -68,16 +73,20 @@ def confirm_plan(context: dg.AssetExecutionContext, optimal_weights: dict, regre
           description="How tier 1 (the regressor's proxies) and tier 2 (transformer proxies) agree: "
                       "Spearman rho of their losses on the shared vectors, and the predicted optimum's "
                       "tier-2 loss and rank.")
-def tier_agreement(context: dg.AssetExecutionContext, confirm_plan: dict, settings: MetaraterConfig) -> dict:
+def tier_agreement(context: dg.AssetExecutionContext, confirm_plan: dict, settings: MetaraterConfig):
     from scipy.stats import spearmanr
 
     cfg = settings.load()
+    tracer = identity.for_run(context, settings, cfg)
+    tracer.check_json("confirm_plan", confirm_plan)
+    ident = tracer.identity("tier_agreement")
     keys = [r["key"] for r in confirm_plan["runs"]]
-    t2 = proxy_results(settings, keys, asset="confirm_run")
+    t2 = proxy_results(settings, keys, asset="confirm_run", tracer=tracer)
     missing = sorted(set(keys) - set(t2))
     if missing:
-        raise dg.Failure(f"{len(missing)} tier-2 run(s) are not finished, e.g. {missing[0]}: materialise confirm_run")
-    t1 = proxy_results(settings, [r["tier1"] for r in confirm_plan["runs"] if r.get("tier1")])
+        raise dg.Failure(f"{len(missing)} tier-2 run(s) are not finished or not current, e.g. {missing[0]}: "
+                         "materialise confirm_run", allow_retries=False)
+    t1 = proxy_results(settings, [r["tier1"] for r in confirm_plan["runs"] if r.get("tier1")], tracer=tracer)
     pairs = []
     for r in confirm_plan["runs"]:
         if r.get("tier1") in t1:
@@ -97,11 +106,10 @@ def tier_agreement(context: dg.AssetExecutionContext, confirm_plan: dict, settin
     out = {"spearman": rho, "shared_vectors": len(pairs), "runs": len(keys), "pairs": pairs, "optimum": optimum,
            "tier1_kind": cfg.proxies.kind, "tier2_kind": cfg.confirm.kind,
            "target": cfg.validation_target}
-    context.add_output_metadata({
+    return identity.output(tracer, "tier_agreement", out, ident, {
         "spearman": rho, "shared_vectors": len(pairs),
         **({"optimum_rank": f"{optimum['rank']} of {optimum['of']}"} if optimum else {}),
         "pairs": dg.MetadataValue.md(md_table(pairs, ["kind", "score", "tier1_loss", "tier2_loss"]))})
-    return out
 
 
 __all__ = ["choose", "confirm_plan", "tier_agreement"]

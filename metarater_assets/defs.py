@@ -14,7 +14,7 @@ import dagster as dg
 from . import (batched, confirm, curation, evaluation, ingest, orientation, pool, prrc, proxies, regression, scoring,
                tokens)
 from .partitions import confirm_runs, orientation_runs, shards
-from .sensors import AUTOMATION_SENSOR, make_automation_sensor, make_shard_sensor
+from .sensors import AUTOMATION_SENSOR, make_automation_sensor, make_batch_retry_sensor, make_shard_sensor
 from resources import ComputeResource, JsonIOManager, MetaraterConfig, Settings
 
 #: The stages, in order; ``metarater run --stage X`` runs every step up to X's assets.
@@ -160,25 +160,37 @@ def automated(defs: dg.Definitions) -> set[str]:
 
 
 def _config_parts(c) -> dict:
-    """The configuration each asset's output depends on (beyond its inputs and code)."""
+    """The configuration each asset's output depends on (beyond its inputs and code).
+
+    A field that names a file whose content shapes an output (validation sets, DSIR targets, a
+    local tokenizer, PRRC labels, a weights file) enters by its content digest and not by its
+    path: editing the file in place stales what reads it, moving or renaming an identical copy
+    stales nothing. Only a name with nothing behind it (a hub id for the tokenizer) enters as
+    written. The tokenizer keeps its path beside its digest: its output names the folder that the
+    tokens are read with. Digests stream the files (``_file_digest``) on every Definitions build."""
+
+    def content(uri):  # a file's (or folder's) content digest; a name with no file behind it as is
+        return _file_digest(uri) or uri
+
     p, cur = c.proxies, c.curation
-    curation_ = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), cur.get("weights_file"),
-                 _file_digest(cur.get("weights_file")))
+    curation_ = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), content(cur.get("weights_file")))
     # what a weight vector selects and how its proxy is trained: the orientation flips scores in the
     # normalisation, so every vector's selection moves with it
     model_cfg = (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget, p.seed, sorted(c.orientation.items()))
+    sets = {name: content(uri) for name, uri in c.validation_sets.items()}
+    tokenizer_ = (c.tokenizer_vocab_size, c.tokenizer_path, _file_digest(c.tokenizer_path), c.tokenizer_sample_docs)
     # what a proxy's loss is measured on (both tiers)
-    measured = (dict(c.validation_sets), c.validation_max_docs, c.validation_held_out, c.validation_target,
-                (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs))
+    measured = (sets, c.validation_max_docs, c.validation_held_out, c.validation_target, tokenizer_)
+    # where the curated shards and their manifest are published (absent: the default under the home)
+    published = (cur["format"], cur["output_uri"]) if cur.get("output_uri") else cur["format"]
     return {
         "raw_docs": [(s.score, s.column, s.reduce, s.index, s.length) for s in c.precomputed],
         "dsir_counts": c.dsir.buckets,
-        "prrc_annotations": (c.prrc.labels, _file_digest(c.prrc.labels), dict(c.prrc.annotate),
-                             c.prrc.dims) if c.prrc else None,
+        "prrc_annotations": (content(c.prrc.labels), dict(c.prrc.annotate), c.prrc.dims) if c.prrc else None,
         "prrc_rater": (dict(c.prrc.train), c.prrc.dims, c.prrc.shared_encoder, c.prrc.method) if c.prrc else None,
-        "dsir_model": (c.dsir.buckets, dict(c.dsir.targets)),
-        "tokenizer": (c.tokenizer_vocab_size, c.tokenizer_path, c.tokenizer_sample_docs),
-        "validation_tokens": (dict(c.validation_sets), c.validation_max_docs, c.validation_held_out),
+        "dsir_model": (c.dsir.buckets, {name: content(uri) for name, uri in c.dsir.targets.items()}),
+        "tokenizer": tokenizer_,
+        "validation_tokens": (sets, c.validation_max_docs, c.validation_held_out),
         "score_stats": (c.score_names, c.stats_sample_docs, sorted(c.orientation.items())),
         "proxy_plan": (c.score_names, p.n, p.seed, p.single_score_runs),
         "orientation_plan": (c.score_names, c.auto_oriented, p.seed),
@@ -197,19 +209,39 @@ def _config_parts(c) -> dict:
                       c.regressor.get("seed"), c.validation_target),
         "optimal_weights": (c.regressor["candidates"], c.regressor["top_k"], c.regressor["bootstrap"]),
         "curated_selection": curation_,
-        "curated_corpus": cur["format"],
-        "curated_manifest": (curation_, cur["format"]),
+        "curated_corpus": published,
+        "curated_manifest": (curation_, published),
         "evaluation": (dict(c.evaluation), curation_, c.validation_target),
     }
 
 
 def _file_digest(uri: str | None) -> str | None:
+    """sha1 of a file's bytes, or of a folder's files (relative name and bytes of each, sorted by
+    name; model weights, which no tokenizer reads, left out); None where nothing is at ``uri``
+    (no file configured, or a hub id). Streamed in 1 MiB chunks through fsspec, never loaded whole."""
     from .core import storage as st
 
     if not uri or not st.exists(uri):
         return None
+    weights = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".npz")
     fs, path = st.fs_and_path(uri)
-    return hashlib.sha1(fs.cat_file(path)).hexdigest()
+    h = hashlib.sha1()
+
+    def feed(p: str) -> None:
+        with fs.open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+
+    if not fs.isdir(path):
+        feed(path)
+        return h.hexdigest()
+    root = path.rstrip("/")
+    files = sorted(f for f in fs.find(root) if not f.lower().endswith(weights))
+    for f in files:
+        rel = f[len(root):].lstrip("/")
+        h.update(f"{len(rel)}:{rel}:{fs.size(f)}:".encode("utf-8", "surrogatepass"))
+        feed(f)
+    return "dir-" + h.hexdigest()
 
 
 def _base_assets(cfg) -> list:
@@ -228,8 +260,8 @@ def _base_assets(cfg) -> list:
             pool.make_shard_index(cfg, policy), pool.score_stats,
             proxies.proxy_plan, proxies.make_proxy_data(cfg), proxies.make_proxy_run(cfg),
             regression.regressor, regression.optimal_weights,
-            curation.curated_selection, curation.make_curated_corpus(policy), curation.curated_manifest,
-            evaluation.evaluation]
+            curation.make_curated_selection(cfg), curation.make_curated_corpus(policy), curation.curated_manifest,
+            evaluation.make_evaluation(cfg)]
     if cfg is not None and cfg.auto_oriented:  # scores.orientation auto: two single-score runs decide each
         out += [orientation.orientation_plan,
                 proxies.make_proxy_data(cfg, name="orientation_data", partitions=orientation_runs,
@@ -314,7 +346,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     shard_job = js[0]
     sensors = [make_shard_sensor(lambda: settings.raw_uri, shard_job, int(cfg.compute["shards_per_run"]),
                                  pack_bytes=cfg.pack_bytes, pack_max_files=cfg.pack_max_files),
-               make_automation_sensor()]
+               make_automation_sensor(), make_batch_retry_sensor(shard_job, shard_assets(cfg))]
     # runs execute their steps in one process: a run is already a batch of shards, and the
     # parallelism comes from several runs at once (backfill batches, the run queue, `metarater run`'s
     # workers); a process per step would re-import the project for every step of every run

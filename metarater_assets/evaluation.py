@@ -15,6 +15,8 @@ import numpy as np
 
 import dagster as dg
 
+from . import identity
+
 from .core import proxy_lm, scan
 from .core.stats import md_table
 from .partitions import proxy_runs
@@ -41,27 +43,50 @@ def _summary(values) -> dict:
             "min": float(v.min()), "max": float(v.max())}
 
 
-@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-3", pool="metarater_train",
-          deps=["validation_tokens", dg.AssetDep("proxy_run", partition_mapping=dg.AllPartitionMapping()),
-                dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping()),
-                dg.AssetDep("doc_tokens", partition_mapping=dg.AllPartitionMapping())],
-          ins={"curated_selection": dg.AssetIn("curated_selection"), "score_stats": dg.AssetIn("score_stats"),
-               "tokenizer": dg.AssetIn("tokenizer")},
-          description="Target LMs on curated vs random vs best-single-score selections at equal tokens, "
-                      "several seeds, scored on the held-out validation documents; loss curves and the "
-                      "tokens the curated model needs to reach the random model's final loss.")
-def evaluation(context: dg.AssetExecutionContext, curated_selection: dict, score_stats: dict, tokenizer: dict,
-               settings: MetaraterConfig, compute: ComputeResource) -> dict:
+def make_evaluation(cfg) -> dg.AssetsDefinition:
+    """The evaluation asset for this config. With ``scores.orientation: auto`` it reads the pool's
+    scores as ``score_orientation`` decided them (``pool.oriented``), so it declares that asset: a
+    new decision marks the evaluation stale, and a run never evaluates before the decision."""
+    deps = ["validation_tokens", dg.AssetDep("proxy_run", partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep("doc_tokens", partition_mapping=dg.AllPartitionMapping())]
+    if cfg is not None and cfg.auto_oriented:
+        deps.append("score_orientation")
+
+    @dg.asset(name="evaluation", io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-3",
+              pool="metarater_train", deps=deps,
+              ins={"curated_selection": dg.AssetIn("curated_selection"), "score_stats": dg.AssetIn("score_stats"),
+                   "tokenizer": dg.AssetIn("tokenizer")},
+              description="Target LMs on curated vs random vs best-single-score selections at equal tokens, "
+                          "several seeds, scored on the held-out validation documents; loss curves and the "
+                          "tokens the curated model needs to reach the random model's final loss.")
+    def _asset(context: dg.AssetExecutionContext, curated_selection: dict, score_stats: dict, tokenizer: dict,
+               settings: MetaraterConfig, compute: ComputeResource):
+        tracer = identity.for_run(context, settings)
+        for name, obj in (("curated_selection", curated_selection), ("score_stats", score_stats),
+                          ("tokenizer", tokenizer)):
+            tracer.check_json(name, obj)
+        ident = tracer.identity("evaluation")
+        out = evaluate(context, curated_selection, score_stats, tokenizer, settings, compute, tracer)
+        return identity.output(tracer, "evaluation", out, ident)
+
+    return _asset
+
+
+def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_stats: dict, tokenizer: dict,
+             settings: MetaraterConfig, compute: ComputeResource, tracer: identity.Tracer | None = None) -> dict:
     cfg = settings.load()
-    score_stats = oriented(settings, cfg, score_stats)  # auto scores as score_orientation decided
+    score_stats = oriented(settings, cfg, score_stats, tracer)  # auto scores as score_orientation decided
     ev = cfg.evaluation
     pcfg = proxy_lm.get_preset(ev["preset"], token_budget=ev.get("token_budget"))
     budget = pcfg.steps * pcfg.batch_size * pcfg.seq_len
-    results_p = proxy_results(settings, sorted(context.instance.get_dynamic_partitions(proxy_runs.name)))
+    # the current plan's runs only (a run of an older plan or seed never picks the single best score)
+    planned = tracer.active("proxy_runs") if tracer else sorted(context.instance.get_dynamic_partitions(proxy_runs.name))
+    results_p = proxy_results(settings, planned, tracer=tracer)
     single = best_single(results_p, cfg.validation_target)
     names = list(curated_selection["names"])
-    held = validation_sets(settings.storage_uri, "held_out")
-    tune = validation_sets(settings.storage_uri, "tune")
+    held = validation_sets(settings.storage_uri, "held_out", tracer)
+    tune = validation_sets(settings.storage_uri, "tune", tracer)
     eval_part = "held_out" if held else "tune"
     vsets = held or tune
     if not held:

@@ -7,6 +7,7 @@ import tempfile
 
 import dagster as dg
 
+from . import identity
 from .batched import combine_checks, for_each_shard
 from .core import corpus, packs, precomputed
 from .partitions import shards
@@ -62,6 +63,8 @@ def make_ingest(cfg, policy):
     def raw_shard(context: dg.AssetExecutionContext, settings: MetaraterConfig):
         """Stream each shard file through fsspec (JSONL, JSONL.gz, JSONL.zst, Parquet) into Parquet."""
         files = settings.files
+        tracer = identity.for_run(context, settings)
+        outputs = {"docs": "raw_docs", "quarantine": "raw_quarantine", **({"scores": "precomputed_scores"} if extractor else {})}
 
         resolver = Resolver(context.instance, settings.raw_uri)
 
@@ -70,9 +73,14 @@ def make_ingest(cfg, policy):
                 paths = {n: os.path.join(tmp, f"{n}.parquet") for n in ("docs", "quarantine", "scores")}
                 try:
                     members = resolver.files(key)
+                    # the identity of what is read: the files' fingerprints (or the partition holding them)
+                    tracer.sources.put(key, packs.fingerprint(key, members) if members
+                                       else f"owned-by:{resolver.owner(key) or ''}")
+                    ids = {n: tracer.identity(a, key) for n, a in outputs.items()}
                     res = corpus.ingest_files([(m.uri, m.name) for m in members], paths["docs"],
                                               paths["quarantine"], extractor=extractor,
-                                              scores_path=paths["scores"] if extractor else None)
+                                              scores_path=paths["scores"] if extractor else None,
+                                              footers={n: identity.footer(i) for n, i in ids.items()})
                 except corpus.ShardError as e:  # the file itself is bad: retrying cannot help
                     raise dg.Failure(description=f"ShardError: {e}", allow_retries=False) from e
                 files.put("raw_docs", key, paths["docs"])
@@ -89,8 +97,13 @@ def make_ingest(cfg, policy):
                     for m, n in zip(members, res.member_rows)])})
             elif not members:  # two registrations raced and an earlier partition holds this file: nothing to read here
                 facts.update({"file": "", "owned_by": resolver.owner(key) or ""})
-            context.log_event(dg.AssetObservation(asset_key="raw_docs", partition=key, metadata=facts))
             balanced = res.rows_in == res.rows_ok + res.rows_quarantined
+            # recorded only now that every output of the shard is committed: a crash before this line
+            # leaves the old record, so the shard reruns; a failed check blocks what reads it
+            context.log_event(tracer.observation("raw_docs", key, ids["docs"], ok=balanced, **facts))
+            for n, a in outputs.items():
+                if a != "raw_docs":
+                    context.log_event(tracer.observation(a, key, ids[n], ok=balanced))
             check = dg.AssetCheckResult(asset_key="raw_docs", check_name="rows_balance", passed=balanced,
                                         metadata={"rows_in": res.rows_in, "rows_written": res.rows_ok,
                                                   "rows_quarantined": res.rows_quarantined})

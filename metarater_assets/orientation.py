@@ -13,6 +13,7 @@ import numpy as np
 
 import dagster as dg
 
+from . import identity
 from .core import selection
 from .core.stats import md_table
 from .partitions import orientation_runs
@@ -49,14 +50,17 @@ def decide(runs: list[dict], results: dict[str, dict], target: str) -> dict:
           ins={"score_stats": dg.AssetIn("score_stats")},
           description="For each score with orientation auto: two single-score proxy runs (its top and its "
                       "bottom fraction of the pool), each an orientation_runs partition.")
-def orientation_plan(context: dg.AssetExecutionContext, score_stats: dict, settings: MetaraterConfig) -> dict:
+def orientation_plan(context: dg.AssetExecutionContext, score_stats: dict, settings: MetaraterConfig):
     cfg = settings.load()
+    tracer = identity.for_run(context, settings, cfg)
+    tracer.check_json("score_stats", score_stats)
+    ident = tracer.identity("orientation_plan")
     names = list(cfg.score_names)
     runs = plan_runs(names, cfg.auto_oriented, cfg.proxies.seed)
     new = register_runs(context.instance, settings.artifacts_uri, names, cfg.proxies.seed, runs,
                         partitions=orientation_runs)
-    context.add_output_metadata({"scores": ", ".join(cfg.auto_oriented), "runs": len(runs), "new_partitions": len(new)})
-    return {"names": names, "runs": runs}
+    return identity.output(tracer, "orientation_plan", {"names": names, "runs": runs}, ident,
+                           {"scores": ", ".join(cfg.auto_oriented), "runs": len(runs), "new_partitions": len(new)})
 
 
 @dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="score-orientation-1",
@@ -64,10 +68,13 @@ def orientation_plan(context: dg.AssetExecutionContext, score_stats: dict, setti
           ins={"orientation_plan": dg.AssetIn("orientation_plan")},
           description="The direction of each auto score: high or low, whichever single-score proxy reached "
                       "the lower target loss (tuning halves). Read by every selection after it.")
-def score_orientation(context: dg.AssetExecutionContext, orientation_plan: dict, settings: MetaraterConfig) -> dict:
+def score_orientation(context: dg.AssetExecutionContext, orientation_plan: dict, settings: MetaraterConfig):
     cfg = settings.load()
+    tracer = identity.for_run(context, settings, cfg)
+    tracer.check_json("orientation_plan", orientation_plan)
+    ident = tracer.identity("score_orientation")
     runs = orientation_plan["runs"]
-    results = proxy_results(settings, [r["key"] for r in runs], asset="orientation_run")
+    results = proxy_results(settings, [r["key"] for r in runs], asset="orientation_run", tracer=tracer)
     missing = [r["key"] for r in runs if r["key"] not in results]
     if missing:
         raise dg.Failure(f"{len(missing)} orientation run(s) are not finished, e.g. {missing[0]}: "
@@ -75,9 +82,9 @@ def score_orientation(context: dg.AssetExecutionContext, orientation_plan: dict,
     out = decide(runs, results, cfg.validation_target)
     rows = [{"score": n, "high": v["high"], "low": v["low"], "decided": out["decided"][n]}
             for n, v in sorted(out["losses"].items())]
-    context.add_output_metadata({"decided": dg.MetadataValue.md(md_table(rows, ["score", "high", "low", "decided"])),
-                                 "low": sum(d == "low" for d in out["decided"].values())})
-    return {**out, "target": cfg.validation_target}
+    return identity.output(tracer, "score_orientation", {**out, "target": cfg.validation_target}, ident, {
+        "decided": dg.MetadataValue.md(md_table(rows, ["score", "high", "low", "decided"])),
+        "low": sum(d == "low" for d in out["decided"].values())})
 
 
 __all__ = ["decide", "orientation_plan", "plan_runs", "score_orientation"]

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 import dagster as dg
 
+from . import identity
 from .batched import combine_checks, for_each_shard
 from .core import pool as cp, scan, stats, storage as st
 from .partitions import shards
@@ -45,12 +46,13 @@ def score_sources(cfg) -> list[tuple[str, list[str]]]:
     return out
 
 
-def build_shard_index(settings: MetaraterConfig, cfg, key: str) -> tuple[pa.Table, cp.ShardSummary, list[str], str]:
+def build_shard_index(settings: MetaraterConfig, cfg, key: str,
+                      tracer: identity.Tracer) -> tuple[pa.Table, cp.ShardSummary, list[str], str]:
     """(index table, summary, problems, content digest) of one shard from its files (the digest
-    covers the index and the shard's token ids)."""
+    covers the index and the shard's token ids); every input file checked against its record."""
     files = settings.files
-    docs = files.read("raw_docs", key, ["doc_id", "source", "raw_row"])
-    tok = files.read("doc_tokens", key, ["doc_id", "n_tokens"])
+    docs = tracer.read(files, "raw_docs", key, ["doc_id", "source", "raw_row"])
+    tok = tracer.read(files, "doc_tokens", key, ["doc_id", "n_tokens"])
     ids = docs.column("doc_id")
     problems = []
     if not tok.column("doc_id").equals(ids):
@@ -59,7 +61,7 @@ def build_shard_index(settings: MetaraterConfig, cfg, key: str) -> tuple[pa.Tabl
             "n_tokens": tok.column("n_tokens").cast(pa.int64()),
             "doc_hash": pa.array(cp.doc_hashes(key, ids.to_pylist()), pa.uint64())}
     for asset, names in score_sources(cfg):
-        t = files.read(asset, key, ["doc_id", *names])
+        t = tracer.read(files, asset, key, ["doc_id", *names])
         if not t.column("doc_id").equals(ids):
             problems.append(f"{asset} not aligned with raw_docs")
         for n in names:
@@ -101,14 +103,18 @@ def make_shard_index(cfg, policy):
                           "a pool-level pass reads.")
     def shard_index(context: dg.AssetExecutionContext, settings: MetaraterConfig):
         cfg_ = settings.load()
+        tracer = identity.for_run(context, settings, cfg_)
 
         def one(key):
-            table, summary, problems, digest = build_shard_index(settings, cfg_, key)
+            ident = tracer.identity("shard_index", key)
+            table, summary, problems, digest = build_shard_index(settings, cfg_, key, tracer)
             from .tokens import DIGEST_KEY
 
             settings.files.write("shard_index", key, table,
                                  metadata={SUMMARY_KEY: json.dumps(summary.to_dict()).encode(),
-                                           DIGEST_KEY: digest.encode()})
+                                           DIGEST_KEY: digest.encode(), **identity.footer(ident)})
+            # a failed check is recorded with the shard: nothing downstream reads it until it is fixed
+            context.log_event(tracer.observation("shard_index", key, ident, ok=not problems))
             return table.num_rows, dg.AssetCheckResult(
                 asset_key="shard_index", check_name="every_doc_every_score", passed=not problems,
                 metadata={"docs": table.num_rows, "problems": "; ".join(problems) or "none"})
@@ -120,8 +126,8 @@ def make_shard_index(cfg, policy):
     return shard_index
 
 
-def read_summary(uri: str) -> tuple[cp.ShardSummary, str]:
-    """(summary, content digest) from a shard index file's footer."""
+def read_summary(uri: str) -> tuple[cp.ShardSummary, str, str | None]:
+    """(summary, content digest, identity) from a shard index file's footer."""
     from .tokens import DIGEST_KEY
 
     fs, path = st.fs_and_path(uri)
@@ -129,7 +135,9 @@ def read_summary(uri: str) -> tuple[cp.ShardSummary, str]:
         meta = pq.ParquetFile(f).schema_arrow.metadata or {}
     if SUMMARY_KEY not in meta or DIGEST_KEY not in meta:
         raise ValueError(f"{uri} has no summary in its footer: re-materialise shard_index")
-    return cp.ShardSummary.from_dict(json.loads(meta[SUMMARY_KEY])), meta[DIGEST_KEY].decode()
+    ident = meta.get(identity.FOOTER)
+    return cp.ShardSummary.from_dict(json.loads(meta[SUMMARY_KEY])), meta[DIGEST_KEY].decode(), \
+        ident.decode() if ident else None
 
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -144,19 +152,16 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 def score_stats(context: dg.AssetExecutionContext, settings: MetaraterConfig):
     cfg = settings.load()
     names = list(cfg.score_names)
-    registered = sorted(context.instance.get_dynamic_partitions(shards.name))
-    keys, excluded, merged, digests = [], [], cp.ShardSummary(), []
-    for k in registered:
+    tracer = identity.for_run(context, settings, cfg)
+    # exactly the active shards (registered, listed now, not in ingest.exclude), every index current
+    # and its check passed: a shard that failed stops the pool until it is fixed or excluded
+    ident = tracer.identity("score_stats")
+    keys, merged, digests = tracer.active("shards"), cp.ShardSummary(), []
+    excluded = [{"shard": k, "why": "ingest.exclude"} for k in tracer.sources.excluded]
+    for k in keys:
         uri = settings.files.uri("shard_index", k)
-        if not st.exists(uri):
-            excluded.append({"shard": k, "why": "no shard index (not ingested, failed, or not scored yet)"})
-            continue
-        s, d = read_summary(uri)
-        missing = [n for n in names if n not in s.scores]
-        if missing:
-            excluded.append({"shard": k, "why": f"index lacks {missing}: re-materialise shard_index"})
-            continue
-        keys.append(k)
+        s, d, found = read_summary(uri)
+        tracer.check_file("shard_index", k, found, uri)
         digests.append(d)
         merged = merged.merge(s)
     if not keys:
@@ -186,13 +191,9 @@ def score_stats(context: dg.AssetExecutionContext, settings: MetaraterConfig):
     md.update(png_metadata(plots.histograms_png({n: merged.scores[n].histogram() for n in names}),
                            f"{art}/score_stats/histograms.png", "histograms"))
     md.update(png_metadata(plots.heatmap_png(sp_names, M), f"{art}/score_stats/spearman.png", "spearman"))
-    context.add_output_metadata(md)
-    # the data version: the exact pool (every shard's content digest) and its normalisation; the
-    # KLL quantiles are left out (sketches compact at random: informative, not identity)
-    digest = hashlib.sha1(json.dumps({"keys": keys, "digests": digests, "normalisation": out["normalisation"],
-                                      "docs": merged.docs, "tokens": merged.tokens, "names": names,
-                                      "sample": cfg.stats_sample_docs}, sort_keys=True).encode()).hexdigest()
-    return dg.Output(out, data_version=dg.DataVersion(digest))
+    # the pool's content (every shard's content digest) beside the identity, for the record
+    out["content_digest"] = hashlib.sha1(json.dumps({"keys": keys, "digests": digests}, sort_keys=True).encode()).hexdigest()
+    return identity.output(tracer, "score_stats", out, ident, md)
 
 
 def pool_files(settings: MetaraterConfig, stats_out: dict, tokens: bool = False) -> scan.PoolFiles:
@@ -211,7 +212,7 @@ def flipped(stats_out: dict, scores) -> dict:
     return {**stats_out, "normalisation": normalisation(stats_out).flipping(scores).to_dict()}
 
 
-def oriented(settings: MetaraterConfig, cfg, stats_out: dict) -> dict:
+def oriented(settings: MetaraterConfig, cfg, stats_out: dict, tracer: identity.Tracer | None = None) -> dict:
     """``score_stats`` as every selection reads it: the scores with ``orientation: auto`` flipped where
     ``score_orientation`` decided ``low`` (nothing to do without auto scores)."""
     auto = cfg.auto_oriented
@@ -221,7 +222,10 @@ def oriented(settings: MetaraterConfig, cfg, stats_out: dict) -> dict:
     if not st.exists(uri):
         raise dg.Failure(f"scores.orientation is auto for {list(auto)}, but score_orientation has not decided "
                          "them: materialise score_orientation (metarater run --stage proxies)", allow_retries=False)
-    decided = st.read_json(uri)["decided"]
+    got = st.read_json(uri)
+    if tracer is not None:
+        tracer.check_json("score_orientation", got)
+    decided = got["decided"]
     missing = [n for n in auto if n not in decided]
     if missing:
         raise dg.Failure(f"score_orientation has no decision for {missing}: re-materialise orientation_plan and "

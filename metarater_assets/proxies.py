@@ -15,6 +15,7 @@ import numpy as np
 
 import dagster as dg
 
+from . import identity
 from .batched import for_each_shard
 from .core import pool as cp, proxy_lm, scan, selection, storage as st, token_store as ts
 from .core.config import Config
@@ -51,6 +52,23 @@ def register_runs(instance: dg.DagsterInstance, artifacts_uri: str, names, seed:
     return new
 
 
+def proposals_uri(storage_uri: str) -> str:
+    """The adaptive runs ``metarater propose`` added, by round: part of the plan they join."""
+    return f"{storage_uri.rstrip('/')}/proposals.json"
+
+
+def read_proposals(storage_uri: str) -> list[dict]:
+    uri = proposals_uri(storage_uri)
+    return st.read_json(uri)["runs"] if st.exists(uri) else []
+
+
+def add_proposals(storage_uri: str, names, seed: int, runs: list[dict]) -> None:
+    have = read_proposals(storage_uri)
+    known = {r["key"] for r in have}
+    st.write_json({"runs": have + [{**r, "names": list(names), "seed": int(seed)} for r in runs
+                                   if r["key"] not in known]}, proposals_uri(storage_uri))
+
+
 def build_plan(cfg: Config, extra: list[dict] | None = None) -> dict:
     names = list(cfg.score_names)
     p = cfg.proxies
@@ -73,12 +91,16 @@ def build_plan(cfg: Config, extra: list[dict] | None = None) -> dict:
                       "single-score vector per score. Each becomes a proxy_runs partition keyed "
                       "by a hash of weights + seed, so the same vector is never trained twice; "
                       "`metarater propose` adds adaptive vectors the same way.")
-def proxy_plan(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> dict:
+def proxy_plan(context: dg.AssetExecutionContext, settings: MetaraterConfig):
     cfg = settings.load()
-    plan = build_plan(cfg)
+    tracer = identity.for_run(context, settings, cfg)
+    # the adaptive runs proposed for these scores and seed join the plan (an older plan's do not)
+    adaptive = [{k: v for k, v in r.items() if k not in ("names", "seed")} for r in read_proposals(settings.storage_uri)
+                if list(r["names"]) == list(cfg.score_names) and int(r["seed"]) == cfg.proxies.seed]
+    plan = build_plan(cfg, adaptive)
     new = register_runs(context.instance, settings.artifacts_uri, plan["names"], plan["seed"], plan["runs"])
-    context.add_output_metadata({"runs": len(plan["runs"]), "new_partitions": len(new)})
-    return plan
+    return identity.output(tracer, "proxy_plan", plan, tracer.identity("proxy_plan"),
+                           {"runs": len(plan["runs"]), "adaptive_runs": len(adaptive), "new_partitions": len(new)})
 
 
 def model_config(kind_cfg) -> proxy_lm.ProxyConfig:
@@ -156,30 +178,51 @@ def make_proxy_data(cfg, *, name: str = "proxy_data", partitions=proxy_runs, pla
     def proxy_data(context: dg.AssetExecutionContext, score_stats: dict, tokenizer: dict,
                    settings: MetaraterConfig) -> dg.MaterializeResult:
         cfg_ = settings.load()
+        tracer = identity.for_run(context, settings, cfg_)
+        tracer.check_json("score_stats", score_stats)
+        tracer.check_json("tokenizer", tokenizer)
         keys = list(context.partition_keys) if context.has_partition_key_range else [context.partition_key]
+        idents = {k: tracer.identity(name, k) for k in keys}
         specs = [read_spec(settings, k, cfg_.score_names) for k in keys]
         p = cfg_.proxies
         mc = model_config(kind_config(cfg_, section))
         budget = mc.steps * mc.batch_size * mc.seq_len
-        stats = oriented(settings, cfg_, score_stats) if decided else score_stats
+        stats = oriented(settings, cfg_, score_stats, tracer) if decided else score_stats
         res: list = [None] * len(keys)
         for flip in sorted({bool(s.get("flip", False)) for s in specs}):  # one pass over the pool per group
             idx = [i for i, s in enumerate(specs) if bool(s.get("flip", False)) == flip]
             W = np.array([specs[i]["weights"] for i in idx]).T  # (S, P)
+            # a store per identity: a run's training data of another identity can't be found under its name
             group = write_training_data(settings, flipped(stats, cfg_.auto_oriented) if flip else stats, tokenizer, W,
-                                        [f"{settings.artifacts_uri}/{name}/{keys[i]}" for i in idx], fraction=p.fraction,
+                                        [f"{settings.artifacts_uri}/{name}/{keys[i]}/{idents[keys[i]]}" for i in idx],
+                                        fraction=p.fraction,
                                         by=p.fraction_of, token_budget=None, sample_budget=budget, seed=p.seed,
                                         log=context.log.info)
             for i, r in zip(idx, group):
                 res[i] = r
         for k, r in zip(keys, res):
-            st.write_json({"key": k, **r}, settings.files.uri(name, k, ".json"))
+            st.write_json({"key": k, **r, identity.FIELD: idents[k]}, settings.files.uri(name, k, ".json"))
+            context.log_event(tracer.observation(name, k, idents[k]))
+            drop_others(f"{settings.artifacts_uri}/{name}/{k}", idents[k])
         context.log.info(f"{len(keys)} run(s): training data written")
         return dg.MaterializeResult(metadata={"runs": len(keys),
                                               "selected_tokens_min": min(r["selected"]["tokens"] for r in res),
                                               "sampled_tokens_min": min(r["sampled"]["tokens"] for r in res)})
 
     return proxy_data
+
+
+def drop_others(folder: str, keep: str) -> None:
+    """Remove the outputs of other identities under ``folder`` (older training data or checkpoints
+    of a run whose inputs changed), keeping ``keep``."""
+    fs, path = st.fs_and_path(folder)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return
+    for e in entries:
+        if e.rstrip("/").rsplit("/", 1)[-1] != keep and fs.isdir(e):
+            fs.rm(e, recursive=True)
 
 
 def train_and_evaluate(kind: str, pcfg: proxy_lm.ProxyConfig, store_uri: str, val_sets: dict, tok_info: dict,
@@ -215,17 +258,23 @@ def make_proxy_run(cfg, *, name: str = "proxy_run", partitions=proxy_runs, data:
     def proxy_run(context: dg.AssetExecutionContext, tokenizer: dict, settings: MetaraterConfig,
                   compute: ComputeResource) -> dg.MaterializeResult:
         cfg_ = settings.load()
+        tracer = identity.for_run(context, settings, cfg_)
+        tracer.check_json("tokenizer", tokenizer)
         kc = kind_config(cfg_, section)
         pcfg = model_config(kc)
-        vsets = validation_sets(settings.storage_uri, "tune")
+        vsets = validation_sets(settings.storage_uri, "tune", tracer)
         with compute.claim() as comp:
             def one(key):
+                ident = tracer.identity(name, key)
                 run = read_spec(settings, key, cfg_.score_names)
                 data_uri = settings.files.uri(data, key, ".json")
                 if not st.exists(data_uri):
                     raise dg.Failure(f"proxy run {key} has no training data: materialise {data}[{key}]")
                 d = st.read_json(data_uri)
-                ckpt = f"{settings.artifacts_uri}/{name}s/{key}"
+                tracer.check_file(data, key, d.get(identity.FIELD), data_uri)
+                # the checkpoint belongs to this identity (its training data, model and measurement):
+                # a rerun resumes only an interrupted run of the same identity, never a finished other one
+                ckpt = f"{settings.artifacts_uri}/{name}s/{key}/{ident}"
                 st.write_json({"key": key, "names": run["names"], "weights": run["weights"], "seed": run["seed"],
                                "model": pcfg.__dict__, "kind": kc.kind}, f"{ckpt}/config.json")
                 losses, info, _ = train_and_evaluate(kc.kind, pcfg, d["store"]["uri"], vsets, tokenizer,
@@ -234,8 +283,11 @@ def make_proxy_run(cfg, *, name: str = "proxy_run", partitions=proxy_runs, data:
                        "weights": dict(zip(run["names"], run["weights"])), "seed": run["seed"],
                        "round": run.get("round", 0), "proxy_kind": kc.kind, "tier1": run.get("tier1"),
                        "selection": d["selected"], "sampled": d["sampled"], "threshold": d["cut"]["threshold_score"],
-                       "losses": losses, "target_loss": target_loss(losses, cfg_.validation_target), "train": info}
+                       "losses": losses, "target_loss": target_loss(losses, cfg_.validation_target), "train": info,
+                       identity.FIELD: ident}
                 st.write_json(out, settings.files.uri(name, key, ".json"))
+                context.log_event(tracer.observation(name, key, ident))
+                drop_others(f"{settings.artifacts_uri}/{name}s/{key}", ident)
                 return out
 
             done = for_each_shard(context, one)
@@ -250,11 +302,19 @@ def make_proxy_run(cfg, *, name: str = "proxy_run", partitions=proxy_runs, data:
     return proxy_run
 
 
-def proxy_results(settings: MetaraterConfig, keys, asset: str = "proxy_run") -> dict[str, dict]:
-    """The finished proxy runs among ``keys`` (their result files; ``confirm_run`` for tier 2)."""
+def proxy_results(settings: MetaraterConfig, keys, asset: str = "proxy_run",
+                  tracer: identity.Tracer | None = None) -> dict[str, dict]:
+    """The finished proxy runs among ``keys`` (``confirm_run`` for tier 2): with a tracer, only the
+    runs whose recorded result is current, each file checked against its record (a run whose retrain
+    failed, or of another plan, is left out: the caller names what is missing)."""
     out = {}
     for k in keys:
+        if tracer is not None and not tracer.current(asset, k):
+            continue
         uri = settings.files.uri(asset, k, ".json")
         if st.exists(uri):
-            out[k] = st.read_json(uri)
+            r = st.read_json(uri)
+            if tracer is not None:
+                tracer.check_file(asset, k, r.get(identity.FIELD), uri)
+            out[k] = r
     return out

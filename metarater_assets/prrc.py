@@ -6,9 +6,10 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 import fsspec
-import xxhash
 
 import dagster as dg
+
+from . import identity
 
 from .core import annotate, rater_training, raters, storage
 from .partitions import shards
@@ -40,68 +41,53 @@ def _read_label_rows(uri: str) -> tuple[list[dict], list[dict]]:
     return rows, bad
 
 
-def sample_pool(settings: MetaraterConfig, keys: list[str], n: int, seed: int, max_chars: int) -> list[dict]:
-    """The ``n`` pool documents with the smallest hash of (seed, doc id): a stable sample that
-    keeps its members when shards are added. Two passes over the shards: the id column of each
-    (a heap of n), then the texts of the winners only."""
-    import heapq
+def sample_pool(settings: MetaraterConfig, keys: list[str], n: int, seed: int, max_chars: int,
+                tracer=None) -> list[dict]:
+    """The annotation sample of the ingested shards ``keys`` (``annotate.sample_pool``: the ``n``
+    documents with the smallest hash of (seed, shard, doc id), ids qualified by their shard)."""
+    def read(key, cols):
+        return tracer.read(settings.files, "raw_docs", key, cols) if tracer else settings.files.read("raw_docs", key, cols)
 
-    best: list[tuple[int, str, str, int]] = []
-    for key in keys:
-        ids = settings.files.read("raw_docs", key, ["doc_id"]).column("doc_id").to_pylist()
-        for row, doc_id in enumerate(ids):
-            h = -xxhash.xxh3_64_intdigest(f"{seed}:{doc_id}".encode())
-            item = (h, doc_id, key, row)
-            if len(best) < n:
-                heapq.heappush(best, item)
-            elif h > best[0][0]:
-                heapq.heapreplace(best, item)
-    by_shard: dict[str, list] = {}
-    for item in best:
-        by_shard.setdefault(item[2], []).append(item)
-    texts = {}
-    for key, items in by_shard.items():
-        col = settings.files.read("raw_docs", key, ["text"]).column("text")
-        for _, doc_id, _, row in items:
-            texts[(key, row)] = col[row].as_py()
-    out = []
-    for _, doc_id, key, row in sorted(best, reverse=True):
-        text = texts[(key, row)]
-        if len(text) > max_chars:
-            text = text[:max_chars] + " $TRUNCATED$"
-        out.append({"id": doc_id, "source": "pool", "text": text})
-    return out
+    return annotate.sample_pool(
+        keys, lambda key: read(key, ["doc_id"]).column("doc_id").to_pylist(),
+        lambda key, rows: read(key, ["text"]).column("text").take(rows).to_pylist(),
+        n, seed, max_chars)
 
 
 def annotations_uri(storage_uri: str) -> str:
     return f"{storage_uri.rstrip('/')}/prrc_annotations.parquet"
 
 
-@dg.asset(group_name=SCORE_GROUP, code_version=f"prrc-annotations-{annotate.ANNOTATE_VERSION}",
+@dg.asset(group_name=SCORE_GROUP,
+          code_version=f"prrc-annotations-{annotate.ANNOTATE_VERSION}-sample{annotate.SAMPLE_VERSION}",
           deps=[dg.AssetDep("raw_docs", partition_mapping=dg.AllPartitionMapping())],
           description="PRRC labels (0..5 on professionalism, readability, reasoning, cleanliness): "
                       "read from `prrc.labels`, or asked of an OpenAI-compatible endpoint "
-                      "(`prrc.annotate`) for a stable sample of the pool, cached per document. Rows "
+                      "(`prrc.annotate`) for a stable sample of the pool (ids `<shard>/<doc id>`: doc ids "
+                      "are unique within a shard only), cached per text. Rows "
                       "with missing or out-of-range labels are quarantined with a reason. Refit on "
                       "request only: new shards do not trigger new (paid) annotation.")
 def prrc_annotations(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> dg.MaterializeResult:
     cfg = settings.load()
+    tracer = identity.for_run(context, settings, cfg)
     dims = cfg.prrc.dims if cfg.prrc else annotate.DIMENSIONS
     schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string())]
                        + [(d, _LABEL_TYPE) for d in dims])
     qpath = storage.join(settings.artifacts_uri, "prrc_annotations", "quarantine.json")
     if cfg.prrc is None:
-        storage.write_parquet(schema.empty_table(), annotations_uri(settings.storage_uri))
-        return dg.MaterializeResult(metadata={"enabled": False}, data_version=dg.DataVersion("disabled"))
+        ident = identity.digest(["prrc_annotations", "disabled"])
+        storage.write_parquet(schema.empty_table().replace_schema_metadata(identity.footer(ident)),
+                              annotations_uri(settings.storage_uri))
+        return identity.result(tracer, "prrc_annotations", ident, {"enabled": False},
+                               trace=tracer.identity("prrc_annotations"))
     if cfg.prrc.labels:
         rows, bad = _read_label_rows(cfg.prrc.labels)
         origin = cfg.prrc.labels
     else:
         a = cfg.prrc.annotate
-        keys = [k for k in sorted(context.instance.get_dynamic_partitions(shards.name))
-                if settings.files.exists("raw_docs", k)]
+        keys = tracer.active("shards")
         docs = sample_pool(settings, keys, int(a.get("sample", 500)), int(a.get("seed", 0)),
-                           int(a.get("max_chars", 2000)))
+                           int(a.get("max_chars", 2000)), tracer)
         try:
             client = annotate.ChatAnnotator(
                 a["base_url"], a["model"], api_key_env=a["api_key_env"],
@@ -123,8 +109,12 @@ def prrc_annotations(context: dg.AssetExecutionContext, settings: MetaraterConfi
     quarantined = bad + quarantined
     # written every time (an empty list when clean), so an old quarantine never outlives its labels
     storage.write_json(quarantined, qpath)
+    # identified by its content (early cutoff): labels that come out the same stale nothing downstream
+    trace = tracer.identity("prrc_annotations")
+    ident = identity.digest(["prrc_annotations", tracer.code_version("prrc_annotations"),
+                             hashlib.sha1(json.dumps(good, sort_keys=True).encode()).hexdigest()])
     table = pa.Table.from_pylist(good, schema=schema)
-    storage.write_parquet(table, annotations_uri(settings.storage_uri))
+    storage.write_parquet(table.replace_schema_metadata(identity.footer(ident)), annotations_uri(settings.storage_uri))
     reasons: dict[str, int] = {}
     for q in quarantined:
         for r in q["reason"].split("; "):
@@ -133,12 +123,11 @@ def prrc_annotations(context: dg.AssetExecutionContext, settings: MetaraterConfi
     if not good:
         raise dg.Failure(f"no usable PRRC annotations in {origin} ({len(quarantined)} quarantined; see "
                          f"{qpath})", allow_retries=False)
-    digest = hashlib.sha1(json.dumps(good, sort_keys=True).encode()).hexdigest()
-    return dg.MaterializeResult(metadata={
+    return identity.result(tracer, "prrc_annotations", ident, {
         "origin": origin, "usable": len(good), "quarantined": len(quarantined),
         "quarantine_reasons": dg.MetadataValue.json(reasons),
         "label_counts": dg.MetadataValue.json({d: pc.value_counts(table.column(d)).to_pylist() for d in dims}),
-    }, data_version=dg.DataVersion(digest))
+    }, trace=trace)
 
 
 @dg.asset(io_manager_key="json_io_manager", group_name=SCORE_GROUP, deps=["prrc_annotations"],
@@ -151,10 +140,14 @@ def prrc_annotations(context: dg.AssetExecutionContext, settings: MetaraterConfi
                       "and the paper.")
 def prrc_rater(context: dg.AssetExecutionContext, settings: MetaraterConfig, compute: ComputeResource):
     cfg = settings.load()
+    tracer = identity.for_run(context, settings, cfg)
+    ident = tracer.identity("prrc_rater")
     if cfg.prrc is None:
-        context.add_output_metadata({"enabled": False})
-        return dg.Output({"enabled": False}, data_version=dg.DataVersion("disabled"))
-    rows = storage.read_parquet(annotations_uri(settings.storage_uri)).to_pylist()
+        return identity.output(tracer, "prrc_rater", {"enabled": False}, ident, {"enabled": False})
+    labels = storage.read_parquet(annotations_uri(settings.storage_uri))
+    found = (labels.schema.metadata or {}).get(identity.FOOTER)
+    tracer.check_file("prrc_annotations", None, found.decode() if found else None, annotations_uri(settings.storage_uri))
+    rows = labels.to_pylist()
     with compute.claim() as comp:
         train = dict(cfg.prrc.train)
         if comp.accelerator == "gpu":
@@ -162,7 +155,7 @@ def prrc_rater(context: dg.AssetExecutionContext, settings: MetaraterConfig, com
             train.setdefault("precision", "bf16-mixed" if comp.precision.startswith("bf16") else "32-true")
         tc = rater_training.TrainConfig(dims=cfg.prrc.dims, **train)
         base = storage.join(settings.artifacts_uri, "prrc_rater")
-        out = storage.join(base, context.run_id[:12])
+        out = storage.join(base, ident)
         try:
             report = rater_training.train_prrc(rows, out, tc, shared=cfg.prrc.shared_encoder,
                                                log=context.log.info, method=cfg.prrc.method)
@@ -170,25 +163,24 @@ def prrc_rater(context: dg.AssetExecutionContext, settings: MetaraterConfig, com
             raise dg.Failure(str(e), allow_retries=False) from e
     fs, bpath = storage.fs_and_path(base)
     for old in fs.ls(bpath, detail=False):  # earlier models: the new ones are complete (markers written)
-        if old.rstrip("/").rsplit("/", 1)[-1] != context.run_id[:12]:
+        if old.rstrip("/").rsplit("/", 1)[-1] != ident:
             fs.rm(old, recursive=True)
     table = rater_training.summary_table(report, rater_training.PAPER_MODERNBERT_F1)
     layout = ("probe (frozen encoder + logistic regression)" if report.get("method") == "probe"
               else "shared encoder" if report["shared"] else "one model per dimension")
-    context.add_output_metadata({
+    md = {
         "model_uri": out, "encoder": tc.encoder, "layout": layout,
         "split": dg.MetadataValue.json(report["split"]), "best_epoch": dg.MetadataValue.json(report["best_epoch"]),
         "held_out": dg.MetadataValue.md(table),
         "mean_macro_f1": _mean_f1(report["test"]),
         **{f"macro_f1_{d}": round(m["macro_f1"], 4) for d, m in report["test"].items()},
         **({"probe_mean_macro_f1": _mean_f1(report["probe_test"])} if report.get("probe_test") else {}),
-    })
+    }
     value = {"enabled": True, "method": report.get("method", "finetune"), "models": report["models"],
              "dims": list(cfg.prrc.dims), "max_tokens": tc.max_tokens, "shared": report["shared"],
              "test": report["test"], "split": report["split"], "best_epoch": report["best_epoch"],
              "probe_test": report.get("probe_test")}
-    return dg.Output(value, data_version=dg.DataVersion(
-        hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()))
+    return identity.output(tracer, "prrc_rater", value, ident, md)
 
 
 def _mean_f1(test: dict) -> float:

@@ -9,31 +9,122 @@ from .core import storage as st
 from .ingest import ingest_facts
 from .partitions import proxy_runs, shards
 from .runner import user_error
+from .runs import run_assets
 from resources import Settings
 
 
-def _failures(instance: dg.DagsterInstance, keys: set[str], facts: dict) -> list[dict]:
-    """Shards whose latest ingest attempt failed (no ingest recorded after the failure)."""
-    out, seen = [], set()
-    runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]), limit=500)
-    for rec in runs:  # newest first
+#: the newest failed runs the report reads (a bounded amount of work, whatever the history)
+MAX_FAILED_RUNS = 500
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+_PAGE = 10_000
+
+
+def _run_partitions(run: dg.DagsterRun, partitions: str | None, order) -> list[str | None]:
+    """The partitions of ``partitions`` (a dynamic partition set's name, None: unpartitioned) that
+    a run covered: its one partition, or every key of its range in the set's order."""
+    if partitions is None:
+        return [None]
+    keys = order(partitions)
+    pk = run.tags.get("dagster/partition")
+    if pk is not None:
+        return [pk] if pk in keys else []
+    start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
+    if start in keys and end in keys:
+        pos = {k: i for i, k in enumerate(keys)}
+        return keys[pos[start]:pos[end] + 1]
+    return []
+
+
+def _latest_materialisations(instance: dg.DagsterInstance, key: str, after: float) -> dict[str | None, float]:
+    """{partition: time of its latest materialisation} over the materialisations after ``after``:
+    a few paged queries per asset, never one per partition."""
+    out: dict[str | None, float] = {}
+    cursor = None
+    while True:
+        res = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), after_timestamp=after), limit=_PAGE, cursor=cursor)
+        for r in res.records:  # newest first
+            out.setdefault(r.partition_key, r.timestamp)
+        cursor = res.cursor
+        if not res.has_more:
+            return out
+
+
+def run_error(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Why a run failed, in one message: its first step failure (the user's error, not Dagster's
+    wrappers), else a failed blocking asset check, else what marked the run failed (e.g. a worker
+    process that died)."""
+    step = check = ended = crashed = None
+    for ev in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_FAILURE,
+                                                 dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+                                                 dg.DagsterEventType.RUN_FAILURE,
+                                                 dg.DagsterEventType.ENGINE_EVENT}):
+        e = ev.dagster_event
+        if e is None:
+            continue
+        if e.is_step_failure and step is None:
+            step = user_error(e.step_failure_data.error)
+        elif e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and check is None \
+                and not e.event_specific_data.passed:
+            check = f"asset check {e.event_specific_data.check_name} failed"
+        elif e.event_type == dg.DagsterEventType.RUN_FAILURE:
+            ended = e.message
+        elif e.event_type == dg.DagsterEventType.ENGINE_EVENT and (e.message or "").startswith("Run execution process"):
+            crashed = e.message  # the code server saw a daemon-launched run's worker exit
+    return step or check or crashed or ended or "run failed"
+
+
+def failures(instance: dg.DagsterInstance, assets) -> list[dict]:
+    """Asset partitions whose latest attempt failed: ``{"assets", "partition", "error", "run_id"}``,
+    one per failed run and partition (``partition`` None for an unpartitioned step).
+
+    Over the newest ``MAX_FAILED_RUNS`` failed runs, single-partition, batched (a partition-key
+    range over ``shards``, ``proxy_runs``, ``confirm_runs`` or ``orientation_runs``, in the set's
+    order) and unpartitioned alike. An asset partition counts once, for its newest failed run, and
+    not at all once it was materialised after that run began (a retry, or an earlier step of the
+    same batch that did succeed)."""
+    # every asset, in graph order, with the dynamic partition set it is partitioned by (None: none)
+    part_of = {spec.key.to_user_string(): getattr(spec.partitions_def, "name", None)
+               for a in assets for spec in a.specs}
+    orders: dict[str, list[str]] = {}
+
+    def order(name: str) -> list[str]:
+        if name not in orders:
+            orders[name] = list(instance.get_dynamic_partitions(name))
+        return orders[name]
+
+    claimed: set[tuple[str, str | None]] = set()
+    found = []  # (run record, {partition: [assets]})
+    for rec in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]),
+                                        limit=MAX_FAILED_RUNS):  # newest first
         run = rec.dagster_run
-        pk = run.tags.get("dagster/partition")
-        if pk not in keys or pk in seen or "raw_docs" not in run.tags.get("metarater/assets", "raw_docs"):
-            continue
-        sel = run.asset_selection or set()
-        if dg.AssetKey("raw_docs") not in sel and "raw_docs" not in run.tags.get("metarater/assets", ""):
-            continue
-        seen.add(pk)
-        mat = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_docs"), asset_partitions=[pk]), limit=1)
-        if mat.records and mat.records[0].timestamp > rec.create_timestamp.timestamp():
-            continue
-        msg = "run failed"
-        for ev in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-            msg = user_error(ev.dagster_event.step_failure_data.error)
-        out.append({"shard": pk, "error": msg})
-    return sorted(out, key=lambda d: d["shard"])
+        per: dict[str | None, list[str]] = {}
+        mine = run_assets(instance, run)
+        for key in (k for k in part_of if k in mine):  # in graph order
+            for pk in _run_partitions(run, part_of[key], order):
+                if (key, pk) not in claimed:
+                    claimed.add((key, pk))
+                    per.setdefault(pk, []).append(key)
+        if per:
+            found.append((rec, per))
+    if not found:
+        return []
+    oldest = min(rec.create_timestamp.timestamp() for rec, _ in found)
+    latest = {k: _latest_materialisations(instance, k, oldest) for k in {k for _, per in found for ks in per.values()
+                                                                         for k in ks}}
+    out = []
+    for rec, per in found:
+        began = rec.create_timestamp.timestamp()
+        error = None
+        for pk, keys in per.items():
+            still = [k for k in keys if latest[k].get(pk, float("-inf")) <= began]
+            if not still:
+                continue
+            error = error or run_error(instance, rec.dagster_run.run_id)
+            out.append({"assets": still, "partition": pk, "error": error, "run_id": rec.dagster_run.run_id})
+    rank = {k: i for i, k in enumerate(part_of)}
+    return sorted(out, key=lambda f: (rank[f["assets"][0]], f["partition"] or ""))
 
 
 def build_report(settings: Settings, instance: dg.DagsterInstance | None = None) -> dict:
@@ -54,8 +145,12 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
         ing["per_shard"][k] = row
         for m, v in row.items():
             ing[m] += v
-    ing["failed_shards"] = _failures(instance, set(keys), facts)
-    rep: dict = {"ingest": ing}
+    from .defs import all_assets
+
+    failed = failures(instance, all_assets(cfg))
+    ing["failed_shards"] = sorted(({"shard": f["partition"], "error": f["error"]} for f in failed
+                                   if "raw_docs" in f["assets"]), key=lambda d: d["shard"])
+    rep: dict = {"ingest": ing, "failures": failed}
     base = settings.storage_uri
     if st.exists(f"{base}/score_stats.json"):
         s = st.read_json(f"{base}/score_stats.json")
@@ -149,6 +244,14 @@ def format_report(rep: dict) -> str:
                  f"{ing['rows_quarantined']} quarantined, {len(ing['failed_shards'])} failed")
     for f in ing["failed_shards"]:
         lines.append(f"  failed {f['shard']}: {f['error']}")
+    rest = [f for f in rep.get("failures", []) if "raw_docs" not in f["assets"]]
+    if rest:
+        lines.append(f"failed: {len(rest)} more (asset(s) [partition]: error; the runs' logs are in the UI)")
+        for f in rest[:20]:
+            where = f" [{f['partition']}]" if f["partition"] is not None else ""
+            lines.append(f"  failed {', '.join(f['assets'])}{where}: {f['error'].splitlines()[0] if f['error'] else ''}")
+        if len(rest) > 20:
+            lines.append(f"  ... and {len(rest) - 20} more (metarater report --json lists all)")
     if "scores" in rep:
         s = rep["scores"]
         lines.append(f"scores: {len(s['names'])} scores on {s['docs_scored']} docs in {s['shards']} shard(s)"

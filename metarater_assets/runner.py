@@ -19,13 +19,12 @@ from typing import Callable
 
 import dagster as dg
 
+from . import identity
 from .core import corpus
 from .defs import ON_REQUEST, STAGE_NAMES, all_assets, build_resources, steps_for
 from .ingest import ingest_facts
-from .partitions import shards
 from .proxies import TIERS, kind_config
 from .registry import Registration, register, small_files_hint
-from .staleness import Staleness
 from resources import Settings
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -58,6 +57,8 @@ def quiet_lightning() -> None:
 class RunSummary:
     materialised: list[tuple[str, str | None]] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    blocked: list[dict] = field(default_factory=list)  # could not run: an input failed, is missing or excluded
+    held: list[str] = field(default_factory=list)  # on-request fits kept although their data changed
     new_shards: list[str] = field(default_factory=list)
     changed_shards: list[str] = field(default_factory=list)
     runs: int = 0
@@ -124,7 +125,10 @@ def _execute(settings: Settings, batch: Batch, instance: dg.DagsterInstance | No
              assets=None, resources=None) -> tuple[bool, str, float]:
     t0 = time.perf_counter()
     instance = instance or dg.DagsterInstance.get()
-    tags = {"metarater/cli": "run", "metarater/stage": batch.stage, "metarater/assets": ",".join(batch.assets)}
+    from .runs import run_tags
+
+    tags = {"metarater/cli": "run", "metarater/stage": batch.stage, "metarater/assets": ",".join(batch.assets),
+            **run_tags()}
     kw = {}
     if len(batch.partitions) == 1:
         kw["partition_key"] = batch.partitions[0]
@@ -256,6 +260,15 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
     if not present:
         echo(f"warning: no shard files under {settings.raw_uri} (looked for {', '.join(sorted(corpus.FORMATS))}; "
              "dot-files and partial uploads are ignored)")
+    gone = identity.excluded(sorted(present), cfg.exclude)
+    if gone:
+        echo(f"{len(gone)} shard(s) taken out of the pool by ingest.exclude: {_short(gone)}")
+    sources = identity.Sources.of({k: reg.fingerprint(k) for k in present if k not in gone}, gone)
+    from .runs import mark_dead_runs
+
+    dead = mark_dead_runs(instance)
+    if dead:
+        echo(f"{len(dead)} run(s) of a worker that died (e.g. killed by the OOM killer) marked failed: {_short(dead)}")
     launcher = Launcher(settings, instance, assets, resources, _workers(cfg, workers))
     failed_shards: set[str] = set()
     stop = False
@@ -271,30 +284,44 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
         for keys, part in steps:
             if stop:
                 break
-            state = Staleness(instance, assets)  # fresh records at each step
+            # identities from fresh records at each step: what the last step wrote is current now
+            tracer = identity.Tracer(instance, assets, sources, settings.storage_uri, ON_REQUEST)
             if part == "shards":
-                order = list(instance.get_dynamic_partitions(shards.name))
-                partitions = [k for k in order if k in present and k not in failed_shards]
+                order = sources.shards
+                partitions = [k for k in order if k not in failed_shards]
             elif part in ("proxy_runs", "confirm_runs", "orientation_runs"):
-                order = list(instance.get_dynamic_partitions(part))
+                order = tracer.active(part)  # exactly the current plan's runs
                 partitions = order
             else:
                 order, partitions = [], [None]
             todo: dict = {}
             for pk in partitions:
-                stale = []
+                stale: list[str] = []
                 for k in keys:
-                    why = "forced" if k in force else state.needs_run(k, pk)
-                    if why == "stale" and k in ON_REQUEST and not refit and not state.own_code_changed(k, pk):
-                        why = None  # upstream data changed (e.g. a new shard): refit on request
-                    if why is None and k == "raw_docs" and pk in changed:
-                        why = "file changed"
+                    v = tracer.verdict(k, pk, refit=refit)
+                    if k in force:
+                        why = "forced"
+                    elif v.held:
+                        why = None
+                        if k not in summary.held:
+                            summary.held.append(k)
+                            echo(f"  {k}: kept, fitted on older data (its inputs changed since); "
+                                 "metarater run --refit refits it")
+                    else:
+                        why = "; ".join(v.reasons) or None
+                    if why and v.blocked and not all(a in stale for a, _ in v.blocked):
+                        # an input that is not current and does not run now: this cannot run
+                        summary.blocked.append({"asset": k, "partition": pk, "inputs": identity.labels(v.blocked)})
+                        echo(f"  blocked {k}{f' [{pk}]' if pk else ''}: needs {identity.labels(v.blocked)} "
+                             "(failed, missing or excluded)")
+                        continue
                     if why:
                         stale.append(k)
-                        if part is None and why == "stale":
-                            echo(f"  {k}: {'; '.join(state.reasons(k, pk))}")
+                        if part is None and why not in ("missing", "forced"):
+                            echo(f"  {k}: {why}")
                 for k in keys:  # what runs in this step stales what reads it in this step
-                    if k not in stale and any(u in stale for u, _ in state.nodes[k].deps):
+                    if k not in stale and any(u in stale for u, _ in tracer.nodes[k].deps) and \
+                            not any(b["asset"] == k and b["partition"] == pk for b in summary.blocked):
                         stale.append(k)
                 stale.sort(key=keys.index)
                 if stale:
@@ -302,7 +329,7 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                         stale = sorted(set(stale) | {k for k in keys if k in ("raw_docs", "raw_quarantine",
                                                                               "precomputed_scores")}, key=keys.index)
                     todo.setdefault(tuple(stale), []).append(pk)
-            summary.queries += state.queries
+            summary.queries += tracer.ledger.queries
             if not todo:
                 continue
             stage_name = _stage(keys)

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 import dagster as dg
 
+from . import identity
 from .batched import combine_checks, for_each_shard
 from .core import dsir, rater_training, raters, signals, stats, storage as st
 from .partitions import shards
@@ -42,9 +43,16 @@ def check_spec(asset: str) -> dg.AssetCheckSpec:
                                          "where the score's definition allows them")
 
 
-def _docs(settings: MetaraterConfig, key: str) -> tuple[list[str], list[str]]:
-    t = settings.files.read("raw_docs", key, ["doc_id", "text"])
+def _docs(tracer: identity.Tracer, settings: MetaraterConfig, key: str) -> tuple[list[str], list[str]]:
+    t = tracer.read(settings.files, "raw_docs", key, ["doc_id", "text"])
     return t.column("doc_id").to_pylist(), t.column("text").to_pylist()
+
+
+def commit(context, tracer: identity.Tracer, settings: MetaraterConfig, asset: str, key: str, ident: str,
+           table: pa.Table, check: dg.AssetCheckResult | None = None) -> None:
+    """Write one shard's score file with its identity in the footer, then record it."""
+    settings.files.write(asset, key, table, metadata=identity.footer(ident))
+    context.log_event(tracer.observation(asset, key, ident, ok=check is None or check.passed))
 
 
 def make_rpv2(policy):
@@ -52,11 +60,15 @@ def make_rpv2(policy):
               code_version=f"rpv2-{signals.SIGNALS_VERSION}", check_specs=[check_spec("rpv2_scores")],
               description="The 11 RedPajama-V2 natural-language signals per document of one shard.")
     def rpv2_scores(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+        tracer = identity.for_run(context, settings)
+
         def one(key):
-            ids, texts = _docs(settings, key)
+            ident = tracer.identity("rpv2_scores", key)
+            ids, texts = _docs(tracer, settings, key)
             table = score_table(ids, signals.compute_signals(texts), signals.INTEGER_SIGNALS)
-            settings.files.write("rpv2_scores", key, table)
-            return len(ids), check_scores("rpv2_scores", ids, table, signals.SIGNAL_NAMES, signals.NULLABLE)
+            check = check_scores("rpv2_scores", ids, table, signals.SIGNAL_NAMES, signals.NULLABLE)
+            commit(context, tracer, settings, "rpv2_scores", key, ident, table, check)
+            return len(ids), check
 
         done = for_each_shard(context, one)
         yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done)})
@@ -73,9 +85,13 @@ def make_dsir_counts(cfg, policy):
               description="Hashed unigram+bigram feature counts of one shard (summed into the pool "
                           "distribution, so a new shard never re-reads the others).")
     def dsir_counts(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+        tracer = identity.for_run(context, settings)
+
         def one(key):
-            _, texts = _docs(settings, key)
-            settings.files.write("dsir_counts", key, pa.table({"count": dsir.count_buckets(texts, buckets)}))
+            ident = tracer.identity("dsir_counts", key)
+            _, texts = _docs(tracer, settings, key)
+            commit(context, tracer, settings, "dsir_counts", key, ident,
+                   pa.table({"count": dsir.count_buckets(texts, buckets)}))
             return len(texts)
 
         done = for_each_shard(context, one)
@@ -98,13 +114,14 @@ def dsir_model(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> 
     from .core import corpus
 
     cfg = settings.load()
-    keys = [k for k in sorted(context.instance.get_dynamic_partitions(shards.name))
-            if settings.files.exists("dsir_counts", k)]
+    tracer = identity.for_run(context, settings, cfg)
+    ident = tracer.identity("dsir_model")  # every active shard's counts, current
+    keys = tracer.active("shards")
     if not keys:
         raise dg.Failure("no shard has dsir_counts yet: materialise the per-shard scores first", allow_retries=False)
     raw = np.zeros(cfg.dsir.buckets, dtype=np.int64)
     for k in keys:
-        c = settings.files.read("dsir_counts", k).column("count").to_numpy()
+        c = tracer.read(settings.files, "dsir_counts", k).column("count").to_numpy()
         if len(c) != len(raw):
             raise dg.Failure(f"dsir_counts[{k}] has {len(c)} buckets, the config {len(raw)}: re-materialise it")
         raw += c
@@ -115,14 +132,16 @@ def dsir_model(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> 
         context.log.info(f"target {name}: {docs.num_rows} docs, {int(targets[name].sum())} features")
     model = dsir.DsirModel.fit(raw, targets)
     table = pa.table({f"dsir_{n}": pa.array(w) for n, w in model.weights.items()})
-    st.write_parquet(table, dsir_model_uri(settings.storage_uri))
-    digest = hashlib.sha1(b"".join(np.ascontiguousarray(w).tobytes() for w in model.weights.values())).hexdigest()
-    return dg.MaterializeResult(metadata={"pool_shards": len(keys), "pool_features": int(raw.sum()),
-                                          "targets": ", ".join(targets)}, data_version=dg.DataVersion(digest))
+    st.write_parquet(table.replace_schema_metadata(identity.footer(ident)), dsir_model_uri(settings.storage_uri))
+    return identity.result(tracer, "dsir_model", ident, {"pool_shards": len(keys), "pool_features": int(raw.sum()),
+                                                         "targets": ", ".join(targets)})
 
 
-def load_dsir_model(storage_uri: str) -> dsir.DsirModel:
+def load_dsir_model(storage_uri: str, tracer: identity.Tracer | None = None) -> dsir.DsirModel:
     table = st.read_parquet(dsir_model_uri(storage_uri))
+    if tracer is not None:
+        found = (table.schema.metadata or {}).get(identity.FOOTER)
+        tracer.check_file("dsir_model", None, found.decode() if found else None, dsir_model_uri(storage_uri))
     weights = {n.removeprefix("dsir_"): np.asarray(table.column(n)) for n in table.column_names}
     return dsir.DsirModel(buckets=table.num_rows, weights=weights)
 
@@ -134,14 +153,17 @@ def make_dsir_scores(policy):
               code_version=f"dsir-{dsir.DSIR_VERSION}", check_specs=[check_spec("dsir_scores")],
               description="DSIR importance per document: dsir_books, dsir_wiki, dsir_math.")
     def dsir_scores(context: dg.AssetExecutionContext, settings: MetaraterConfig):
-        model = load_dsir_model(settings.storage_uri)
+        tracer = identity.for_run(context, settings)
+        model = load_dsir_model(settings.storage_uri, tracer)
 
         def one(key):
-            ids, texts = _docs(settings, key)
+            ident = tracer.identity("dsir_scores", key)
+            ids, texts = _docs(tracer, settings, key)
             scored = model.score(texts)
             table = score_table(ids, {f"dsir_{n}": v for n, v in scored.items()})
-            settings.files.write("dsir_scores", key, table)
-            return len(ids), check_scores("dsir_scores", ids, table, names, frozenset())
+            check = check_scores("dsir_scores", ids, table, names, frozenset())
+            commit(context, tracer, settings, "dsir_scores", key, ident, table, check)
+            return len(ids), check
 
         done = for_each_shard(context, one)
         yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done)})
@@ -198,8 +220,13 @@ def make_model_scores(cfg, policy):
             except raters.RaterLoadError as e:
                 raise dg.Failure(str(e), allow_retries=False) from e
 
+            tracer = identity.for_run(context, settings, cfg_)
+            if inputs.get("prrc_rater") is not None:
+                tracer.check_json("prrc_rater", inputs["prrc_rater"])
+
             def one(key):
-                ids, texts = _docs(settings, key)
+                idents = {s.score: tracer.identity(score_asset(s.score), key) for s in specs.values()}
+                ids, texts = _docs(tracer, settings, key)
                 checks = {}
                 for group, rater in loaded:
                     t = time.perf_counter()
@@ -210,8 +237,9 @@ def make_model_scores(cfg, policy):
                         if s.head.is_classifier:
                             cols[f"{s.score}_class"] = classes[:, j].tolist()
                         table = score_table(ids, cols)
-                        settings.files.write(score_asset(s.score), key, table)
                         checks[s.score] = check_scores(score_asset(s.score), ids, table, [s.score], frozenset())
+                        commit(context, tracer, settings, score_asset(s.score), key, idents[s.score], table,
+                               checks[s.score])
                     context.log.info(f"{key}: {', '.join(s.score for s in group)} ({group[0].model}): "
                                      f"{len(texts) / max(time.perf_counter() - t, 1e-9):.1f} docs/s on {comp.torch_device}")
                 return len(ids), checks

@@ -16,14 +16,19 @@ import base64
 import json
 import os
 import zlib
+from typing import Collection
 
 import dagster as dg
 
 from . import registry
 from .core import corpus
 from .partitions import shards
+from .runs import run_assets
 
 AUTOMATION_SENSOR = "metarater_automation"
+RETRY_SENSOR = "shard_batch_retry"
+#: on a retry run: the id of the failed batched run it retries
+RETRY_OF = "metarater/retry_of"
 
 
 def interval() -> int:
@@ -129,3 +134,55 @@ def make_automation_sensor():
                     "curated selection, the curated shards and the manifest after new shards are "
                     "indexed (and per-shard scores after a pool-level refit). Pool-level fits never "
                     "run by themselves.")
+
+
+def retry_requests(instance: dg.DagsterInstance, run: dg.DagsterRun,
+                   chain: Collection[str] | None = None) -> list[dg.RunRequest]:
+    """One single-shard run request per shard of a failed run over a range of ``shards``; [] for a
+    single-partition run, a range over another partition set, or a run of ``metarater run`` (which
+    retries its batches itself).
+
+    ``chain`` holds the job's assets: a failed run over a subset of them (a backfill of some
+    per-shard assets, or a subset of the job) reruns that subset; a run over none of them (e.g.
+    curated_corpus) is not the job's to retry. Each request's run key is the failed run's id and
+    the shard, so the daemon launches it once whatever the ticks."""
+    tags = run.tags
+    start, end = tags.get(RANGE_START), tags.get(RANGE_END)
+    if start is None or end is None or tags.get("metarater/cli") == "run":
+        return []
+    order = list(instance.get_dynamic_partitions(shards.name))
+    pos = {k: i for i, k in enumerate(order)}
+    if start not in pos or end not in pos:
+        return []  # a range over proxy runs, or over shards since removed
+    selection = None
+    if chain is not None:
+        mine = run_assets(instance, run)
+        keys = [k for k in chain if k in mine]
+        if not keys:
+            return []  # e.g. a backfill of curated_corpus: not the job's assets
+        if len(keys) < len(chain):
+            selection = [dg.AssetKey(k) for k in keys]
+    return [dg.RunRequest(partition_key=k, run_key=f"retry:{run.run_id}:{k}", asset_selection=selection,
+                          tags={RETRY_OF: run.run_id, "metarater/reason": "retry", "metarater/shards": "1"})
+            for k in order[pos[start]:pos[end] + 1]]
+
+
+def make_batch_retry_sensor(shard_job, chain: Collection[str] | None = None):
+    """``shard_batch_retry``: a failed batched run of ``shard_job``, or of an asset backfill over
+    shards, comes back as one ``shard_job`` run per shard (``retry_requests``). ``chain``: the
+    job's assets (``defs.shard_assets(cfg)``), to rerun only what the failed run was to
+    materialise; without it each shard reruns the whole job."""
+    @dg.run_failure_sensor(
+        name=RETRY_SENSOR, request_job=shard_job, minimum_interval_seconds=interval(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retries a failed run over a range of shards (a shard_sensor batch, or a UI backfill of "
+                    "per-shard assets) shard by shard: one single-shard shard_job run each, so one bad file "
+                    "fails alone. Single-shard runs are not retried.")
+    def shard_batch_retry(context: dg.RunFailureSensorContext):
+        requests = retry_requests(context.instance, context.dagster_run, chain)
+        if not requests:
+            return None  # None, not a SkipReason: the sensor goes on to the next failed run in this tick
+        context.log.info(f"retrying run {context.dagster_run.run_id} shard by shard: {len(requests)} run(s)")
+        return requests
+
+    return shard_batch_retry

@@ -9,6 +9,7 @@ import xxhash
 
 import dagster as dg
 
+from . import identity
 from .batched import for_each_shard
 from .core import corpus, proxy_lm, storage as st
 from .partitions import shards
@@ -19,13 +20,16 @@ TOKEN_ROW_GROUP = 1024  # doc_tokens row groups: a training-data writer reads on
 DIGEST_KEY = b"metarater.digest"  # a content digest in a per-shard file's footer
 
 
-def _texts(settings: MetaraterConfig, keys: list[str], limit: int):
+def _texts(settings: MetaraterConfig, keys: list[str], limit: int, tracer: identity.Tracer):
     """Pool texts in shard order, streamed batch by batch (the tokenizer's training sample)."""
     n = 0
     for key in keys:
         fs, path = st.fs_and_path(settings.files.uri("raw_docs", key))
         with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1000, columns=["text"]):
+            pf = pq.ParquetFile(f)
+            found = (pf.schema_arrow.metadata or {}).get(identity.FOOTER)
+            tracer.check_file("raw_docs", key, found.decode() if found else None, settings.files.uri("raw_docs", key))
+            for batch in pf.iter_batches(batch_size=1000, columns=["text"]):
                 for t in batch.column(0).to_pylist():
                     if n >= limit:
                         return
@@ -41,31 +45,36 @@ def _texts(settings: MetaraterConfig, keys: list[str], limit: int):
                       "of the pool is read). Refit on request.")
 def tokenizer(context: dg.AssetExecutionContext, settings: MetaraterConfig):
     cfg = settings.load()
+    tracer = identity.for_run(context, settings, cfg)
     if cfg.tokenizer_path:
         tok = proxy_lm.load_tokenizer(cfg.tokenizer_path)
         out = {"uri": cfg.tokenizer_path, "vocab_size": len(tok), "trained": False, "eos_id": tok.eos_token_id}
-        return dg.Output(out, data_version=dg.DataVersion(hashlib.sha1(repr(sorted(out.items())).encode()).hexdigest()))
-    keys = [k for k in sorted(context.instance.get_dynamic_partitions(shards.name))
-            if settings.files.exists("raw_docs", k)]
+        return identity.output(tracer, "tokenizer", out, identity.digest(["tokenizer", tracer.code_version("tokenizer"),
+                                                                          sorted(out.items())]))
+    ident = tracer.identity("tokenizer")
+    keys = tracer.active("shards")
     if not keys:
         raise dg.Failure("no ingested shard to train the tokenizer on: run the ingest stage first", allow_retries=False)
     counter = {"n": 0}
 
     def sample():
-        for t in _texts(settings, keys, cfg.tokenizer_sample_docs):
+        for t in _texts(settings, keys, cfg.tokenizer_sample_docs, tracer):
             counter["n"] += 1
             yield t
 
     tok = proxy_lm.train_tokenizer(sample(), cfg.tokenizer_vocab_size)
-    uri = f"{settings.artifacts_uri}/tokenizer"
+    # a folder per identity: what reads the tokenizer never loads another fit's files
+    uri = f"{settings.artifacts_uri}/tokenizer/{ident}"
     proxy_lm.save_tokenizer(tok, uri)
     digest = hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest()
-    context.add_output_metadata({"vocab_size": len(tok), "trained_on_docs": counter["n"], "uri": uri})
-    return dg.Output({"uri": uri, "vocab_size": len(tok), "trained": True, "eos_id": tok.eos_token_id,
-                      "digest": digest}, data_version=dg.DataVersion(digest))
+    return identity.output(tracer, "tokenizer", {"uri": uri, "vocab_size": len(tok), "trained": True,
+                                                 "eos_id": tok.eos_token_id, "digest": digest}, ident,
+                           {"vocab_size": len(tok), "trained_on_docs": counter["n"], "uri": uri})
 
 
-def load(tok_info: dict):
+def load(tok_info: dict, tracer: identity.Tracer | None = None):
+    if tracer is not None:
+        tracer.check_json("tokenizer", tok_info)
     return proxy_lm.load_tokenizer(tok_info["uri"], require_marker=bool(tok_info.get("trained")))
 
 
@@ -75,10 +84,12 @@ def make_doc_tokens(policy):
               description="Token ids of every document of one shard (doc_id, n_tokens, ids), in row "
                           "groups of 1,024 documents.")
     def doc_tokens(context: dg.AssetExecutionContext, tokenizer: dict, settings: MetaraterConfig):
-        tok = load(tokenizer)
+        tracer = identity.for_run(context, settings)
+        tok = load(tokenizer, tracer)
 
         def one(key):
-            docs = settings.files.read("raw_docs", key, ["doc_id", "text"])
+            ident = tracer.identity("doc_tokens", key)
+            docs = tracer.read(settings.files, "raw_docs", key, ["doc_id", "text"])
             ids = proxy_lm.encode(tok, docs.column("text").to_pylist())
             n = np.array([len(x) for x in ids], dtype=np.int64)
             h = hashlib.sha1(n.tobytes())
@@ -87,7 +98,8 @@ def make_doc_tokens(policy):
             settings.files.write("doc_tokens", key, pa.table({
                 "doc_id": docs.column("doc_id"), "n_tokens": pa.array(n),
                 "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))}), row_group_size=TOKEN_ROW_GROUP,
-                metadata={DIGEST_KEY: h.hexdigest().encode()})
+                metadata={DIGEST_KEY: h.hexdigest().encode(), **identity.footer(ident)})
+            context.log_event(tracer.observation("doc_tokens", key, ident))
             return len(n), int(n.sum())
 
         done = for_each_shard(context, one)
@@ -116,7 +128,9 @@ def validation_uri(storage_uri: str) -> str:
                       "(only the evaluation reads it) by a hash of its id (validation.held_out).")
 def validation_tokens(context: dg.AssetExecutionContext, tokenizer: dict, settings: MetaraterConfig):
     cfg = settings.load()
-    tok = load(tokenizer)
+    tracer = identity.for_run(context, settings, cfg)
+    ident = tracer.identity("validation_tokens")
+    tok = load(tokenizer, tracer)
     parts = []
     counts = {}
     for name, uri in cfg.validation_sets.items():
@@ -129,17 +143,19 @@ def validation_tokens(context: dg.AssetExecutionContext, tokenizer: dict, settin
                                "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))}))
         counts[name] = {"tune": int((~ho).sum()), "held_out": int(ho.sum())}
     table = pa.concat_tables(parts)
-    st.write_parquet(table, validation_uri(settings.storage_uri))
-    digest = hashlib.sha1(repr((table.column("doc_id").to_pylist(), table.column("part").to_pylist(),
-                                [len(x) for x in table.column("ids").to_pylist()],
-                                tokenizer.get("digest"))).encode()).hexdigest()
-    return dg.MaterializeResult(metadata={"docs": dg.MetadataValue.json(counts)}, data_version=dg.DataVersion(digest))
+    st.write_parquet(table.replace_schema_metadata(identity.footer(ident)), validation_uri(settings.storage_uri))
+    return identity.result(tracer, "validation_tokens", ident, {"docs": dg.MetadataValue.json(counts)})
 
 
-def validation_sets(storage_uri: str, part: str = "tune") -> dict[str, tuple[list[np.ndarray], list[str]]]:
+def validation_sets(storage_uri: str, part: str = "tune",
+                    tracer: identity.Tracer | None = None) -> dict[str, tuple[list[np.ndarray], list[str]]]:
     """{set: (token arrays, sources)} of one part (``tune`` / ``held_out``; a set without a
-    held-out part falls back to all of it for ``tune``)."""
+    held-out part falls back to all of it for ``tune``); with a tracer, after checking the file is
+    the recorded, current one."""
     val = st.read_parquet(validation_uri(storage_uri))
+    if tracer is not None:
+        found = (val.schema.metadata or {}).get(identity.FOOTER)
+        tracer.check_file("validation_tokens", None, found.decode() if found else None, validation_uri(storage_uri))
     out: dict[str, tuple[list, list]] = {}
     for s, src, p, x in zip(val.column("set").to_pylist(), val.column("source").to_pylist(),
                             val.column("part").to_pylist(), val.column("ids").to_pylist()):

@@ -18,6 +18,13 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# runs stuck starting or cancelling are marked failed by the daemon (runs of a killed `metarater run`
+# worker are marked failed by the next `metarater run` / `report`: metarater_assets/runs.py)
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 60
 """
 
 

@@ -25,7 +25,8 @@ def test_definitions_load_with_every_stage(env_home):
     assert {"shard_index", "score_stats", "proxy_data", "proxy_run", "curated_manifest"} <= keys
     assert defs.resolve_job_def("shard_job") is not None
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"shard_sensor", "metarater_automation"}
+    assert set(sensors) == {"shard_sensor", "metarater_automation", "shard_batch_retry"}
+    assert sensors["shard_batch_retry"].default_status == dg.DefaultSensorStatus.RUNNING
     import dagster as dg
 
     assert sensors["metarater_automation"].default_status == dg.DefaultSensorStatus.RUNNING

@@ -11,6 +11,9 @@
   appears in logs, errors, reprs or the cache. A refused key (HTTP 401 / 403) stops the job; a
   reply that stays unusable after the retries (5xx, a connection failure, no score in the
   answer) leaves that label missing with its cause, which the caller quarantines.
+* ``sample_pool``: the stable sample of pool documents to annotate, drawn by a hash of (seed,
+  shard, doc id): doc ids are unique within a shard only, so each document is qualified by its
+  shard (``sample_id``) in the hash and in the annotation row's id.
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-ANNOTATE_VERSION = "1"
+ANNOTATE_VERSION = "1"  # part of every cache key: a bump re-asks (and re-pays) every answer
+#: how the annotation sample is drawn (2: documents qualified by their shard)
+SAMPLE_VERSION = "2"
 DIMENSIONS = ("professionalism", "readability", "reasoning", "cleanliness")
 
 RUBRICS: dict[str, str] = {
@@ -205,3 +210,59 @@ def validate_labels(rows: Sequence[Mapping], dimensions: Sequence[str] = DIMENSI
             elif not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 5:
                 problems.append(f"row {i} ({r.get('id', '?')}): {d}={v!r} outside 0..5")
     return problems
+
+
+def sample_id(shard: str, doc_id: str) -> str:
+    """A pool document's id in annotation rows, ``<shard>/<doc id>``: doc ids are unique within a
+    shard only (a pool whose files number their rows 0..N repeats every id in every shard), and
+    shard keys never contain ``/`` (``corpus.partition_key``), so the first ``/`` splits it back."""
+    return f"{shard}/{doc_id}"
+
+
+def sample_pool(shards: Iterable[str], read_ids: Callable[[str], Sequence[str]],
+                read_texts: Callable[[str, list[int]], Sequence[str]], n: int, seed: int,
+                max_chars: int) -> list[dict]:
+    """The ``n`` pool documents with the smallest hash of (seed, shard, doc id), best first: a
+    stable sample that keeps its members when shards are added, drawn evenly from every shard.
+    Two passes: ``read_ids(shard)`` (a shard's doc ids, in row order; a heap of ``n``), then
+    ``read_texts(shard, rows)`` (the texts of those rows, in that order) for the winners only.
+
+    A row: ``{"id": sample_id(shard, doc_id), "shard", "doc_id", "source": "pool", "text"}``, the
+    text cut at ``max_chars`` (+ `` $TRUNCATED$``). A text that occurs in more than one shard is
+    annotated once (its first row by hash), so the sample holds no two rows with the same text
+    and can be a little smaller than ``n`` where the pool holds copies."""
+    import heapq
+
+    import xxhash
+
+    best: list[tuple[int, str, str, int]] = []  # (-hash, shard, doc id, row): a max-heap of the n smallest
+    for shard in shards:
+        for row, doc_id in enumerate(read_ids(shard)):
+            h = -xxhash.xxh3_64_intdigest(f"{seed}:{shard}:{doc_id}".encode("utf-8", "surrogatepass"))
+            item = (h, shard, str(doc_id), row)
+            if len(best) < n:
+                heapq.heappush(best, item)
+            elif item > best[0]:
+                heapq.heapreplace(best, item)
+    rows_of: dict[str, list[int]] = {}
+    for _, shard, _, row in best:
+        rows_of.setdefault(shard, []).append(row)
+    texts: dict[tuple[str, int], str] = {}
+    for shard, rows in rows_of.items():
+        rows = sorted(rows)
+        got = list(read_texts(shard, rows))
+        if len(got) != len(rows):
+            raise ValueError(f"read_texts({shard!r}) gave {len(got)} texts for {len(rows)} rows")
+        texts.update({(shard, r): t for r, t in zip(rows, got)})
+    out, seen = [], set()
+    for _, shard, doc_id, row in sorted(best, reverse=True):
+        text = texts[(shard, row)]
+        digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        if len(text) > max_chars:
+            text = text[:max_chars] + " $TRUNCATED$"
+        out.append({"id": sample_id(shard, doc_id), "shard": shard, "doc_id": doc_id, "source": "pool",
+                    "text": text})
+    return out

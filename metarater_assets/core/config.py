@@ -159,6 +159,9 @@ class Config:
     #: (0: one partition per file, the default); a pack holds at most ``pack_max_files`` files
     pack_bytes: int = 0
     pack_max_files: int = 1000
+    #: shard keys (glob patterns) taken out of the pool: a shard that failed stops everything
+    #: downstream of it until it is fixed or named here
+    exclude: tuple[str, ...] = ()
 
     @property
     def trained_scores(self) -> tuple[str, ...]:
@@ -298,8 +301,10 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     if ev["preset"] not in PROXY_PRESETS:
         raise ConfigError(f"evaluation.preset {ev['preset']!r} unknown; known: {sorted(PROXY_PRESETS)}")
     reg = {"folds": 5, "candidates": 200_000, "top_k": 128, "bootstrap": 30, "holdout": 0.2,
-           "models": list(REGRESSORS), **(raw.get("regressor") or {})}
-    _known("regressor", reg, {"folds", "candidates", "top_k", "bootstrap", "holdout", "models", "seed"})
+           "models": list(REGRESSORS), "min_runs_fraction": 0.9, **(raw.get("regressor") or {})}
+    _known("regressor", reg, {"folds", "candidates", "top_k", "bootstrap", "holdout", "models", "seed",
+                              "min_runs_fraction"})
+    reg["min_runs_fraction"] = _fraction("regressor.min_runs_fraction", reg["min_runs_fraction"])
     bad = [m for m in reg["models"] if m not in REGRESSORS]
     if bad or not reg["models"]:
         raise ConfigError(f"regressor.models: unknown {bad}; known: {list(REGRESSORS)}")
@@ -334,7 +339,10 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     st = raw.get("stats", {}) or {}
     _known("stats", st, {"sample_docs"})
     ing = raw.get("ingest", {}) or {}
-    _known("ingest", ing, {"pack_bytes", "pack_max_files"})
+    _known("ingest", ing, {"pack_bytes", "pack_max_files", "exclude"})
+    exclude = ing.get("exclude") or ()
+    if isinstance(exclude, str) or not all(isinstance(x, str) for x in exclude):
+        raise ConfigError(f"ingest.exclude must be a list of shard keys or glob patterns, got {exclude!r}")
     cfg = Config(
         prrc=prrc,
         raters=raters,
@@ -362,6 +370,7 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         stats_sample_docs=_int("stats.sample_docs", st.get("sample_docs", 5000), 10),
         pack_bytes=_bytes("ingest.pack_bytes", ing.get("pack_bytes", 0)),
         pack_max_files=_int("ingest.pack_max_files", ing.get("pack_max_files", 1000), 2),
+        exclude=tuple(exclude),
     )
     names = cfg.score_names
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -370,15 +370,19 @@ class _WriterSink:
     """Second streaming pass: rows go to Parquet writers in batches, never all in memory."""
 
     def __init__(self, ids: list[str], docs_path: str, quarantine_path: str, batch_rows: int,
-                 scores_path: str | None = None, score_names=(), docs_metadata: dict | None = None):
+                 scores_path: str | None = None, score_names=(), docs_metadata: dict | None = None,
+                 quarantine_metadata: dict | None = None, scores_metadata: dict | None = None):
         self.ids = ids
         self.k = 0
         self.batch_rows = batch_rows
         schema = RAW_SCHEMA.with_metadata(docs_metadata) if docs_metadata else RAW_SCHEMA
         self.docs = pq.ParquetWriter(docs_path, schema, compression="zstd")
-        self.quar = pq.ParquetWriter(quarantine_path, QUARANTINE_SCHEMA, compression="zstd")
+        qschema = QUARANTINE_SCHEMA.with_metadata(quarantine_metadata) if quarantine_metadata else QUARANTINE_SCHEMA
+        self.quar = pq.ParquetWriter(quarantine_path, qschema, compression="zstd")
         self.score_names = list(score_names)
         self.s_schema = score_schema(self.score_names)
+        if scores_metadata:
+            self.s_schema = self.s_schema.with_metadata(scores_metadata)
         self.scw = pq.ParquetWriter(scores_path, self.s_schema, compression="zstd") if scores_path else None
         self.d: list[list] = [[], [], [], [], []]
         self.q: list[list] = [[], [], []]
@@ -616,7 +620,8 @@ def ingest_shard(uri: str, name: str, docs_path: str, quarantine_path: str, batc
 
 
 def ingest_files(files: list[tuple[str, str]], docs_path: str, quarantine_path: str, batch_rows: int = 10_000,
-                 extractor=None, scores_path: str | None = None) -> IngestCounts:
+                 extractor=None, scores_path: str | None = None,
+                 footers: dict[str, dict] | None = None) -> IngestCounts:
     """Stream a shard, one file or a pack of files ``[(uri, name), ...]``, into local Parquet files
     (docs, quarantine, and with an ``extractor`` the precomputed scores) in batches.
 
@@ -624,17 +629,20 @@ def ingest_files(files: list[tuple[str, str]], docs_path: str, quarantine_path: 
     16-character content hashes), the second writes rows ``batch_rows`` at a time, so memory
     stays bounded by one batch plus the ids, whatever the shard's size. A pack is one shard: ids
     are unique across its files and ``raw_row`` counts on from one file to the next
-    (``member_rows`` gives each file's rows).
+    (``member_rows`` gives each file's rows). ``footers`` adds key/values to the footer of the
+    ``docs`` / ``quarantine`` / ``scores`` file (the identity each output is written with).
     """
+    footers = footers or {}
     first = _IdSink()
     rows = _scan_all(files, first, extractor)
     ids = assign_ids(first.given, first.hashes, first.raw_row)
-    meta = None
+    meta = dict(footers.get("docs") or {})
     if len(files) > 1:  # which rows came from which file, in the docs file's own footer
         members = [{"key": partition_key(name), "name": name, "rows": n} for (_, name), n in zip(files, rows)]
-        meta = {PACK_META: json.dumps(members)}
+        meta[PACK_META] = json.dumps(members)
     second = _WriterSink(ids, docs_path, quarantine_path, batch_rows, scores_path,
-                         extractor.names if extractor is not None else (), meta)
+                         extractor.names if extractor is not None else (), meta or None,
+                         footers.get("quarantine"), footers.get("scores"))
     try:
         rows2 = _scan_all(files, second, extractor)
     finally:
