@@ -5,7 +5,7 @@ HASH    := $(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 STAMP   := $(VENV)/.installed-$(HASH)
 STAGE   ?= evaluation
 
-.PHONY: install demo test ui bench clean
+.PHONY: install demo test ui bench clean differential
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,11 @@ TEST_WORKERS ?= 2
 
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 $(if $(TEST_TMP),--basetemp=$(TEST_TMP)); rc=$$?; $(if $(TEST_TMP),rm -rf $(TEST_TMP);) exit $$rc
+
+# the differential harness: SEQUENCES seeded sequences of edits and kills, each step against a fresh home
+SEQUENCES ?= 10
+differential: install
+	$(PY) tests/harness/differential.py --sequences $(SEQUENCES) --steps 6
 
 ui: install
 	$(VENV)/bin/metarater ui

@@ -280,18 +280,24 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
             raise ValueError(f"--only: unknown asset(s) {unknown} up to stage {stage}; known: {sorted(known)}")
         steps = [([k for k in ks if k in only], p) for ks, p in steps]
         steps = [(ks, p) for ks, p in steps if ks]
+    tracer, ran, counted = None, False, 0
     try:
         for keys, part in steps:
             if stop:
                 break
-            # identities from fresh records at each step: what the last step wrote is current now
-            tracer = identity.Tracer(instance, assets, sources, settings.storage_uri, ON_REQUEST)
-            if part == "shards":
-                order = sources.shards
-                partitions = [k for k in order if k not in failed_shards]
+            # identities from fresh records after any step that ran something: what it wrote is
+            # current now (a step that ran nothing changed no record: its reads are reused)
+            if tracer is None or ran:
+                tracer = identity.Tracer(instance, assets, sources, settings.storage_uri, ON_REQUEST)
+                counted, ran = 0, False
+            if part == "shards":  # registration order: a batch is a partition-key range in Dagster's order
+                active = set(sources.shards)  # (ranges never span an inactive shard: _contiguous splits there)
+                order = list(instance.get_dynamic_partitions("shards"))
+                partitions = [k for k in order if k in active and k not in failed_shards]
             elif part in ("proxy_runs", "confirm_runs", "orientation_runs"):
-                order = tracer.active(part)  # exactly the current plan's runs
-                partitions = order
+                planned = set(tracer.active(part))  # exactly the current plan's runs, in Dagster's order
+                order = list(instance.get_dynamic_partitions(part))
+                partitions = [k for k in order if k in planned]
             else:
                 order, partitions = [], [None]
             todo: dict = {}
@@ -329,9 +335,11 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                         stale = sorted(set(stale) | {k for k in keys if k in ("raw_docs", "raw_quarantine",
                                                                               "precomputed_scores")}, key=keys.index)
                     todo.setdefault(tuple(stale), []).append(pk)
-            summary.queries += tracer.ledger.queries
+            summary.queries += tracer.ledger.queries - counted
+            counted = tracer.ledger.queries
             if not todo:
                 continue
+            ran = True
             stage_name = _stage(keys)
             batches = []
             for sel, pks in todo.items():

@@ -26,9 +26,9 @@ def test_definitions_load_with_every_stage(env_home):
     assert defs.resolve_job_def("shard_job") is not None
     sensors = {s.name: s for s in defs.sensors}
     assert set(sensors) == {"shard_sensor", "metarater_automation", "shard_batch_retry"}
-    assert sensors["shard_batch_retry"].default_status == dg.DefaultSensorStatus.RUNNING
     import dagster as dg
 
+    assert sensors["shard_batch_retry"].default_status == dg.DefaultSensorStatus.RUNNING
     assert sensors["metarater_automation"].default_status == dg.DefaultSensorStatus.RUNNING
     assert sensors["shard_sensor"].default_status == dg.DefaultSensorStatus.STOPPED
 

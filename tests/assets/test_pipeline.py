@@ -189,7 +189,8 @@ def test_adaptive_round_trains_only_new_runs_and_refits(pipeline, tmp_path):
     assert set(instance.get_dynamic_partitions("proxy_runs")) == before | set(new)
     summary = run_pipeline(settings, "regressor", instance=instance, echo=lambda m: None)
     done = sorted((k, p) for k, p in summary.materialised)
-    assert done == sorted([("proxy_data", k) for k in new] + [("proxy_run", k) for k in new]
+    # the plan takes the proposals in (storage/proposals.json); only the new runs train
+    assert done == sorted([("proxy_plan", None)] + [("proxy_data", k) for k in new] + [("proxy_run", k) for k in new]
                           + [("regressor", None), ("optimal_weights", None)])
     reg = json.load(open(f"{settings.storage_uri}/regressor.json"))
     assert len(reg["keys"]) == n + 2
@@ -316,7 +317,8 @@ def test_evaluation_reads_only_the_held_out_documents(pipeline):
     import glob
 
     run = json.load(open(sorted(glob.glob(f"{settings.storage_uri}/proxy_run/*.json"))[0]))
-    seq_len = json.load(open(f"{settings.artifacts_uri}/proxy_runs/{run['key']}/config.json"))["model"]["seq_len"]
+    seq_len = json.load(open(f"{settings.artifacts_uri}/proxy_runs/{run['key']}/{run['identity']}/config.json"))[
+        "model"]["seq_len"]
     for s in ("validation", "reference"):
         tune = sum(min(len(r["ids"]), seq_len) for r in val if r["set"] == s and r["part"] == "tune")
         assert run["losses"][s]["tokens"] == tune

@@ -67,7 +67,7 @@ def test_100_proxy_runs_then_a_proposal_refits_the_regressor(tmp_path):
         assert sorted(p for k, p in summary.materialised if k == "proxy_run") == sorted(new)
         assert ("regressor", None) in summary.materialised and ("optimal_weights", None) in summary.materialised
         assert len(json.load(open(tmp_path / "home" / "storage" / "regressor.json"))["keys"]) == 107
-        assert Staleness(instance, _assets(settings)).needs_run("regressor") is None
+        assert Staleness(instance, _assets(settings), settings).needs_run("regressor") is None
 
 
 def _assets(settings):

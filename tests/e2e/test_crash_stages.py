@@ -75,11 +75,11 @@ def test_sigkill_in_scoring_proxies_and_curation_then_rerun_equals_uninterrupted
                             start_new_session=True)
     runs = home / "artifacts" / "proxy_runs"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(runs.glob("*/last.ckpt")):
+    while time.time() < deadline and not list(runs.glob("*/*/last.ckpt")):  # <run key>/<identity>/
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed = [p.parent.name for p in runs.glob("*/last.ckpt")]
+    killed = [p.parent.parent.name for p in runs.glob("*/*/last.ckpt")]
     assert killed, "no proxy checkpoint appeared before the deadline"
     outputs = home / "storage" / "proxy_run"
     assert not any((outputs / f"{k}.json").exists() for k in killed)  # no result for an unfinished run

@@ -175,9 +175,42 @@ def _env(home: Path, world: World) -> dict:
     return env
 
 
-def cli(home: Path, world: World, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metarater_assets.cli", "run", "--stage", "confirm", *args],
-                          env=_env(home, world), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str = ""
+
+
+def cli(home: Path, world: World, *args: str, timeout: float = 900) -> Done:
+    """``metarater run --stage confirm [args]`` on ``home``: in this process (what the command does,
+    without paying Python's start-up at every step), on the home's persistent Dagster instance."""
+    import dagster as dg
+
+    from metarater_assets.runner import run_pipeline
+    from resources import Settings
+
+    old = os.environ.get("DAGSTER_HOME")
+    settings = Settings(home=str(home), raw_uri=str(world.raw), config_path=str(world.config_path))
+    os.environ.pop("DAGSTER_HOME", None)
+    settings.ensure_dagster_home()
+    lines: list[str] = []
+    try:
+        with dg.DagsterInstance.get() as instance:
+            summary = run_pipeline(settings, "confirm", instance=instance, echo=lines.append,
+                                   refit="--refit" in args)
+        bad = summary.failed or summary.blocked
+        return Done(1 if bad else 0, "\n".join(lines + [f"failed: {summary.failed}", f"blocked: {summary.blocked}"]
+                                                if bad else lines))
+    except Exception as e:  # noqa: BLE001 -- reported as the step's failure
+        import traceback
+
+        return Done(2, "\n".join(lines), traceback.format_exc())
+    finally:
+        if old is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = old
 
 
 def killed_run(home: Path, world: World, rng: random.Random, max_delay: float) -> float:
@@ -252,6 +285,8 @@ def differences(a, b, path: str = "") -> list[str]:
         for i, (x, y) in enumerate(zip(a, b)):
             out += differences(x, y, f"{path}[{i}]")
         return out
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:  # NaN == NaN here
+        return []
     return [] if a == b else [f"{path}: incremental {_short(a)} != fresh {_short(b)}"]
 
 
