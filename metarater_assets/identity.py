@@ -86,35 +86,47 @@ def _commit(md) -> Commit | None:
 class Ledger:
     """Recorded identities, read from the instance once per asset (a few paged queries, newest
     first): per-partition assets from their commit observations, pool-level assets from their
-    latest materialisation."""
+    latest materialisation. With a ``scope`` (a partitions name and keys: a batched run's own
+    partitions), assets of those partitions are read for those keys only."""
 
-    def __init__(self, instance: dg.DagsterInstance):
+    def __init__(self, instance: dg.DagsterInstance, scope: tuple[str, list[str]] | None = None):
         self.instance = instance
+        self.scope = scope
         self._by_asset: dict[str, dict[str | None, Commit]] = {}
         self.queries = 0
 
-    def commits(self, asset: str, partitioned: bool) -> dict[str | None, Commit]:
+    def _filters(self, asset: str, partitions: str | None):
+        key = dg.AssetKey(asset)
+        if partitions is not None and self.scope is not None and partitions == self.scope[0]:
+            keys = list(self.scope[1])
+            return [dg.AssetRecordsFilter(asset_key=key, asset_partitions=keys[i:i + 500])
+                    for i in range(0, len(keys), 500)]
+        return [dg.AssetRecordsFilter(asset_key=key)]
+
+    def commits(self, asset: str, partitions: str | None) -> dict[str | None, Commit]:
+        """``{partition: its latest commit}`` (``partitions``: the asset's partitions name, or None)."""
         if asset in self._by_asset:
             return self._by_asset[asset]
         out: dict[str | None, Commit] = {}
+        partitioned = partitions is not None
         fetch = self.instance.fetch_observations if partitioned else self.instance.fetch_materializations
-        cursor = None
-        while True:
-            res = fetch(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1 if not partitioned else PAGE,
-                        cursor=cursor)
-            self.queries += 1
-            for rec in res.records:
-                ev = rec.asset_observation if partitioned else rec.asset_materialization
-                if rec.partition_key in out:
-                    continue
-                c = _commit(ev.metadata or {})
-                if c is not None:
-                    out[rec.partition_key] = c
-                elif not partitioned:
-                    out[None] = Commit("", None, (ev.tags or {}).get("dagster/code_version"), False)  # pre-identity
-            cursor = res.cursor
-            if not partitioned or not res.has_more:
-                break
+        for flt in self._filters(asset, partitions):
+            cursor = None
+            while True:
+                res = fetch(flt, limit=PAGE if partitioned else 1, cursor=cursor)
+                self.queries += 1
+                for rec in res.records:
+                    ev = rec.asset_observation if partitioned else rec.asset_materialization
+                    if rec.partition_key in out:
+                        continue
+                    c = _commit(ev.metadata or {})
+                    if c is not None:
+                        out[rec.partition_key] = c
+                    elif not partitioned:
+                        out[None] = Commit("", None, (ev.tags or {}).get("dagster/code_version"), False)  # pre-identity
+                cursor = res.cursor
+                if not partitioned or not res.has_more:
+                    break
         self._by_asset[asset] = out
         return out
 
@@ -248,9 +260,13 @@ class Tracer:
     and the current plans. One per step (it caches what it read)."""
 
     def __init__(self, instance: dg.DagsterInstance, assets, sources: Sources, storage_uri: str,
-                 on_request=frozenset()):
+                 on_request=frozenset(), scope: tuple[str, list[str]] | None = None, shallow: bool = False):
         self.instance = instance
-        self.ledger = Ledger(instance)
+        self.ledger = Ledger(instance, scope)
+        #: inside a batched run: an input is usable when its record exists, passed its checks and has
+        #: today's recipe (the runner verified the whole trace before it launched the run); a pool
+        #: step and the runner verify every input's trace down to the raw files
+        self.shallow = shallow
         self.nodes = graph(assets)
         self.sources = sources
         self.storage_uri = storage_uri.rstrip("/")
@@ -262,7 +278,7 @@ class Tracer:
     # -- records -------------------------------------------------------------------------------
     def recorded(self, asset: str, partition: str | None = None) -> Commit | None:
         node = self.nodes[asset]
-        return self.ledger.commits(asset, node.partitions is not None).get(partition)
+        return self.ledger.commits(asset, node.partitions).get(partition)
 
     def code_version(self, asset: str) -> str | None:
         return self.nodes[asset].code_version
@@ -333,7 +349,11 @@ class Tracer:
         k = (asset, partition)
         if k not in self._current:
             self._current[k] = False  # no cycles in an asset graph; guards a malformed one
-            self._current[k] = not self.verdict(asset, partition, refit=False).reasons
+            if self.shallow:
+                rec = self.recorded(asset, partition)
+                self._current[k] = bool(rec is not None and rec.identity and rec.ok and rec.recipe == self.recipe(asset))
+            else:
+                self._current[k] = not self.verdict(asset, partition, refit=False).reasons
         return self._current[k]
 
     def verdict(self, asset: str, partition: str | None = None, refit: bool = False) -> Verdict:
@@ -344,7 +364,7 @@ class Tracer:
         if not rec.identity:
             return Verdict(["recorded before identities (re-materialise)"], blocked=blocked)
         if not rec.ok:
-            return Verdict(["its check failed"], blocked=blocked)
+            return Verdict(["its check failed, or a --refit superseded it"], blocked=blocked)
         if rec.recipe != self.recipe(asset):
             return Verdict([f"code or config of {asset} or upstream changed"
                             + ("" if rec.code_version == self.code_version(asset) else
@@ -426,7 +446,33 @@ def for_run(context, settings, cfg=None) -> Tracer:
 
     cfg = cfg or settings.load()
     sources = Sources(context.instance, settings.raw_uri, cfg.exclude)
-    return Tracer(context.instance, all_assets(cfg), sources, settings.storage_uri, ON_REQUEST)
+    scope = None
+    partitioned = context.has_partition_key or context.has_partition_key_range
+    pd = getattr(context.assets_def.partitions_def, "name", None) if partitioned else None
+    if pd is not None:  # a batched run: its own partitions only, its inputs checked one level deep
+        keys = list(context.partition_keys) if context.has_partition_key_range else [context.partition_key]
+        scope = (pd, keys)
+    return Tracer(context.instance, all_assets(cfg), sources, settings.storage_uri, ON_REQUEST, scope=scope,
+                  shallow=scope is not None)
+
+
+def supersede(tracer: Tracer, on_request, partitions=tuple(PLAN_OF)) -> list[tuple[str, str]]:
+    """After a ``--refit``: every recorded run of an on-request, run-partitioned asset that is still
+    not current (a run of an older plan, or one whose refit failed) is recorded as superseded, so
+    that it is never *held* later: a run that re-enters the plan after the refit retrains on today's
+    data instead of serving a fit of the data before it."""
+    out = []
+    for asset, node in tracer.nodes.items():
+        if asset not in on_request or node.partitions not in partitions:
+            continue
+        for p, rec in tracer.ledger.commits(asset, node.partitions).items():
+            if rec.ok and tracer.verdict(asset, p, refit=True).reasons:
+                tracer.instance.report_runless_asset_event(dg.AssetObservation(
+                    asset_key=asset, partition=p,
+                    metadata={**commit_metadata(rec.identity, rec.recipe, rec.code_version, False, rec.trace),
+                              "superseded": "fitted on data older than the last --refit"}))
+                out.append((asset, p))
+    return out
 
 
 def footer(identity: str) -> dict[bytes, bytes]:

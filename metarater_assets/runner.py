@@ -383,6 +383,12 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                 return []
 
             launcher.run(batches, done)
+        if refit:  # runs left out of this refit (older plans, failed refits) are never held later
+            gone = identity.supersede(identity.Tracer(instance, assets, sources, settings.storage_uri, ON_REQUEST),
+                                      ON_REQUEST)
+            if gone:
+                echo(f"{len(gone)} proxy run(s) outside the refit (older plans or failed) marked superseded: "
+                     "they retrain if a plan takes them in again")
     finally:
         launcher.close()
     return summary

@@ -47,6 +47,7 @@ CONFIG_FIELDS = [
     ("scores", "orientation", [{}, {"rps_doc_word_count": "low"}]),
     ("proxies", "fraction", [0.15, 0.4]),
     ("proxies", "n", [6, 8]),
+    ("proxies", "single_score_runs", [False, True]),
     ("proxies", "seed", [0, 1]),
     ("proxies", "token_budget", [4096, 3072]),
     ("confirm", "spread", [2, 3]),
@@ -76,7 +77,7 @@ def base_config(path: Path) -> dict:
                                   "reference": str(SAMPLE / "reference.jsonl.gz")},
                          "max_docs": 30, "held_out": 0.5, "target": "mean"}
     cfg["tokenizer"] = {"vocab_size": 600}
-    cfg["proxies"].update(n=6, kind="ngram", preset="test", token_budget=4096, single_score_runs=True)
+    cfg["proxies"].update(n=6, kind="ngram", preset="test", token_budget=4096, single_score_runs=False)
     cfg["confirm"] = {"kind": "transformer", "preset": "test", "token_budget": 2048, "spread": 2,
                       "single_score_runs": False}
     cfg["regressor"] = {"candidates": 5000, "bootstrap": 3, "folds": 3, "models": ["ridge", "linear"]}
