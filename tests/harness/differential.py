@@ -183,9 +183,10 @@ class Done:
     stderr: str = ""
 
 
-def cli(home: Path, world: World, *args: str, timeout: float = 900) -> Done:
+def cli(home: Path, world: World, *args: str, timeout: float = 900, ephemeral: bool = False) -> Done:
     """``metarater run --stage confirm [args]`` on ``home``: in this process (what the command does,
-    without paying Python's start-up at every step), on the home's persistent Dagster instance."""
+    without paying Python's start-up at every step), on the home's persistent Dagster instance (a
+    fresh home, compared and thrown away: an in-memory one)."""
     import dagster as dg
 
     from metarater_assets.runner import run_pipeline
@@ -197,7 +198,7 @@ def cli(home: Path, world: World, *args: str, timeout: float = 900) -> Done:
     settings.ensure_dagster_home()
     lines: list[str] = []
     try:
-        with dg.DagsterInstance.get() as instance:
+        with (dg.DagsterInstance.ephemeral() if ephemeral else dg.DagsterInstance.get()) as instance:
             summary = run_pipeline(settings, "confirm", instance=instance, echo=lines.append,
                                    refit="--refit" in args)
         bad = summary.failed or summary.blocked
@@ -312,8 +313,10 @@ def _fits(home: Path) -> dict:
 
 
 def run_sequence(root: Path, seed: int, steps: int, ops: list[str] | None = None, log=print,
-                 max_kill_delay: float = 25.0) -> list[str]:
-    """Run one seeded sequence; return the problems found (empty: every step equalled a fresh run)."""
+                 max_kill_delay: float = 25.0, plain_checks: int | None = None) -> list[str]:
+    """Run one seeded sequence; return the problems found (empty: every step equalled a fresh run).
+    ``plain_checks``: after how many raw-file changes (at most) the plain run before ``--refit`` is
+    checked (None: after every one)."""
     rng = random.Random(seed)
     shutil.rmtree(root, ignore_errors=True)
     world = World(root, rng, sample_lines(), base_config(root / "config.yaml"))
@@ -326,7 +329,8 @@ def run_sequence(root: Path, seed: int, steps: int, ops: list[str] | None = None
     plan = ops or [rng.choice(OPS) for _ in range(steps)]
     for i, op in enumerate(plan):
         note = f"seed {seed} step {i}: "
-        if op in ("add", "modify", "remove"):
+        if op in ("add", "modify", "remove") and (plain_checks is None or plain_checks > 0):
+            plain_checks = None if plain_checks is None else plain_checks - 1
             what = getattr(world, op)()
             fits = _fits(home)
             plain = cli(home, world)
@@ -338,6 +342,9 @@ def run_sequence(root: Path, seed: int, steps: int, ops: list[str] | None = None
                 problems.append(note + f"{what}: a plain run changed fits refit on request only: {changed[:5]}")
             if "fitted on older data" not in plain.stdout:
                 problems.append(note + f"{what}: the plain run did not say the fits predate the data")
+            done = cli(home, world, "--refit")
+        elif op in ("add", "modify", "remove"):
+            what = getattr(world, op)()
             done = cli(home, world, "--refit")
         elif op == "config":
             what = world.config()
@@ -354,7 +361,7 @@ def run_sequence(root: Path, seed: int, steps: int, ops: list[str] | None = None
                             f"{done.stdout[-2000:]}{done.stderr[-800:]}")
             break
         fresh_home = root / f"fresh-{i}"
-        fresh = cli(fresh_home, world)
+        fresh = cli(fresh_home, world, ephemeral=True)
         if fresh.returncode != 0:
             problems.append(note + f"{what}: the fresh run failed: {fresh.stdout[-1500:]}")
             break
