@@ -55,9 +55,7 @@ def choose(cfg, optimal: dict, results: dict[str, dict]) -> list[dict]:
 def confirm_plan(context: dg.AssetExecutionContext, optimal_weights: dict, regressor: dict,
                  settings: MetaraterConfig):
     cfg = settings.load()
-    tracer = identity.for_run(context, settings, cfg)
-    tracer.check_json("regressor", regressor)
-    tracer.check_json("optimal_weights", optimal_weights)
+    tracer = identity.for_run(context, settings, cfg, regressor=regressor, optimal_weights=optimal_weights)
     ident = tracer.identity("confirm_plan")
     results = proxy_results(settings, regressor["keys"], tracer=tracer)
     runs = choose(cfg, optimal_weights, results)
@@ -77,8 +75,7 @@ def tier_agreement(context: dg.AssetExecutionContext, confirm_plan: dict, settin
     from scipy.stats import spearmanr
 
     cfg = settings.load()
-    tracer = identity.for_run(context, settings, cfg)
-    tracer.check_json("confirm_plan", confirm_plan)
+    tracer = identity.for_run(context, settings, cfg, confirm_plan=confirm_plan)
     ident = tracer.identity("tier_agreement")
     keys = [r["key"] for r in confirm_plan["runs"]]
     t2 = proxy_results(settings, keys, asset="confirm_run", tracer=tracer)

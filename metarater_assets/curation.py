@@ -178,9 +178,7 @@ def make_curated_selection(cfg):
     def curated_selection(context: dg.AssetExecutionContext, score_stats: dict, optimal_weights: dict,
                           settings: MetaraterConfig):
         cfg = settings.load()
-        tracer = identity.for_run(context, settings, cfg)
-        tracer.check_json("score_stats", score_stats)
-        tracer.check_json("optimal_weights", optimal_weights)
+        tracer = identity.for_run(context, settings, cfg, score_stats=score_stats, optimal_weights=optimal_weights)
         ident = tracer.identity("curated_selection")
         w, names, origin = resolve_weights(cfg, optimal_weights)
         norm = normalisation(oriented(settings, cfg, score_stats, tracer))  # auto scores as score_orientation decided
@@ -229,8 +227,7 @@ def make_curated_corpus(policy):
         cut = cp.Cut.from_dict(sel["cut"])
         cfg = settings.load()
         fmt = cfg.curation["format"]
-        tracer = identity.for_run(context, settings, cfg)
-        tracer.check_json("curated_selection", sel)
+        tracer = identity.for_run(context, settings, cfg, curated_selection=sel)
 
         def one(key):
             ident = tracer.identity("curated_corpus", key)
@@ -314,9 +311,8 @@ def curated_manifest(context: dg.AssetExecutionContext, curated_selection: dict,
                      regressor: dict, settings: MetaraterConfig) -> dg.MaterializeResult:
     cfg = settings.load()
     sel = curated_selection
-    tracer = identity.for_run(context, settings, cfg)
-    for name, obj in (("curated_selection", sel), ("optimal_weights", optimal_weights), ("regressor", regressor)):
-        tracer.check_json(name, obj)
+    tracer = identity.for_run(context, settings, cfg, curated_selection=sel, optimal_weights=optimal_weights,
+                              regressor=regressor)
     ident = tracer.identity("curated_manifest")
     base = settings.curated_uri.rstrip("/")
     names = [sel["files"][k] for k in sorted(sel["per_shard"])]

@@ -62,10 +62,8 @@ def make_evaluation(cfg) -> dg.AssetsDefinition:
                           "tokens the curated model needs to reach the random model's final loss.")
     def _asset(context: dg.AssetExecutionContext, curated_selection: dict, score_stats: dict, tokenizer: dict,
                settings: MetaraterConfig, compute: ComputeResource):
-        tracer = identity.for_run(context, settings)
-        for name, obj in (("curated_selection", curated_selection), ("score_stats", score_stats),
-                          ("tokenizer", tokenizer)):
-            tracer.check_json(name, obj)
+        tracer = identity.for_run(context, settings, curated_selection=curated_selection, score_stats=score_stats,
+                                  tokenizer=tokenizer)
         ident = tracer.identity("evaluation")
         out = evaluate(context, curated_selection, score_stats, tokenizer, settings, compute, tracer)
         return identity.output(tracer, "evaluation", out, ident)

@@ -440,8 +440,9 @@ class Tracer:
                                    tags={"dagster/data_version": identity})
 
 
-def for_run(context, settings, cfg=None) -> Tracer:
-    """A tracer inside a run: the graph of this config, the raw folder listed once."""
+def for_run(context, settings, cfg=None, **inputs: dict) -> Tracer:
+    """A tracer inside a run: the graph of this config, the raw folder listed once (when asked);
+    ``inputs`` (asset name -> the JSON result a step was given) are checked against their records."""
     from .defs import ON_REQUEST, all_assets
 
     cfg = cfg or settings.load()
@@ -452,8 +453,11 @@ def for_run(context, settings, cfg=None) -> Tracer:
     if pd is not None:  # a batched run: its own partitions only, its inputs checked one level deep
         keys = list(context.partition_keys) if context.has_partition_key_range else [context.partition_key]
         scope = (pd, keys)
-    return Tracer(context.instance, all_assets(cfg), sources, settings.storage_uri, ON_REQUEST, scope=scope,
-                  shallow=scope is not None)
+    tracer = Tracer(context.instance, all_assets(cfg), sources, settings.storage_uri, ON_REQUEST, scope=scope,
+                    shallow=scope is not None)
+    for name, obj in inputs.items():
+        tracer.check_json(name, obj)
+    return tracer
 
 
 def supersede(tracer: Tracer, on_request, partitions=tuple(PLAN_OF)) -> list[tuple[str, str]]:

@@ -52,8 +52,7 @@ def decide(runs: list[dict], results: dict[str, dict], target: str) -> dict:
                       "bottom fraction of the pool), each an orientation_runs partition.")
 def orientation_plan(context: dg.AssetExecutionContext, score_stats: dict, settings: MetaraterConfig):
     cfg = settings.load()
-    tracer = identity.for_run(context, settings, cfg)
-    tracer.check_json("score_stats", score_stats)
+    tracer = identity.for_run(context, settings, cfg, score_stats=score_stats)
     ident = tracer.identity("orientation_plan")
     names = list(cfg.score_names)
     runs = plan_runs(names, cfg.auto_oriented, cfg.proxies.seed)
@@ -70,8 +69,7 @@ def orientation_plan(context: dg.AssetExecutionContext, score_stats: dict, setti
                       "the lower target loss (tuning halves). Read by every selection after it.")
 def score_orientation(context: dg.AssetExecutionContext, orientation_plan: dict, settings: MetaraterConfig):
     cfg = settings.load()
-    tracer = identity.for_run(context, settings, cfg)
-    tracer.check_json("orientation_plan", orientation_plan)
+    tracer = identity.for_run(context, settings, cfg, orientation_plan=orientation_plan)
     ident = tracer.identity("score_orientation")
     runs = orientation_plan["runs"]
     results = proxy_results(settings, [r["key"] for r in runs], asset="orientation_run", tracer=tracer)

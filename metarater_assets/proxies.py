@@ -178,9 +178,7 @@ def make_proxy_data(cfg, *, name: str = "proxy_data", partitions=proxy_runs, pla
     def proxy_data(context: dg.AssetExecutionContext, score_stats: dict, tokenizer: dict,
                    settings: MetaraterConfig) -> dg.MaterializeResult:
         cfg_ = settings.load()
-        tracer = identity.for_run(context, settings, cfg_)
-        tracer.check_json("score_stats", score_stats)
-        tracer.check_json("tokenizer", tokenizer)
+        tracer = identity.for_run(context, settings, cfg_, score_stats=score_stats, tokenizer=tokenizer)
         keys = list(context.partition_keys) if context.has_partition_key_range else [context.partition_key]
         idents = {k: tracer.identity(name, k) for k in keys}
         specs = [read_spec(settings, k, cfg_.score_names) for k in keys]
@@ -258,8 +256,7 @@ def make_proxy_run(cfg, *, name: str = "proxy_run", partitions=proxy_runs, data:
     def proxy_run(context: dg.AssetExecutionContext, tokenizer: dict, settings: MetaraterConfig,
                   compute: ComputeResource) -> dg.MaterializeResult:
         cfg_ = settings.load()
-        tracer = identity.for_run(context, settings, cfg_)
-        tracer.check_json("tokenizer", tokenizer)
+        tracer = identity.for_run(context, settings, cfg_, tokenizer=tokenizer)
         kc = kind_config(cfg_, section)
         pcfg = model_config(kc)
         vsets = validation_sets(settings.storage_uri, "tune", tracer)

@@ -12,7 +12,6 @@ import dagster as dg
 from . import identity
 
 from .core import annotate, rater_training, raters, storage
-from .partitions import shards
 from .scoring import SCORE_GROUP
 from resources import ComputeResource, MetaraterConfig
 

@@ -88,8 +88,7 @@ def fit_best(regressor_out: dict):
                       "run) and average the 128 with the lowest predicted loss; bootstrap interval of that loss.")
 def optimal_weights(context: dg.AssetExecutionContext, regressor: dict, settings: MetaraterConfig):
     cfg = settings.load()
-    tracer = identity.for_run(context, settings, cfg)
-    tracer.check_json("regressor", regressor)
+    tracer = identity.for_run(context, settings, cfg, regressor=regressor)
     ident = tracer.identity("optimal_weights")
     model, X, y = fit_best(regressor)
     names = regressor["names"]

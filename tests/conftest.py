@@ -16,6 +16,20 @@ def read_jsonl_lines(path: Path) -> list[str]:
         return [line for line in f if line.strip()]
 
 
+def write_copies(path: Path, lines: list[str], copies: int, tag: str = "") -> Path:
+    """A JSONL file of ``copies`` copies of real sample ``lines``, each copy's ids made unique
+    (``<id>-<tag>-<copy>``): a big enough file to be killed in the middle of."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(copies):
+            for line in lines:
+                obj = json.loads(line)
+                obj["id"] = f"{obj['id']}-{tag}-{i}" if tag else f"{obj['id']}-{i}"
+                f.write(json.dumps(obj) + "\n")
+    return path
+
+
 def write_small_shards(dest: Path, n: int = 150) -> Path:
     """Two small shards (gz + parquet) cut from the bundled sample."""
     import pyarrow.parquet as pq

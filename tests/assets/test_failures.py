@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -21,7 +20,7 @@ from metarater_assets.report import build_report
 from metarater_assets.runner import register_shards, run_pipeline
 from metarater_assets.sensors import RANGE_END, RANGE_START, RETRY_OF, make_batch_retry_sensor
 from resources import Settings
-from conftest import REPO, SAMPLE, read_jsonl_lines, write_config, write_small_shards
+from conftest import REPO, SAMPLE, read_jsonl_lines, write_config, write_copies, write_small_shards
 
 
 def _pool(tmp_path) -> tuple[Settings, object]:
@@ -159,12 +158,7 @@ def test_metarater_run_killed_mid_ingest_is_reported_failed(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     lines = read_jsonl_lines(SAMPLE / "raw" / "shard-0000.jsonl.gz")
-    with open(raw / "big.jsonl", "w", encoding="utf-8") as f:  # takes seconds to ingest
-        for i in range(20):
-            for line in lines:
-                obj = json.loads(line)
-                obj["id"] = f"{obj['id']}-{i}"
-                f.write(json.dumps(obj) + "\n")
+    write_copies(raw / "big.jsonl", lines, 20)  # takes seconds to ingest
     staging = tmp_path / "tmpdir"
     staging.mkdir()
     env = {**os.environ, "METARATER_HOME": str(tmp_path / "home"), "METARATER_RAW_URI": str(raw),

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 from metarater_assets import identity

@@ -1,6 +1,5 @@
 """SIGKILL in the middle of ingest leaves nothing that looks complete; a rerun finishes and
 equals an uninterrupted read (a real subprocess, really killed)."""
-import json
 import os
 import signal
 import subprocess
@@ -10,19 +9,14 @@ import time
 import pyarrow.parquet as pq
 
 from metarater_assets.core import corpus
-from conftest import SAMPLE, read_jsonl_lines, write_config
+from conftest import SAMPLE, read_jsonl_lines, write_config, write_copies
 
 
 def test_sigkill_during_ingest_then_rerun(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     lines = read_jsonl_lines(SAMPLE / "raw" / "shard-0000.jsonl.gz")
-    with open(raw / "big.jsonl", "w", encoding="utf-8") as f:  # ~25 MB: takes seconds to ingest
-        for i in range(20):
-            for line in lines:
-                obj = json.loads(line)
-                obj["id"] = f"{obj['id']}-{i}"
-                f.write(json.dumps(obj) + "\n")
+    write_copies(raw / "big.jsonl", lines, 20)  # ~25 MB: takes seconds to ingest
     staging = tmp_path / "tmpdir"
     staging.mkdir()
     env = {**os.environ, "METARATER_HOME": str(tmp_path / "home"), "METARATER_RAW_URI": str(raw),
@@ -46,15 +40,6 @@ def test_sigkill_during_ingest_then_rerun(tmp_path):
     assert pq.read_table(out / "big.jsonl.parquet").equals(corpus.read_shard(str(raw / "big.jsonl")).docs)
 
 
-def _write_copies(path, lines, copies: int, tag: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(copies):
-            for line in lines:
-                obj = json.loads(line)
-                obj["id"] = f"{obj['id']}-{tag}-{i}"
-                f.write(json.dumps(obj) + "\n")
-
-
 def _footer_identity(path) -> bytes | None:
     try:
         return (pq.read_schema(path).metadata or {}).get(b"metarater.identity")
@@ -71,8 +56,8 @@ def test_sigkill_after_the_first_commit_of_a_batch_of_changed_files(tmp_path, mo
     raw = tmp_path / "raw"
     raw.mkdir()
     lines = read_jsonl_lines(SAMPLE / "raw" / "shard-0000.jsonl.gz")
-    _write_copies(raw / "a.jsonl", lines[:40], 1, "v1")
-    _write_copies(raw / "b.jsonl", lines, 4, "v1")  # ~5 MB: long enough to ingest to be killed inside
+    write_copies(raw / "a.jsonl", lines[:40], 1, "v1")
+    write_copies(raw / "b.jsonl", lines, 4, "v1")  # ~5 MB: long enough to ingest to be killed inside
     cfg = write_config(tmp_path / "c.yaml")
     env = {**os.environ, "METARATER_HOME": str(tmp_path / "home"), "METARATER_RAW_URI": str(raw),
            "METARATER_CONFIG": str(cfg)}
@@ -94,8 +79,8 @@ def test_sigkill_after_the_first_commit_of_a_batch_of_changed_files(tmp_path, mo
     run(tmp_path / "home")
     docs = tmp_path / "home" / "storage" / "raw_docs"
     before = {n: _footer_identity(docs / f"{n}.parquet") for n in ("a.jsonl", "b.jsonl")}
-    _write_copies(raw / "a.jsonl", lines[40:90], 1, "v2")
-    _write_copies(raw / "b.jsonl", lines[::-1], 4, "v2")
+    write_copies(raw / "a.jsonl", lines[40:90], 1, "v2")
+    write_copies(raw / "b.jsonl", lines[::-1], 4, "v2")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300

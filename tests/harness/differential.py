@@ -204,7 +204,7 @@ def cli(home: Path, world: World, *args: str, timeout: float = 900, ephemeral: b
         bad = summary.failed or summary.blocked
         return Done(1 if bad else 0, "\n".join(lines + [f"failed: {summary.failed}", f"blocked: {summary.blocked}"]
                                                 if bad else lines))
-    except Exception as e:  # noqa: BLE001 -- reported as the step's failure
+    except Exception:  # noqa: BLE001 -- reported as the step's failure
         import traceback
 
         return Done(2, "\n".join(lines), traceback.format_exc())
