@@ -15,6 +15,7 @@ BUILTIN = ("rpv2", "dsir", "prrc", "precomputed")
 
 def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
                config_path: str | None = None) -> tuple[pa.Table, list[str]]:
+    st.table_format(out)  # an output format it cannot write is refused before any work
     cfg = load_config(config_path or settings.config_path)
     known = set(BUILTIN) | set(cfg.registry)
     unknown = [r for r in wanted if r not in known]
@@ -72,5 +73,5 @@ def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
             cols[n] = res.scores.column(n)
         notes.append(f"precomputed: {len(extractor.names)} score(s) read from the file's columns")
     table = pa.table(cols)
-    st.write_parquet(table, out)
+    st.write_table(table, out)  # the format --out names
     return table, notes

@@ -23,6 +23,27 @@ def test_score_command_writes_all_scores(env_home, tmp_path, capsys):
     assert "scored 400 docs" in capsys.readouterr().out
 
 
+def test_score_writes_the_format_its_out_names_and_refuses_an_unknown_one(env_home, tmp_path, capsys):
+    """--out scores.jsonl / .jsonl.gz / .jsonl.zst are JSON lines (plain, gzip, zstd), one object per
+    document; an extension it does not know is refused before any scoring."""
+    import gzip
+
+    import zstandard
+
+    inp = str(SAMPLE / "raw" / "shard-0004.jsonl")
+    readers = {"s.jsonl": lambda p: open(p, "rb").read(), "s.jsonl.gz": lambda p: gzip.open(p, "rb").read(),
+               "s.jsonl.zst": lambda p: zstandard.ZstdDecompressor().stream_reader(open(p, "rb")).read()}
+    for name, read in readers.items():
+        assert main(["score", "--raters", "rpv2", "--in", inp, "--out", str(tmp_path / name)]) == 0
+        rows = [json.loads(line) for line in read(tmp_path / name).decode("utf-8").splitlines()]
+        assert len(rows) == 400 and list(rows[0]) == ["doc_id", *SIGNAL_NAMES], name
+        assert rows[0]["doc_id"] and isinstance(rows[0]["rps_doc_word_count"], int)
+    capsys.readouterr()
+    assert main(["score", "--raters", "rpv2", "--in", inp, "--out", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown output format" in err and ".jsonl.gz" in err and not (tmp_path / "s.csv").exists()
+
+
 def test_score_command_rejects_unknown_rater(env_home, tmp_path, capsys):
     rc = main(["score", "--raters", "nope", "--in", str(SAMPLE / "raw" / "shard-0004.jsonl"),
                "--out", str(tmp_path / "x.parquet")])

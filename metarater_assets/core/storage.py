@@ -104,6 +104,41 @@ def write_jsonl_zst(table: pa.Table, uri: str, level: int = 10) -> None:
                     f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+#: table formats a table can be written as, by the extension of its URI
+TABLE_FORMATS = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.zst")
+
+
+def table_format(uri: str) -> str:
+    """The format ``uri``'s extension names (one of ``TABLE_FORMATS``), or a ValueError."""
+    low = uri.lower()
+    for ext in sorted(TABLE_FORMATS, key=len, reverse=True):
+        if low.endswith(ext):
+            return ext
+    raise ValueError(f"{uri}: unknown output format; the file name must end with one of {', '.join(TABLE_FORMATS)}")
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """``table`` in the format its URI's extension names: Parquet, or JSON lines (plain, gzip or
+    zstd), atomically."""
+    fmt = table_format(uri)
+    if fmt == ".parquet":
+        write_parquet(table, uri)
+    elif fmt == ".jsonl.zst":
+        write_jsonl_zst(table, uri)
+    else:
+        import gzip
+
+        with atomic_open(uri, "wb") as raw:
+            f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if fmt == ".jsonl.gz" else raw
+            try:
+                for batch in table.to_batches(10_000):
+                    for row in batch.to_pylist():
+                        f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+            finally:
+                if f is not raw:
+                    f.close()
+
+
 def read_json(uri: str) -> Any:
     fs, path = fs_and_path(uri)
     with fs.open(path, "r") as f:
