@@ -319,7 +319,7 @@ def curated_manifest(context: dg.AssetExecutionContext, curated_selection: dict,
     files = [f"{base}/{n}.parquet" for n in names]
     jsonl = [f"{base}/{JSONL}/{n}.jsonl.zst" for n in names] if cfg.curation["format"] == "jsonl.zst" else []
     prrc_uri = f"{settings.storage_uri}/prrc_rater.json"
-    prrc = st.read_json(prrc_uri) if st.exists(prrc_uri) else None
+    prrc = tracer.check_json("prrc_rater", st.read_json(prrc_uri)) if st.exists(prrc_uri) else None
     manifest = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "dagster_run_id": context.run_id,

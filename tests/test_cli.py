@@ -119,6 +119,12 @@ def test_a_bad_shard_is_named_once_without_a_trace(env_home, tmp_path):
     assert text.count("broken.jsonl.gz: truncated or corrupt gzip stream") == 2
     assert text.count("Parquet shard has no 'text' column") == 2
     assert "failed: raw_docs, raw_quarantine [broken.jsonl.gz]" in text
+    # the closing summary: the good shards went on, each failure with its assets and error
+    assert "done: 4 asset partition(s) materialised" in out.stdout and ", 2 failed" in out.stdout
+    summary = out.stdout.split("done: ", 1)[1].splitlines()
+    line = "  failed: raw_docs, raw_quarantine [broken.jsonl.gz]: ShardError: broken.jsonl.gz: truncated or corrupt gzip"
+    assert [s_ for s_ in summary if s_.startswith(line)], summary
+    assert summary[-1].startswith("2 failure(s)")
     # the trace is kept where it belongs: in the failed run's event log
     import dagster as dg
 

@@ -172,7 +172,7 @@ def test_runs_dropped_from_the_plan_are_not_retrained_by_a_batch_of_the_planned_
     # nor their training data: their records still carry the old config's recipe
     tracer = identity.Tracer(instance, _assets(settings), identity.Sources.of({}), settings.storage_uri)
     for asset in ("proxy_data", "proxy_run"):
-        recorded = identity.Ledger(instance).commits(asset, partitioned=True)
+        recorded = identity.Ledger(instance).commits(asset, "proxy_runs")
         assert [k for k in dropped if recorded[k].recipe == tracer.recipe(asset)] == [], asset
 
 
@@ -203,7 +203,7 @@ def test_a_shard_whose_blocking_check_failed_stops_the_pool_until_it_is_excluded
     assert ("score_stats", None) not in summary.materialised
     assert not Path(settings.storage_uri, "score_stats.json").exists()
     # the shard's output is committed with its failed check recorded, the other one passed
-    ledger = identity.Ledger(instance).commits("shard_index", partitioned=True)
+    ledger = identity.Ledger(instance).commits("shard_index", "shards")
     assert ledger[SECOND].ok is False and ledger[FIRST].ok is True
     assert Path(_uri(settings, "shard_index", SECOND)).exists()
 
@@ -287,7 +287,7 @@ def test_a_reader_refuses_a_file_whose_footer_identity_is_not_the_recorded_one(t
     table = pq.read_table(uri)
     meta = dict(table.schema.metadata)
     recorded = meta[identity.FOOTER].decode()
-    assert identity.Ledger(instance).commits("raw_docs", partitioned=True)[FIRST].identity == recorded
+    assert identity.Ledger(instance).commits("raw_docs", "shards")[FIRST].identity == recorded
     meta[identity.FOOTER] = b"0" * 24  # the same documents, written under another identity
     pq.write_table(table.replace_schema_metadata(meta), uri)
 

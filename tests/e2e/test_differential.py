@@ -13,7 +13,7 @@ def test_every_kind_of_operation_then_a_run_equals_a_fresh_run(tmp_path):
     steps: list[str] = []
     problems = differential.run_sequence(tmp_path / "seq", seed=7, steps=0,
                                          ops=["add", "kill", "modify", "config", "remove"],
-                                         log=steps.append, max_kill_delay=12.0, plain_checks=1)
+                                         log=steps.append, max_kill_delay=8.0, plain_checks=1)
     assert not problems, "\n".join(problems)
     assert len(steps) == 5, steps  # every step ran and was compared
 
