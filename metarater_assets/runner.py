@@ -383,9 +383,10 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
                 return []
 
             launcher.run(batches, done)
-        if refit:  # runs left out of this refit (older plans, failed refits) are never held later
+        if refit and not stop:  # runs this refit left out (older plans, failed refits) are never held later
+            reached = {k for ks, _ in steps for k in ks}  # (only the fits this run's stage reaches)
             gone = identity.supersede(identity.Tracer(instance, assets, sources, settings.storage_uri, ON_REQUEST),
-                                      ON_REQUEST)
+                                      ON_REQUEST & reached)
             if gone:
                 echo(f"{len(gone)} proxy run(s) outside the refit (older plans or failed) marked superseded: "
                      "they retrain if a plan takes them in again")
