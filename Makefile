@@ -24,9 +24,9 @@ demo: install
 
 # the suite's scratch (homes, Dagster instances, models) on tmpfs where there is one
 TEST_TMP := $(if $(wildcard /dev/shm),/dev/shm/metarater-tests-$(shell id -u),)
-# three pytest workers on two cores, a test file each at a time (much of the suite waits on servers,
-# daemons and subprocess start-up; measured: 2 workers 967 s, 3 workers see the README)
-TEST_WORKERS ?= 3
+# two pytest workers, a test file each at a time (much of the suite waits on servers and daemons);
+# measured in a fresh clone with CI=true on 2 cores: 2 workers 967 s, 3 workers 1026 s (slower)
+TEST_WORKERS ?= 2
 
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 $(if $(TEST_TMP),--basetemp=$(TEST_TMP)); rc=$$?; $(if $(TEST_TMP),rm -rf $(TEST_TMP);) exit $$rc
