@@ -130,8 +130,6 @@ class Ledger:
         self._by_asset[asset] = out
         return out
 
-    def forget(self, asset: str) -> None:
-        self._by_asset.pop(asset, None)
 
 
 @dataclass(frozen=True)
@@ -376,9 +374,6 @@ class Tracer:
         if ident != rec.trace:
             return Verdict(["inputs changed since it was made"])
         return Verdict([])
-
-    def stale_reasons(self, asset: str, partition: str | None = None) -> list[str]:
-        return self.verdict(asset, partition).reasons
 
     def identity(self, asset: str, partition: str | None = None) -> str:
         """The identity of what ``asset[partition]`` writes now; a ``dg.Failure`` naming the inputs
