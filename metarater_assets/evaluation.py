@@ -4,7 +4,10 @@ A target LM (larger than the proxies, same tokenizer) is trained on equal token 
 (a) the curated selection, (b) a uniform random selection of the pool of the same expected size
 and (c) the top of the pool by the best single score (the single-score proxy with the lowest
 tuning loss) cut with the same rule as the curated corpus (fraction or token budget), for several
-seeds. Each arm's training data is written to a token store in one pass over the pool. Losses are
+seeds. The arms are **paired**: a seed draws every arm's training sample and order (and the random
+arm's selection), so a comparison is the per-seed difference, with a bootstrap interval, and the
+verdict comes from it (``core.stats.paired_comparison``). Each arm's training data is written to a
+token store in one pass over the pool. Losses are
 measured on the validation sets' **held-out** part (which no proxy and no regressor ever saw) and,
 for reference, on the tuning part; loss curves on a subset of the held-out documents.
 """
@@ -18,7 +21,7 @@ import dagster as dg
 from . import identity
 
 from .core import proxy_lm, scan
-from .core.stats import md_table
+from .core.stats import md_table, paired_comparison
 from .partitions import proxy_runs
 from .plots import curves_png, png_metadata
 from .pool import oriented, pool_files
@@ -53,7 +56,7 @@ def make_evaluation(cfg) -> dg.AssetsDefinition:
     if cfg is not None and cfg.auto_oriented:
         deps.append("score_orientation")
 
-    @dg.asset(name="evaluation", io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-3",
+    @dg.asset(name="evaluation", io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-4",
               pool="metarater_train", deps=deps,
               ins={"curated_selection": dg.AssetIn("curated_selection"), "score_stats": dg.AssetIn("score_stats"),
                    "tokenizer": dg.AssetIn("tokenizer")},
@@ -99,20 +102,21 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
     # last document), one per seed, so every arm is compared at equal size
     randoms = scan.random_selections(pool_files(settings, score_stats), [int(curated_selection["tokens"])] * len(seeds),
                                      [7919 + s for s in seeds])
-    work = tempfile.mkdtemp(prefix="metarater-eval-")
     store_uri = lambda arm, seed: f"{settings.artifacts_uri}/evaluation_data/{arm}-{seed}"  # noqa: E731
     # every arm and seed in one pass over the pool: curated and single-best cut like the curated
-    # corpus; random = its seed's random selection of the curated size
-    cols, masks, uris, arms = [], [], [], []
+    # corpus; random = its seed's random selection of the curated size. Each arm's training sample
+    # is drawn with its seed, so the arms of one seed differ only by their selection
+    cols, masks, uris, arms, sample_seeds = [], [], [], [], []
     for i, seed in enumerate(seeds):
         for arm in ARMS:
             cols.append(w_cur if arm != "single_best" else w_one)
             masks.append(randoms[i] if arm == "random" else None)
             uris.append(store_uri(arm, seed))
             arms.append((arm, seed))
+            sample_seeds.append(seed)
     W = np.stack(cols, axis=1)
     data = write_training_data(settings, score_stats, tokenizer, W, uris, fraction=cur["fraction"], by=cur["fraction_of"],
-                               token_budget=cur.get("token_budget"), sample_budget=budget, seed=seeds[0],
+                               token_budget=cur.get("token_budget"), sample_budget=budget, seed=sample_seeds,
                                log=context.log.info, masks=masks)
     results = {arm: [] for arm in ARMS}
     curves = {arm: [] for arm in ARMS}
@@ -125,7 +129,7 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
     with compute.claim() as comp:
         for (arm, seed), d in zip(arms, data):
             cb = proxy_lm.eval_callback(curve_sets, every, pcfg.seq_len, eos, comp.torch_device)
-            with tempfile.TemporaryDirectory(dir=work) as tmp:
+            with tempfile.TemporaryDirectory(prefix="metarater-eval-") as tmp:
                 losses, info, model = train_and_evaluate("transformer", pcfg, d["store"]["uri"], vsets, tokenizer,
                                                          tmp, comp, seed, callbacks=[cb])
             tune_losses = {s: proxy_lm.evaluate_loss(model, x, src, pcfg.seq_len, eos, device=comp.torch_device)
@@ -140,11 +144,18 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
             curves[arm].append([{**p, "target": target_loss({s: {"loss": p[s]} for s in vsets}, cfg.validation_target)}
                                 for p in cb.points])
             context.log.info(f"seed {seed} {arm}: {results[arm][-1]['target_loss']:.4f} ({eval_part})")
-    ratios = []
-    for i in range(len(seeds)):
+    ratios, to_target = [], []
+    for i, seed in enumerate(seeds):
         final_random = curves["random"][i][-1]["target"]
         reach = proxy_lm.tokens_to_reach(curves["curated"][i], "target", final_random)
-        ratios.append(None if reach is None else reach / curves["random"][i][-1]["tokens"])
+        random_tokens = curves["random"][i][-1]["tokens"]
+        ratios.append(None if reach is None else reach / random_tokens)
+        to_target.append({"seed": seed, "random_final_loss": final_random, "random_tokens": random_tokens,
+                          "curated_tokens": reach, "ratio": ratios[-1]})
+    # per-seed paired differences, on the evaluation target and on each set
+    paired = {arm: {key: paired_comparison([r[key] for r in results["curated"]], [r[key] for r in results[arm]],
+                                           seed=seeds[0])
+                    for key in ["target_loss", *vsets]} for arm in ARMS if arm != "curated"}
     table = [{"arm": arm, "set": key, **_summary([r[key] for r in results[arm]])}
              for key in ["target_loss", *vsets, "tune_target_loss"] for arm in ARMS]
     comp_table = {s: {"pool_share": v["pool_tokens"] / max(curated_selection["pool_tokens"], 1),
@@ -156,7 +167,11 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
           "composition": dg.MetadataValue.md(md_table(
               [{"source": s, **v} for s, v in sorted(comp_table.items(), key=lambda kv: -kv[1]["pool_share"])],
               ["source", "pool_share", "curated_share"])),
-          "tokens_ratio": str(ratios)}
+          "tokens_ratio": str(ratios),
+          "paired": dg.MetadataValue.md(md_table(
+              [{"curated vs": arm, "set": key, "better by (mean)": c["mean"], "sd": c["sd"], "ci95_low": c["ci"][0],
+                "ci95_high": c["ci"][1], "verdict": c["verdict"]} for arm, by in paired.items() for key, c in by.items()],
+              ["curated vs", "set", "better by (mean)", "sd", "ci95_low", "ci95_high", "verdict"]))}
     md.update(png_metadata(curves_png({arm: ([p["tokens"] for p in curves[arm][0]], [p["target"] for p in curves[arm][0]])
                                        for arm in ARMS}, f"seed {seeds[0]}: {cfg.validation_target} loss ({eval_part})",
                                       "validation loss"),
@@ -166,4 +181,5 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
     return {"seeds": seeds, "sets": list(vsets), "target": cfg.validation_target, "evaluated_on": eval_part,
             "held_out_docs": st_, "single_best_score": single, "preset": ev["preset"], "token_budget": budget,
             "results": results, "curves": curves, "summary": table, "tokens_ratio": ratios,
+            "tokens_to_target": to_target, "paired": paired,
             "composition": comp_table}

@@ -121,18 +121,22 @@ def read_spec(settings: MetaraterConfig, key: str, names) -> dict:
 
 def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: dict, W: np.ndarray,
                         store_uris: list[str], *, fraction: float, by: str, token_budget: int | None,
-                        sample_budget: int, seed: int, log=None, masks=None) -> list[dict]:
+                        sample_budget: int, seed: int | list[int], log=None, masks=None) -> list[dict]:
     """The cut of every column of ``W`` over the pool, then one pass writing each selection,
-    hash-sampled to ``sample_budget`` tokens, to its token store. Returns per column: the cut,
-    the selection and the sample written."""
+    hash-sampled to ``sample_budget`` tokens, to its token store. ``seed``: the sample's seed, one
+    for every column or one per column. Returns per column: the cut, the selection and the sample
+    written."""
     norm = normalisation(stats_out)
     files = pool_files(settings, stats_out, tokens=True)
     totals = (int(stats_out["docs"]), int(stats_out["tokens"]))
     cuts = scan.cuts(files, norm, W, totals=totals, fraction=fraction, by=by, token_budget=token_budget)
     writers = [ts.TokenStoreWriter(u, int(tokenizer["vocab_size"]), int(tokenizer.get("eos_id", 0)))
                for u in store_uris]
+    seeds = [int(seed)] * len(writers) if isinstance(seed, (int, np.integer)) else [int(x) for x in seed]
+    if len(seeds) != len(writers):
+        raise ValueError(f"{len(seeds)} sample seeds for {len(writers)} columns")
     try:
-        counts = scan.write_stores(files, norm, W, cuts, [scan.Sample(sample_budget, seed)] * len(writers),
+        counts = scan.write_stores(files, norm, W, cuts, [scan.Sample(sample_budget, s) for s in seeds],
                                    writers, masks=masks, log=log)
     except BaseException:
         for w in writers:

@@ -200,23 +200,20 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
             "target": e["target"], "seeds": e["seeds"], "evaluated_on": e["evaluated_on"],
             "held_out_docs": e["held_out_docs"],
         }
-        rep["evaluation"]["comparisons"] = compare_arms(rep["evaluation"])
+        # the evaluation's own paired verdicts (an evaluation.json of an older code version has none)
+        rep["evaluation"]["comparisons"] = ({arm: by["target_loss"] for arm, by in e["paired"].items()}
+                                            if "paired" in e else compare_arms(rep["evaluation"]))
+        rep["evaluation"]["tokens_to_target"] = e.get("tokens_to_target")
     return rep
 
 
 def compare_arms(ev: dict) -> dict:
-    """Curated against each other arm on the evaluation target: the mean difference (other - curated,
-    positive when curated is better), the noisier arm's standard deviation over seeds, and whether
-    curated wins by more than two of those."""
-    cur = np.asarray(ev["curated_loss"], float)
-    out = {}
-    for arm in ("random", "single_best"):
-        other = np.asarray(ev[f"{arm}_loss"], float)
-        sd = max(_sd(cur), _sd(other))
-        diff = float(other.mean() - cur.mean())
-        out[arm] = {"curated_better_by": diff, "noisier_sd": sd, "in_sds": diff / sd if sd > 0 else float("inf"),
-                    "wins_by_2sd": bool(diff > 2 * sd)}
-    return out
+    """Curated against each other arm on the evaluation target, paired by seed
+    (``core.stats.paired_comparison``: the per-seed differences other - curated, positive when
+    curated is better, their bootstrap interval and the verdict)."""
+    from .core.stats import paired_comparison
+
+    return {arm: paired_comparison(ev["curated_loss"], ev[f"{arm}_loss"]) for arm in ("random", "single_best")}
 
 
 def _sd(v: np.ndarray) -> float:
@@ -285,8 +282,14 @@ def format_report(rep: dict) -> str:
             v = np.array(e[f"{arm}_loss"])
             lines.append(f"evaluation {arm:12s}: {v.mean():.4f} +- {_sd(v):.4f} "
                          f"({e['evaluated_on']})")
-        lines.append(f"  best single score: {e['single_best_score']}; tokens ratio: {e['tokens_ratio']}")
+        lines.append(f"  best single score: {e['single_best_score']}")
         for arm, c in e.get("comparisons", {}).items():
-            lines.append(f"  curated vs {arm}: better by {c['curated_better_by']:+.4f} = {c['in_sds']:.1f} sd of the "
-                         f"noisier arm -> {'WINS by > 2 sd' if c['wins_by_2sd'] else 'does NOT win by > 2 sd'}")
+            lines.append(f"  curated vs {arm} (paired by seed, {c['seeds']} seeds): better by {c['mean']:+.4f}, "
+                         f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}], {c['in_sds']:.1f} sd of the differences "
+                         f"-> {c['verdict'].upper()}")
+        for t in e.get("tokens_to_target") or []:
+            reach = (f"{t['curated_tokens']:,.0f} tokens ({t['ratio']:.2f}x)" if t["curated_tokens"] is not None
+                     else "not reached")
+            lines.append(f"  tokens to target, seed {t['seed']}: random reaches {t['random_final_loss']:.4f} at "
+                         f"{t['random_tokens']:,} tokens; curated reaches it at {reach}")
     return "\n".join(lines)

@@ -47,3 +47,34 @@ def md_table(rows: list[dict], cols: list[str]) -> str:
 
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     return head + "\n".join("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows)
+
+
+def paired_comparison(curated, other, *, n_boot: int = 10_000, seed: int = 0, alpha: float = 0.05,
+                      sds: float = 2.0) -> dict:
+    """Curated against another arm, paired by seed: the per-seed differences ``other - curated``
+    (positive when curated has the lower loss), their mean and sample standard deviation, a
+    percentile bootstrap interval of the mean (seeds resampled with replacement), and the verdict:
+    ``better`` / ``worse`` when the mean is more than ``sds`` standard deviations of the
+    differences away from zero and the interval excludes zero, else ``no difference shown``."""
+    a = np.asarray(curated, float)
+    b = np.asarray(other, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired comparison needs one loss per seed in both arms, got {a.shape} and {b.shape}")
+    d = b - a
+    n = len(d)
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1)) if n > 1 else float("nan")
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    lo, hi = (float(x) for x in np.quantile(boots, [alpha / 2, 1 - alpha / 2]))
+    in_sds = mean / sd if n > 1 and sd > 0 else (float("inf") * np.sign(mean) if n > 1 and mean else float("nan"))
+    if n < 2:
+        verdict = "no difference shown"  # one seed: no spread to judge a difference against
+    elif mean > 0 and in_sds > sds and lo > 0:
+        verdict = "better"
+    elif mean < 0 and -in_sds > sds and hi < 0:
+        verdict = "worse"
+    else:
+        verdict = "no difference shown"
+    return {"diffs": d.tolist(), "mean": mean, "sd": sd, "in_sds": float(in_sds), "ci": [lo, hi],
+            "ci_level": 1 - alpha, "seeds": n, "verdict": verdict}

@@ -255,6 +255,25 @@ def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
         assert sel["tokens"] <= r["selected_tokens"] < sel["tokens"] + 8000 < sel["pool_tokens"], r
     trained = {r["trained_tokens"] for arm in ev["results"].values() for r in arm}
     assert len(trained) == 1, trained  # every arm trains on the same number of tokens
+    # paired by seed: every arm's training sample is drawn with its seed, so one arm's seeds hold
+    # different samples of the same selection (20k tokens sampled to 2,048), and the comparison is
+    # the per-seed difference other - curated
+    from metarater_assets.core.token_store import TokenStore
+
+    def sample(arm, seed):
+        store = TokenStore.open(f"{settings.artifacts_uri}/evaluation_data/{arm}-{seed}")
+        return [store.doc(i).tobytes() for i in range(len(store.offsets) - 1)]
+
+    for arm in ("curated", "single_best"):
+        assert set(sample(arm, 0)) != set(sample(arm, 1)), arm
+    cur = [r["target_loss"] for r in ev["results"]["curated"]]
+    for arm in ("random", "single_best"):
+        other = [r["target_loss"] for r in ev["results"][arm]]
+        c = ev["paired"][arm]["target_loss"]
+        assert c["diffs"] == pytest.approx([other[0] - cur[0], other[1] - cur[1]])
+        assert c["seeds"] == 2 and c["ci"][0] <= c["mean"] <= c["ci"][1]
+        assert c["verdict"] in ("better", "worse", "no difference shown")
+    assert [t["seed"] for t in ev["tokens_to_target"]] == [0, 1]
 
 
 def test_tier_two_confirms_tier_one_and_reports_the_agreement(pipeline, tmp_path):
