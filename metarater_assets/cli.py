@@ -1,4 +1,4 @@
-"""The `metarater` command: run, report, score, propose, explain, ui."""
+"""The `metarater` command: run, report, score, propose, regress, explain, ui."""
 from __future__ import annotations
 
 import argparse
@@ -125,6 +125,42 @@ def cmd_propose(args) -> int:
     return 0
 
 
+def cmd_regress(args) -> int:
+    """The regressor and the optimal weights from a table of proxy runs made elsewhere, through the
+    same functions as the ``regressor`` and ``optimal_weights`` assets (``core.regression``)."""
+    from .core import regression as reg
+
+    targets = [t.strip() for t in args.target.split(",") if t.strip()]
+    wcols = [c.strip() for c in args.weight_columns.split(",")] if args.weight_columns else None
+    keys, names, X, y = reg.runs_table(args.weights, targets, losses_uri=args.losses, on=args.on,
+                                       weight_columns=wcols)
+    Xt = yt = None
+    if args.test_weights:
+        _, _, Xt, yt = reg.runs_table(args.test_weights, targets, losses_uri=args.test_losses, on=args.on,
+                                           weight_columns=names)
+    models = [m.strip() for m in args.models.split(",")] if args.models else list(reg.MODEL_NAMES)
+    out = reg.regress(X, y, names, models=models, folds=args.folds, holdout=args.holdout, seed=args.seed,
+                      candidates=args.candidates, top_k=args.top_k, X_test=Xt, y_test=yt)
+    out["target"] = targets
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{out['runs']} runs, {len(names)} weights, target: mean of {', '.join(targets)}")
+    print("candidates (k-fold CV on the fit part):")
+    for m, c in sorted(out["cv"].items(), key=lambda kv: -(kv[1]["spearman"] if kv[1]["spearman"] == kv[1]["spearman"]
+                                                         else -2)):
+        print(f"  {m:10s} Spearman {c['spearman']:.3f}  R^2 {c['r2']:.3f}  MAE {c['mae']:.4g}")
+    print(f"chosen: {out['best']}")
+    if out["heldout_spearman"] is not None:
+        print(f"held-out Spearman: {out['heldout_spearman']:.3f} on {out['heldout_runs']} runs it never saw")
+    if out["test_spearman"] is not None:
+        print(f"test Spearman: {out['test_spearman']:.3f} on {out['test_runs']} runs from --test-weights")
+    print(f"optimal weights (predicted loss {out['predicted_loss']:.4g}; best observed run {out['best_observed_loss']:.4g}):")
+    for n, w in sorted(out["weights"].items(), key=lambda kv: -kv[1]):
+        print(f"  {n:30s} {w:.4f}")
+    return 0
+
+
 def cmd_explain(args) -> int:
     from .explain import explain
 
@@ -229,6 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--explore", type=float, default=1.0,
                     help="weight of the bootstrap spread in the lower confidence bound")
     pr.set_defaults(fn=cmd_propose)
+    g = sub.add_parser("regress", help="fit the regressor and the optimal weights from a table of runs made elsewhere")
+    g.add_argument("--weights", required=True, help="CSV or Parquet: one row per run, one column per weight "
+                                                    "(and the loss columns, unless --losses)")
+    g.add_argument("--losses", default=None, help="a separate loss table, joined to --weights on --on")
+    g.add_argument("--on", default=None, help="the key column the weight and loss tables share (RegMix: index)")
+    g.add_argument("--target", required=True, help="loss column(s), comma-separated; several are averaged")
+    g.add_argument("--weight-columns", default=None,
+                   help="the weight columns, comma-separated (default: every numeric column but the key and targets)")
+    g.add_argument("--test-weights", default=None, help="runs for a test Spearman (e.g. a larger scale's runs)")
+    g.add_argument("--test-losses", default=None)
+    g.add_argument("--models", default=None, help="candidate regressors, comma-separated (lightgbm, gbr, linear, ridge, quadratic)")
+    g.add_argument("--folds", type=int, default=5)
+    g.add_argument("--holdout", type=float, default=0.2)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--candidates", type=int, default=200_000)
+    g.add_argument("--top-k", type=int, default=128)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(fn=cmd_regress)
     e = sub.add_parser("explain", help="why a document was kept or dropped")
     e.add_argument("doc_id")
     e.add_argument("--shard", default=None, help="the document's shard key (else the pool's id column is scanned)")

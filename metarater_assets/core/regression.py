@@ -213,3 +213,110 @@ def propose_adaptive(name: str, X: np.ndarray, y: np.ndarray, k: int, *, n_boot:
         if len(chosen) == k:
             break
     return C[chosen]
+
+
+# ---- proxy runs made elsewhere: `metarater regress` -------------------------------------------
+
+def read_table(uri: str):
+    """A CSV (optionally compressed) or Parquet table as pandas, through fsspec."""
+    import pandas as pd
+
+    from . import storage as st
+
+    fs, path = st.fs_and_path(uri)
+    name = uri.lower()
+    if name.endswith((".parquet", ".pq")):
+        with fs.open(path, "rb") as f:
+            return pd.read_parquet(f)
+    if any(name.endswith(ext) for ext in (".csv", ".csv.gz", ".csv.zst", ".csv.bz2", ".csv.xz", ".tsv")):
+        with fs.open(path, "rb", compression="infer") as f:
+            return pd.read_csv(f, sep="\t" if name.endswith(".tsv") else ",")
+    raise ValueError(f"{uri}: unknown table format (expected .csv[.gz|.zst|...], .tsv or .parquet)")
+
+
+#: column names never taken for weights when the weight columns are found automatically
+KEY_NAMES = {"index", "id", "key", "run", "run_id", "seed", "step"}
+
+
+def runs_table(weights_uri: str, targets: Sequence[str], *, losses_uri: str | None = None,
+               on: str | None = None, weight_columns: Sequence[str] | None = None):
+    """(run keys, weight names, X, y) from a table of proxy runs made elsewhere: one table holding
+    the weight and the loss columns, or a weight table and a loss table joined on ``on`` (RegMix's
+    layout: ``index`` plus one column per domain, and ``index`` plus one loss column per
+    validation set). ``y`` is the mean of the ``targets`` columns; the weights are every numeric
+    column of the weight table that is not the key, a target or a key-like name (``KEY_NAMES``),
+    or exactly ``weight_columns``; each row normalised to sum to one."""
+    W = read_table(weights_uri)
+    targets = list(targets)
+    if not targets:
+        raise ValueError("name the loss column(s) with --target")
+    if losses_uri:
+        if not on:
+            raise ValueError("--losses needs --on KEY, the column the two tables share")
+        L = read_table(losses_uri)
+        for name, t in (("weights", W), ("losses", L)):
+            if on not in t.columns:
+                raise ValueError(f"the {name} table has no column {on!r} (it has: {', '.join(map(str, t.columns[:20]))})")
+        absent = [c for c in targets if c not in L.columns]
+        if absent:
+            raise ValueError(f"no target column(s) {', '.join(map(repr, absent))} in {losses_uri}; it has: "
+                             f"{', '.join(map(str, L.columns[:30]))}")
+        L = L[[on, *targets]]
+        df = W.merge(L, on=on, how="inner", validate="one_to_one", suffixes=("", "_loss"))
+        if len(df) < len(W) or len(df) < len(L):
+            lost = (len(W) - len(df), len(L) - len(df))
+            print(f"note: {lost[0]} weight row(s) and {lost[1]} loss row(s) have no partner on {on!r}; "
+                  f"using the {len(df)} joined runs")
+    else:
+        df = W
+    missing = [c for c in targets if c not in df.columns]
+    if missing:
+        raise ValueError(f"no target column(s) {', '.join(map(repr, missing))}; the table has: "
+                         f"{', '.join(map(str, df.columns[:30]))}")
+    if weight_columns:
+        names = list(weight_columns)
+        absent = [c for c in names if c not in W.columns]
+        if absent:
+            raise ValueError(f"no weight column(s) {', '.join(absent)} in {weights_uri}")
+    else:
+        skip = {on, *targets}
+        names = [c for c in W.columns if c not in skip and str(c).lower() not in KEY_NAMES
+                 and not str(c).startswith("Unnamed: ") and np.issubdtype(W[c].dtype, np.number)]
+    if len(names) < 2:
+        raise ValueError(f"need at least two weight columns, found {names}")
+    X = df[names].to_numpy(float)
+    y = df[targets].to_numpy(float).mean(axis=1)
+    ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
+    if not ok.all():
+        print(f"note: {int((~ok).sum())} run(s) with a missing or non-finite weight or loss left out")
+        X, y, df = X[ok], y[ok], df[ok]
+    if (X < 0).any():
+        raise ValueError("weights must be non-negative")
+    s = X.sum(axis=1, keepdims=True)
+    if (s <= 0).any():
+        raise ValueError("a run's weights sum to zero")
+    X = X / s
+    keys = [str(k) for k in (df[on] if on and on in df.columns else df.index)]
+    return keys, [str(n) for n in names], X, y
+
+
+def regress(X: np.ndarray, y: np.ndarray, names: Sequence[str], *, models: Sequence[str] = MODEL_NAMES,
+            folds: int = 5, holdout: float = 0.2, seed: int = 0, candidates: int = 200_000, top_k: int = 128,
+            X_test: np.ndarray | None = None, y_test: np.ndarray | None = None) -> dict:
+    """What the ``regressor`` and ``optimal_weights`` assets compute, from arrays: the model chosen
+    by CV Spearman on the fit part, its held-out Spearman, the model refit on every run, the
+    Spearman of its predictions on separate test runs (when given), and the optimal weights."""
+    sel = select_and_test(X, y, models=models, folds=folds, holdout=holdout, seed=seed)
+    best = sel["best"]
+    model = make_model(best, seed).fit(X, y)
+    w, pred = optimal_weights(model, X.shape[1], candidates=candidates, top_k=top_k, seed=seed)
+    test = None
+    if X_test is not None and y_test is not None and len(y_test):
+        test = _rho(model.predict(X_test), y_test)
+    cv = {m: {k: v for k, v in c.items() if k != "oof_pred"} for m, c in sel["cv"].items()}
+    return {"runs": int(len(y)), "cv": cv, "best": best,
+            "heldout_spearman": sel["heldout"]["spearman"] if sel["heldout"] else None,
+            "heldout_runs": len(sel["heldout_runs"]), "test_spearman": test,
+            "test_runs": int(len(y_test)) if y_test is not None else 0,
+            "predicted_loss": pred, "weights": {n: float(x) for n, x in zip(names, w)},
+            "best_observed_loss": float(np.min(y))}
