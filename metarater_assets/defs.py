@@ -211,7 +211,7 @@ def _config_parts(c) -> dict:
         "curated_selection": curation_,
         "curated_corpus": published,
         "curated_manifest": (curation_, published),
-        "evaluation": (dict(c.evaluation), curation_, c.validation_target),
+        "evaluation": (dict(c.evaluation), curation_, c.validation_target, dict(c.validation_roles)),
     }
 
 

@@ -169,9 +169,10 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
               ["source", "pool_share", "curated_share"])),
           "tokens_ratio": str(ratios),
           "paired": dg.MetadataValue.md(md_table(
-              [{"curated vs": arm, "set": key, "better by (mean)": c["mean"], "sd": c["sd"], "ci95_low": c["ci"][0],
+              [{"curated vs": arm, "set": key if key != "target_loss" else f"target ({cfg.validation_target})",
+                "role": cfg.validation_roles.get(key) or "", "better by (mean)": c["mean"], "sd": c["sd"], "ci95_low": c["ci"][0],
                 "ci95_high": c["ci"][1], "verdict": c["verdict"]} for arm, by in paired.items() for key, c in by.items()],
-              ["curated vs", "set", "better by (mean)", "sd", "ci95_low", "ci95_high", "verdict"]))}
+              ["curated vs", "set", "role", "better by (mean)", "sd", "ci95_low", "ci95_high", "verdict"]))}
     md.update(png_metadata(curves_png({arm: ([p["tokens"] for p in curves[arm][0]], [p["target"] for p in curves[arm][0]])
                                        for arm in ARMS}, f"seed {seeds[0]}: {cfg.validation_target} loss ({eval_part})",
                                       "validation loss"),
@@ -179,6 +180,7 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
     context.add_output_metadata(md)
     st_ = {s: len(d) for s, (d, _) in held.items()}
     return {"seeds": seeds, "sets": list(vsets), "target": cfg.validation_target, "evaluated_on": eval_part,
+            "roles": {s: cfg.validation_roles.get(s) for s in vsets},
             "held_out_docs": st_, "single_best_score": single, "preset": ev["preset"], "token_budget": budget,
             "results": results, "curves": curves, "summary": table, "tokens_ratio": ratios,
             "tokens_to_target": to_target, "paired": paired,

@@ -28,9 +28,11 @@ GROUP = "proxies"
 
 
 def target_loss(losses: dict[str, dict], target: str) -> float:
+    """The loss ``target`` names (``Config.validation_target``): the mean of every set ("mean"),
+    one set, or the mean of the sets joined by "+" (the quality targets)."""
     if target == "mean":
         return float(np.mean([v["loss"] for v in losses.values()]))
-    return float(losses[target]["loss"])
+    return float(np.mean([losses[s]["loss"] for s in target.split("+")]))
 
 
 def spec_uri(artifacts_uri: str, key: str) -> str:

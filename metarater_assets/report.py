@@ -198,7 +198,9 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
             "by_set": {s: {arm: [r[s] for r in res_[arm]] for arm in res_} for s in e["sets"]},
             "tune_loss": {arm: [r["tune_target_loss"] for r in res_[arm]] for arm in res_},
             "target": e["target"], "seeds": e["seeds"], "evaluated_on": e["evaluated_on"],
-            "held_out_docs": e["held_out_docs"],
+            "held_out_docs": e["held_out_docs"], "roles": e.get("roles", {}),
+            "paired_by_set": {arm: {k: v for k, v in by.items() if k != "target_loss"}
+                              for arm, by in e.get("paired", {}).items()},
         }
         # the evaluation's own paired verdicts (an evaluation.json of an older code version has none)
         rep["evaluation"]["comparisons"] = ({arm: by["target_loss"] for arm, by in e["paired"].items()}
@@ -282,7 +284,12 @@ def format_report(rep: dict) -> str:
             v = np.array(e[f"{arm}_loss"])
             lines.append(f"evaluation {arm:12s}: {v.mean():.4f} +- {_sd(v):.4f} "
                          f"({e['evaluated_on']})")
-        lines.append(f"  best single score: {e['single_best_score']}")
+        lines.append(f"  target: {e['target']}; best single score: {e['single_best_score']}")
+        for arm, by in e.get("paired_by_set", {}).items():
+            for name, c in by.items():
+                role = (e.get("roles") or {}).get(name) or "role not declared"
+                lines.append(f"    on {name} ({role}): curated vs {arm} better by {c['mean']:+.4f} "
+                             f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] -> {c['verdict']}")
         for arm, c in e.get("comparisons", {}).items():
             lines.append(f"  curated vs {arm} (paired by seed, {c['seeds']} seeds): better by {c['mean']:+.4f}, "
                          f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}], {c['in_sds']:.1f} sd of the differences "

@@ -75,6 +75,10 @@ def _bytes(name: str, v: Any) -> int:
     return _int(name, v, 0)
 
 
+#: what a validation set stands for (``validation.sets.NAME.role``)
+VALIDATION_ROLES = ("quality", "in_distribution")
+
+
 def _known(section: str, raw: Mapping, keys: set[str]) -> None:
     unknown = sorted(set(raw) - keys)
     if unknown:
@@ -135,7 +139,12 @@ class Config:
     raters: tuple[str, ...]
     dsir: DsirConfig
     validation_sets: Mapping[str, str]
+    #: per set: "quality" (text that is not the pool: what a selection should be good at),
+    #: "in_distribution" (the pool's own text) or None (undeclared)
+    validation_roles: Mapping[str, str | None]
     validation_max_docs: int
+    #: "mean" (of every set), one set's name, or "a+b" (the mean of the quality sets, which
+    #: ``target: mean`` becomes when any set is declared ``role: quality``)
     validation_target: str
     tokenizer_vocab_size: int
     tokenizer_path: str | None
@@ -245,12 +254,28 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         targets = {n.removeprefix("dsir_"): targets[n.removeprefix("dsir_")] for n in RATERS["dsir"]}
     v = raw.get("validation", {}) or {}
     _known("validation", v, {"sets", "max_docs", "target", "held_out"})
-    sets = {k: _resolve(base, u) for k, u in (v.get("sets") or {}).items()}
+    sets, roles = {}, {}
+    for k, u in (v.get("sets") or {}).items():
+        if "+" in str(k) or str(k) == "mean":
+            raise ConfigError(f"validation.sets: {k!r} cannot name a set ('mean' and '+' are taken by validation.target)")
+        if isinstance(u, Mapping):
+            _known(f"validation.sets.{k}", u, {"uri", "role"})
+            if "uri" not in u:
+                raise ConfigError(f"validation.sets.{k}: needs uri")
+            role = u.get("role")
+            if role is not None and role not in VALIDATION_ROLES:
+                raise ConfigError(f"validation.sets.{k}.role must be one of {list(VALIDATION_ROLES)}, got {role!r}")
+            sets[k], roles[k] = _resolve(base, u["uri"]), role
+        else:
+            sets[k], roles[k] = _resolve(base, u), None
     if not sets:
         raise ConfigError("validation.sets: at least one validation set is needed")
     target = str(v.get("target", "mean"))
     if target != "mean" and target not in sets:
         raise ConfigError(f"validation.target must be 'mean' or one of {sorted(sets)}, got {target!r}")
+    quality = [k for k in sets if roles[k] == "quality"]
+    if target == "mean" and quality:  # the quality targets decide when there are any
+        target = "+".join(quality)
     # half of each validation set is held out for the evaluation by default: proxies and the
     # regressor never see it (0 makes the evaluation read the tuning documents, with a warning)
     held_out = float(v.get("held_out", 0.5))
@@ -348,6 +373,7 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         raters=raters,
         dsir=DsirConfig(buckets=int(d.get("buckets", _dsir.DEFAULT_BUCKETS)), targets=targets),
         validation_sets=sets,
+        validation_roles=roles,
         validation_max_docs=int(v.get("max_docs", 300)),
         validation_target=target,
         validation_held_out=held_out,

@@ -128,3 +128,26 @@ def test_pack_bytes_takes_sizes_with_units_and_names_a_bad_one():
         raw["ingest"] = bad
         with pytest.raises(ConfigError, match=message):
             parse_config(raw, str(REPO / "configs"))
+
+
+def test_validation_roles_pick_the_target():
+    """A set declared ``role: quality`` is what the regression target and the evaluation's verdict
+    average under ``target: mean``; without roles the target is every set's mean, as before."""
+    from metarater_assets.proxies import target_loss
+
+    raw = _demo()
+    sets = raw["validation"]["sets"]
+    assert parse_config(raw, str(REPO / "configs")).validation_target == "reference"  # the demo declares roles
+    raw["validation"]["sets"] = {"validation": sets["validation"]["uri"], "reference": sets["reference"]["uri"]}
+    cfg = parse_config(raw, str(REPO / "configs"))
+    assert cfg.validation_target == "mean" and cfg.validation_roles == {"validation": None, "reference": None}
+    raw["validation"]["sets"] = {"validation": {"uri": sets["validation"]["uri"], "role": "quality"},
+                                 "reference": {"uri": sets["reference"]["uri"], "role": "quality"}}
+    cfg = parse_config(raw, str(REPO / "configs"))
+    assert cfg.validation_target == "validation+reference"
+    losses = {"validation": {"loss": 4.0}, "reference": {"loss": 5.0}, "other": {"loss": 100.0}}
+    assert target_loss(losses, cfg.validation_target) == 4.5
+    assert target_loss(losses, "mean") == pytest.approx(109.0 / 3)
+    raw["validation"]["sets"]["reference"]["role"] = "gold"
+    with pytest.raises(ConfigError, match=r"validation.sets.reference.role must be one of \['quality', 'in_distribution'\]"):
+        parse_config(raw, str(REPO / "configs"))
