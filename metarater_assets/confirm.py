@@ -65,7 +65,7 @@ def confirm_plan(context: dg.AssetExecutionContext, optimal_weights: dict, regre
                            {"runs": len(runs), "new_partitions": len(new)})
 
 
-@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tier-agreement-2",
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tier-agreement-3",
           deps=[dg.AssetDep("confirm_run", partition_mapping=dg.AllPartitionMapping())],
           ins={"confirm_plan": dg.AssetIn("confirm_plan")},
           description="How tier 1 (the regressor's proxies) and tier 2 (transformer proxies) agree: "
@@ -100,12 +100,25 @@ def tier_agreement(context: dg.AssetExecutionContext, confirm_plan: dict, settin
         singles = [t2[r["key"]]["target_loss"] for r in confirm_plan["runs"] if r["kind"] == "single"]
         optimum = {"key": opt["key"], "tier2_loss": loss, "rank": losses.index(loss) + 1, "of": len(losses),
                    "beats_every_single_score": bool(singles) and loss < min(singles)}
+    # the tier-2 run with the lowest loss on the tuning halves (the evaluation's held-out halves
+    # play no part): the weights `curation.weights: best_confirmed` curates with
+    best_run = min(confirm_plan["runs"], key=lambda r: (t2[r["key"]]["target_loss"], r["key"]))
+    best = {"key": best_run["key"], "kind": best_run["kind"], "score": best_run.get("score"),
+            "tier2_loss": t2[best_run["key"]]["target_loss"],
+            "weights": {n: float(w) for n, w in zip(confirm_plan["names"], best_run["weights"])}}
+    if optimum:
+        optimum["is_best"] = best["key"] == optimum["key"]
     out = {"spearman": rho, "shared_vectors": len(pairs), "runs": len(keys), "pairs": pairs, "optimum": optimum,
+           "best_confirmed": best,
            "tier1_kind": cfg.proxies.kind, "tier2_kind": cfg.confirm.kind,
            "target": cfg.validation_target}
     return identity.output(tracer, "tier_agreement", out, ident, {
         "spearman": rho, "shared_vectors": len(pairs),
         **({"optimum_rank": f"{optimum['rank']} of {optimum['of']}"} if optimum else {}),
+        "best_confirmed": f"{best['kind']}{' ' + best['score'] if best['score'] else ''} ({best['key']}), "
+                          f"loss {best['tier2_loss']:.4f}"
+                          + ("" if not optimum or optimum["is_best"] else
+                             ": NOT the predicted optimum; curation.weights: best_confirmed curates with it"),
         "pairs": dg.MetadataValue.md(md_table(pairs, ["kind", "score", "tier1_loss", "tier2_loss"]))})
 
 

@@ -132,7 +132,9 @@ def clean_folder(curated_uri: str, keep: set[str]) -> tuple[list[str], list[str]
     return sorted(removed), sorted(other)
 
 
-def resolve_weights(cfg, optimal: dict) -> tuple[np.ndarray, list[str], str]:
+def resolve_weights(cfg, optimal: dict, tier_agreement: dict | None = None) -> tuple[np.ndarray, list[str], str]:
+    """The curation weights: ``curation.weights_file`` when set, else the tier-2 run with the lowest
+    tuning loss (``curation.weights: best_confirmed``), else the regressor's predicted optimum."""
     names = list(optimal["names"])
     wf = cfg.curation.get("weights_file")
     if wf:
@@ -145,6 +147,14 @@ def resolve_weights(cfg, optimal: dict) -> tuple[np.ndarray, list[str], str]:
             return selection.validate_weights(user, names), names, f"file:{wf}"
         except ValueError as e:
             raise dg.Failure(f"curation.weights_file {wf}: {e}") from None
+    if cfg.curation.get("weights") == "best_confirmed":
+        if tier_agreement is None:
+            raise dg.Failure("curation.weights: best_confirmed needs tier_agreement", allow_retries=False)
+        b = tier_agreement["best_confirmed"]
+        if set(b["weights"]) != set(names):
+            raise dg.Failure("the tier-2 runs are over other scores than the optimal weights: rerun confirm",
+                             allow_retries=False)
+        return np.array([b["weights"][n] for n in names]), names, f"best_confirmed:{b['key']} ({b['kind']})"
     return np.array([optimal["weights"][n] for n in names]), names, "optimal_weights"
 
 
@@ -165,22 +175,27 @@ def make_curated_selection(cfg):
     """``curated_selection``; with ``orientation: auto`` scores it also follows ``score_orientation``
     (their decided orientation is part of the normalisation it cuts with)."""
     decided = bool(cfg is not None and cfg.auto_oriented)
+    confirmed = bool(cfg is not None and cfg.curation.get("weights") == "best_confirmed")
+    ins = {"score_stats": dg.AssetIn("score_stats"), "optimal_weights": dg.AssetIn("optimal_weights")}
+    if confirmed:  # curation.weights: best_confirmed curates with the best tier-2 run's weights
+        ins["tier_agreement"] = dg.AssetIn("tier_agreement")
 
     @dg.asset(io_manager_key="json_io_manager", group_name=GROUP,
               code_version=f"curated-selection-2-{cp.POOL_VERSION}",
               deps=[dg.AssetDep("shard_index", partition_mapping=dg.AllPartitionMapping()),
                     *(["score_orientation"] if decided else [])],
-              ins={"score_stats": dg.AssetIn("score_stats"), "optimal_weights": dg.AssetIn("optimal_weights")},
+              ins=ins,
               description="The global cut of the pool under the optimal weights for curation.fraction (of "
                           "tokens or documents) or curation.token_budget: threshold, tie break, and kept "
                           "documents and tokens per shard and per source, and cut_id (a digest of all of "
                           "it). Small: each curated shard cuts its own documents.")
     def curated_selection(context: dg.AssetExecutionContext, score_stats: dict, optimal_weights: dict,
-                          settings: MetaraterConfig):
+                          settings: MetaraterConfig, **more):
         cfg = settings.load()
-        tracer = identity.for_run(context, settings, cfg, score_stats=score_stats, optimal_weights=optimal_weights)
+        tracer = identity.for_run(context, settings, cfg, score_stats=score_stats, optimal_weights=optimal_weights,
+                                  **more)
         ident = tracer.identity("curated_selection")
-        w, names, origin = resolve_weights(cfg, optimal_weights)
+        w, names, origin = resolve_weights(cfg, optimal_weights, more.get("tier_agreement"))
         norm = normalisation(oriented(settings, cfg, score_stats, tracer))  # auto scores as score_orientation decided
         if list(norm.names) != names:
             raise dg.Failure(f"the weights are over {names} but the pool statistics over {list(norm.names)}: "

@@ -162,6 +162,7 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
                       "curated_share": v["tokens"] / max(curated_selection["tokens"], 1)}
                   for s, v in curated_selection["per_source"].items()}
     md = {"single_best_score": single, "evaluated_on": eval_part,
+          "weights_from": str(curated_selection.get("weights_from")),
           "held_out_docs": dg.MetadataValue.json({s: len(d) for s, (d, _) in held.items()}),
           "losses": dg.MetadataValue.md(md_table(table, ["arm", "set", "mean", "std", "min", "max"])),
           "composition": dg.MetadataValue.md(md_table(
@@ -181,6 +182,8 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
     st_ = {s: len(d) for s, (d, _) in held.items()}
     return {"seeds": seeds, "sets": list(vsets), "target": cfg.validation_target, "evaluated_on": eval_part,
             "roles": {s: cfg.validation_roles.get(s) for s in vsets},
+            "weights_from": curated_selection.get("weights_from"),
+            "weights": dict(zip(names, curated_selection["weights"])),
             "held_out_docs": st_, "single_best_score": single, "preset": ev["preset"], "token_budget": budget,
             "results": results, "curves": curves, "summary": table, "tokens_ratio": ratios,
             "tokens_to_target": to_target, "paired": paired,

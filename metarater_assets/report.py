@@ -172,7 +172,7 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
         rep.setdefault("proxies", {}).update({
             "tier2_kind": t["tier2_kind"], "tier2_runs": t["runs"],
             "tier_agreement_spearman": t["spearman"], "tier_shared_vectors": t["shared_vectors"],
-            "tier2_optimum": t.get("optimum")})
+            "tier2_optimum": t.get("optimum"), "tier2_best": t.get("best_confirmed")})
     if st.exists(f"{base}/regressor.json"):
         r = st.read_json(f"{base}/regressor.json")
         ho = r.get("heldout") or {}
@@ -198,7 +198,7 @@ def build_report(settings: Settings, instance: dg.DagsterInstance | None = None)
             "by_set": {s: {arm: [r[s] for r in res_[arm]] for arm in res_} for s in e["sets"]},
             "tune_loss": {arm: [r["tune_target_loss"] for r in res_[arm]] for arm in res_},
             "target": e["target"], "seeds": e["seeds"], "evaluated_on": e["evaluated_on"],
-            "held_out_docs": e["held_out_docs"], "roles": e.get("roles", {}),
+            "held_out_docs": e["held_out_docs"], "roles": e.get("roles", {}), "weights_from": e.get("weights_from"),
             "paired_by_set": {arm: {k: v for k, v in by.items() if k != "target_loss"}
                               for arm, by in e.get("paired", {}).items()},
         }
@@ -267,6 +267,12 @@ def format_report(rep: dict) -> str:
             lines.append(f"tier 2: {p['tier2_runs']} {p['tier2_kind']} runs; tier agreement Spearman "
                          f"{p['tier_agreement_spearman']:.3f} on {p['tier_shared_vectors']} shared vectors"
                          + (f"; predicted optimum ranks {o['rank']} of {o['of']}" if o else ""))
+            b = p.get("tier2_best")
+            if b and o and not o.get("is_best", True):
+                lines.append(f"  the predicted optimum is NOT the best tier-2 run: {b['kind']}"
+                             f"{' ' + b['score'] if b.get('score') else ''} ({b['key']}) has loss {b['tier2_loss']:.4f} "
+                             f"against the optimum's {o['tier2_loss']:.4f}; curation.weights: best_confirmed curates "
+                             "with it (docs/configuration.md)")
     if "regressor" in rep:
         r = rep["regressor"]
         ho = (f"; held-out Spearman {r['heldout_spearman']:.3f} on {r['heldout_runs']} runs it never saw"
@@ -284,7 +290,8 @@ def format_report(rep: dict) -> str:
             v = np.array(e[f"{arm}_loss"])
             lines.append(f"evaluation {arm:12s}: {v.mean():.4f} +- {_sd(v):.4f} "
                          f"({e['evaluated_on']})")
-        lines.append(f"  target: {e['target']}; best single score: {e['single_best_score']}")
+        lines.append(f"  target: {e['target']}; best single score: {e['single_best_score']}; curated weights from: "
+                     f"{e.get('weights_from')}")
         for arm, by in e.get("paired_by_set", {}).items():
             for name, c in by.items():
                 role = (e.get("roles") or {}).get(name) or "role not declared"

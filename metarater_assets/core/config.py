@@ -306,7 +306,14 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
             raise ConfigError(f"confirm: {e}") from None
         _check_kind("confirm", confirm.kind, confirm.preset)
     cur = dict(raw.get("curation", {}) or {})
-    _known("curation", cur, {"fraction", "fraction_of", "token_budget", "format", "weights_file", "output_uri"})
+    _known("curation", cur, {"fraction", "fraction_of", "token_budget", "format", "weights_file", "output_uri",
+                             "weights"})
+    cur.setdefault("weights", "optimal")
+    if cur["weights"] not in ("optimal", "best_confirmed"):
+        raise ConfigError(f"curation.weights must be 'optimal' (the regressor's predicted optimum) or "
+                          f"'best_confirmed' (the tier-2 run with the lowest tuning loss), got {cur['weights']!r}")
+    if cur["weights"] == "best_confirmed" and not confirm:
+        raise ConfigError("curation.weights: best_confirmed needs tier 2 (a confirm: section)")
     cur["fraction"] = _fraction("curation.fraction", cur.get("fraction", 0.15))
     cur.setdefault("fraction_of", "tokens")
     if cur["fraction_of"] not in ("tokens", "docs"):

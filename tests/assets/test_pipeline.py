@@ -315,6 +315,17 @@ def test_tier_two_confirms_tier_one_and_reports_the_agreement(pipeline, tmp_path
     assert opt["of"] == 5 and losses[opt["rank"] - 1] == t2[plan["runs"][0]["key"]]["target_loss"]
     again = run_pipeline(settings, "confirm", instance=instance, echo=lambda m: None)
     assert again.materialised == []
+    # the best tier-2 run (lowest tuning loss) is named, and curation.weights: best_confirmed cuts with it
+    best_key = min(t2, key=lambda k: t2[k]["target_loss"])
+    b = rep["proxies"]["tier2_best"]
+    assert b["key"] == best_key and b["tier2_loss"] == t2[best_key]["target_loss"]
+    assert opt["is_best"] == (best_key == plan["runs"][0]["key"])
+    cfg["curation"]["weights"] = "best_confirmed"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert not run_pipeline(settings, "curated", instance=instance, echo=lambda m: None).failed
+    sel = json.load(open(f"{settings.storage_uri}/curated_selection.json"))
+    assert sel["weights_from"].startswith(f"best_confirmed:{best_key}")
+    assert sel["weights"] == pytest.approx([t2[best_key]["weights"][n] for n in sel["names"]])
 
 
 def test_evaluation_reads_only_the_held_out_documents(pipeline):
