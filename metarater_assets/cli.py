@@ -1,4 +1,4 @@
-"""The `metarater` command: run, report, score, propose, regress, explain, ui."""
+"""The `metarater` command: init, run, report, score, propose, regress, explain, ui."""
 from __future__ import annotations
 
 import argparse
@@ -125,6 +125,23 @@ def cmd_propose(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    """``./metarater.yaml`` for the pool at RAW_URI, then the next command."""
+    from .init import init
+
+    try:
+        path, found = init(args.raw_uri, force=args.force, quick=args.quick)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} for {found['shards']} shard(s) under {args.raw_uri}")
+    print(f"  text: {found['text']}  id: {found['id'] or '(none: content ids)'}  source: {found['source'] or '(none)'}"
+          f"  (from the first rows of {found['first']})")
+    print("next:\n  metarater run --stage curated     # score, fit, select: the curated corpus under ./.metarater/curated"
+          "\n  metarater report                  # what ran and what it found\n  metarater ui                      # the same in Dagster's UI")
+    return 0
+
+
 def cmd_regress(args) -> int:
     """The regressor and the optimal weights from a table of proxy runs made elsewhere, through the
     same functions as the ``regressor`` and ``optimal_weights`` assets (``core.regression``)."""
@@ -189,7 +206,9 @@ SENSORS_HELP = """sensors (Automation page of the UI; `dagster sensor start NAME
 def cmd_ui(args) -> int:
     """``dagster dev`` (webserver + daemon) in its own process group; SIGTERM or SIGINT to this
     process stops the whole group, however it was started (a shell's ``&`` ignores SIGINT)."""
-    _settings().prepare_instance()  # DAGSTER_HOME (telemetry off), exported, its tables created once
+    settings = _settings()
+    settings.prepare_instance()  # DAGSTER_HOME (telemetry off), exported, its tables created once
+    settings.export()  # the code location starts in the repo's folder: it reads these, not ./metarater.yaml
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", os.path.join(root, "workspace.yaml"),
            "-h", args.host, "-p", str(args.port)]
@@ -238,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="metarater", description="Meta-rater data selection on Dagster")
     sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("init", help="write ./metarater.yaml for your pool (looks at its first file, asks nothing)")
+    i.add_argument("raw_uri", help="the folder (or bucket prefix) holding your .jsonl[.gz|.zst] / .parquet files")
+    i.add_argument("--force", action="store_true", help="replace an existing ./metarater.yaml")
+    i.add_argument("--quick", action="store_true",
+                   help="small proxies and no tier 2: a first look at the pipeline in minutes, not a result")
+    i.set_defaults(fn=cmd_init)
     r = sub.add_parser("run", help="materialise every missing or stale asset up to a stage")
     r.add_argument("--stage", default="curated", choices=list(STAGE_NAMES))
     r.add_argument("--force", action="append", metavar="ASSET",

@@ -173,7 +173,8 @@ def _config_parts(c) -> dict:
         return _file_digest(uri) or uri
 
     p, cur = c.proxies, c.curation
-    curation_ = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), content(cur.get("weights_file")))
+    curation_ = (cur["fraction"], cur["fraction_of"], cur.get("token_budget"), content(cur.get("weights_file")),
+                 *(() if cur.get("weights", "optimal") == "optimal" else (cur["weights"],)))
     # what a weight vector selects and how its proxy is trained: the orientation flips scores in the
     # normalisation, so every vector's selection moves with it
     model_cfg = (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget, p.seed, sorted(c.orientation.items()))
@@ -184,7 +185,9 @@ def _config_parts(c) -> dict:
     # where the curated shards and their manifest are published (absent: the default under the home)
     published = (cur["format"], cur["output_uri"]) if cur.get("output_uri") else cur["format"]
     return {
-        "raw_docs": [(s.score, s.column, s.reduce, s.index, s.length) for s in c.precomputed],
+        # the field mapping enters only when it is not the default (a default config keeps its identities)
+        "raw_docs": [(s.score, s.column, s.reduce, s.index, s.length) for s in c.precomputed]
+        + ([] if c.fields is None or c.fields.default else [("fields", c.fields.text, c.fields.id, c.fields.meta)]),
         "dsir_counts": c.dsir.buckets,
         "prrc_annotations": (content(c.prrc.labels), dict(c.prrc.annotate), c.prrc.dims) if c.prrc else None,
         "prrc_rater": (dict(c.prrc.train), c.prrc.dims, c.prrc.shared_encoder, c.prrc.method) if c.prrc else None,

@@ -37,8 +37,42 @@ def ingest_facts(instance: dg.DagsterInstance, keys: list[str] | None = None) ->
             return out
 
 
+#: a shard where at least this share of the rows is quarantined for one reason fails its ingest
+#: (after writing the quarantine table): a wrong field name or format, not a few bad rows
+LOUD_SHARE = 0.95
+
+_HINTS = {
+    "missing_text": "the rows have no {text!r} field: set ingest.text_field to the field that holds the text "
+                    "(a dotted path into nested JSON such as doc.body, or a Parquet column)",
+    "null_text": "{text!r} is null in the rows: is ingest.text_field the field that holds the text?",
+    "empty_text": "{text!r} is empty in the rows: is ingest.text_field the field that holds the text?",
+    "non_string_text": "{text!r} is not a string in the rows: set ingest.text_field to the field that holds the text",
+    "invalid_json": "the lines are not JSON objects: is this file JSONL (one JSON object per line)?",
+    "not_an_object": "the lines are JSON but not objects: each line must be one JSON object",
+    "invalid_utf8": "the file is not UTF-8 text (or its compression does not match its name)",
+    "blank_line": "the file's lines are blank",
+    "bad_score_value": "the precomputed score columns hold values that are not numbers: see precomputed.scores",
+}
+
+
+def loud_failure(key: str, counts, fields, first_file: tuple[str, str] | None, quarantine_uri: str) -> str | None:
+    """The error for a shard whose rows are (nearly) all quarantined for one reason, naming the
+    reason, the fields the first rows hold and the setting to change; None for a usable shard."""
+    if not counts.rows_in or not counts.reasons:
+        return None
+    reason, n = max(counts.reasons.items(), key=lambda kv: kv[1])
+    if n < LOUD_SHARE * counts.rows_in:
+        return None
+    found = corpus.peek_fields(*first_file) if first_file else []
+    hint = _HINTS.get(reason, "see the quarantine table").format(text=fields.text)
+    return (f"{key}: {n} of {counts.rows_in} rows quarantined as {reason}: {hint}. The first rows hold the "
+            f"field(s): {', '.join(found[:30]) or '(none readable)'}. Every row is in the quarantine table "
+            f"{quarantine_uri}; fix the config and run again (or take the shard out with ingest.exclude).")
+
+
 def make_ingest(cfg, policy):
     extractor = precomputed.Extractor(cfg.precomputed) if cfg and cfg.precomputed else None
+    fields = (cfg.fields if cfg is not None and cfg.fields is not None else corpus.DEFAULT_FIELDS)
     outs = {
         "raw_docs": dg.AssetOut(
             description="Normalised documents of one shard: doc_id, text, source, meta, raw_row.",
@@ -80,11 +114,16 @@ def make_ingest(cfg, policy):
                     res = corpus.ingest_files([(m.uri, m.name) for m in members], paths["docs"],
                                               paths["quarantine"], extractor=extractor,
                                               scores_path=paths["scores"] if extractor else None,
-                                              footers={n: identity.footer(i) for n, i in ids.items()})
+                                              footers={n: identity.footer(i) for n, i in ids.items()},
+                                              fields=fields)
                 except corpus.ShardError as e:  # the file itself is bad: retrying cannot help
                     raise dg.Failure(description=f"ShardError: {e}", allow_retries=False) from e
-                files.put("raw_docs", key, paths["docs"])
                 files.put("raw_quarantine", key, paths["quarantine"])
+                loud = loud_failure(key, res, fields, (members[0].uri, members[0].name) if members else None,
+                                    files.uri("raw_quarantine", key))
+                if loud:  # the quarantine table is written (nothing lost); no documents are recorded
+                    raise dg.Failure(description=f"ShardError: {loud}", allow_retries=False)
+                files.put("raw_docs", key, paths["docs"])
                 if extractor:
                     files.put("precomputed_scores", key, paths["scores"])
             facts = {"rows_in": res.rows_in, "rows_ok": res.rows_ok, "rows_quarantined": res.rows_quarantined,

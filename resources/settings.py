@@ -12,6 +12,25 @@ from metarater_assets.core.config import Config, load_config
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RAW_URI = str(REPO_ROOT / "data" / "sample" / "raw")
 DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "demo.yaml")
+#: the config `metarater init` writes, read from the current folder when METARATER_CONFIG is unset
+LOCAL_CONFIG = "metarater.yaml"
+
+
+def config_raw_uri(config_path: str) -> str | None:
+    """The config's ``raw:`` (the pool's location; relative to the config's folder), if it has one."""
+    import yaml
+
+    try:
+        with open(config_path) as f:
+            raw = (yaml.safe_load(f) or {}).get("raw")
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None  # the config loader reports a bad config with its own error
+    if not raw:
+        return None
+    raw = str(raw)
+    if "://" in raw or os.path.isabs(raw):
+        return raw
+    return str((Path(config_path).resolve().parent / raw).resolve())
 
 _DAGSTER_YAML = """# written by metarater
 telemetry:
@@ -107,14 +126,23 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
+        """``METARATER_CONFIG``, else ``./metarater.yaml`` when there is one (``metarater init``
+        writes it), else the demo config; the raw pool from ``METARATER_RAW_URI``, else the config's
+        ``raw:``, else the bundled sample; the state in ``METARATER_HOME``, else ``./.metarater``."""
         home = os.environ.get("METARATER_HOME") or str(Path.cwd() / ".metarater")
         if "://" not in home:
             home = str(Path(home).resolve())
+        local = Path.cwd() / LOCAL_CONFIG
+        config = os.environ.get("METARATER_CONFIG") or (str(local) if local.is_file() else DEFAULT_CONFIG)
         return cls(
             home=home,
-            raw_uri=os.environ.get("METARATER_RAW_URI") or DEFAULT_RAW_URI,
-            config_path=os.environ.get("METARATER_CONFIG") or DEFAULT_CONFIG,
+            raw_uri=os.environ.get("METARATER_RAW_URI") or config_raw_uri(config) or DEFAULT_RAW_URI,
+            config_path=config,
         )
+
+    def export(self) -> None:
+        """Put these settings in the environment, for processes started from another folder."""
+        os.environ.update(METARATER_HOME=self.home, METARATER_CONFIG=self.config_path, METARATER_RAW_URI=self.raw_uri)
 
     @property
     def storage_uri(self) -> str:

@@ -171,6 +171,8 @@ class Config:
     #: shard keys (glob patterns) taken out of the pool: a shard that failed stops everything
     #: downstream of it until it is fixed or named here
     exclude: tuple[str, ...] = ()
+    #: where rows keep their text, id and meta (``ingest.text_field`` / ``id_field`` / ``meta_fields``)
+    fields: Any = None
 
     @property
     def trained_scores(self) -> tuple[str, ...]:
@@ -238,7 +240,7 @@ def _registry(path: str) -> dict:
 def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> Config:
     _known("config", raw, {"raters", "dsir", "validation", "tokenizer", "proxies", "confirm", "regressor",
                            "curation", "evaluation", "compute", "model_raters", "prrc", "precomputed",
-                           "scores", "stats", "ingest"})
+                           "scores", "stats", "ingest", "raw"})
     raters = tuple(raw.get("raters", ["rpv2", "dsir"]))
     unknown = [r for r in raters if r not in RATERS]
     if unknown:
@@ -371,7 +373,17 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     st = raw.get("stats", {}) or {}
     _known("stats", st, {"sample_docs"})
     ing = raw.get("ingest", {}) or {}
-    _known("ingest", ing, {"pack_bytes", "pack_max_files", "exclude"})
+    _known("ingest", ing, {"pack_bytes", "pack_max_files", "exclude", "text_field", "id_field", "meta_fields"})
+    for f_ in ("text_field", "id_field"):
+        if f_ in ing and (not isinstance(ing[f_], str) or not ing[f_].strip()):
+            raise ConfigError(f"ingest.{f_} must be a field name or dotted path (e.g. content, meta.url), got {ing[f_]!r}")
+    meta_fields = ing.get("meta_fields")
+    if meta_fields is not None and (isinstance(meta_fields, str) or not all(isinstance(x, str) for x in meta_fields)):
+        raise ConfigError(f"ingest.meta_fields must be a list of field names or dotted paths, got {meta_fields!r}")
+    from .corpus import Fields
+
+    fields = Fields(text=ing.get("text_field", "text"), id=ing.get("id_field", "id"),
+                    meta=tuple(meta_fields) if meta_fields is not None else None)
     exclude = ing.get("exclude") or ()
     if isinstance(exclude, str) or not all(isinstance(x, str) for x in exclude):
         raise ConfigError(f"ingest.exclude must be a list of shard keys or glob patterns, got {exclude!r}")
@@ -404,6 +416,7 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         pack_bytes=_bytes("ingest.pack_bytes", ing.get("pack_bytes", 0)),
         pack_max_files=_int("ingest.pack_max_files", ing.get("pack_max_files", 1000), 2),
         exclude=tuple(exclude),
+        fields=fields,
     )
     names = cfg.score_names
     dup = sorted({n for n in names if names.count(n) > 1})

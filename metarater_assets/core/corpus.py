@@ -73,6 +73,118 @@ class ShardError(Exception):
 
 
 @dataclass(frozen=True)
+class Fields:
+    """Where a row keeps its text, id and metadata (``ingest.text_field`` / ``id_field`` /
+    ``meta_fields``): dotted paths into nested JSON (``meta.url``), or column names (and struct
+    fields) of a Parquet file. ``meta`` None keeps today's rule: every other field of a JSONL row,
+    and a Parquet file's ``source`` / ``meta`` columns, become the document's meta (a dotted
+    ``text`` path's top-level field is left out, so the text is not copied into meta)."""
+
+    text: str = "text"
+    id: str = "id"
+    meta: tuple[str, ...] | None = None
+
+    @property
+    def default(self) -> bool:
+        return self == DEFAULT_FIELDS
+
+    def tops(self) -> set[str]:
+        """The top-level fields the text and id paths live under."""
+        return {self.text.split(".")[0], self.id.split(".")[0]}
+
+
+DEFAULT_FIELDS = Fields()
+_MISSING = object()
+
+
+def get_path(obj, path: str):
+    """``obj[path]`` for a top-level key (a dot in a key's own name included), else the dotted path
+    into nested objects (a JSON-encoded string on the way is decoded); ``_MISSING`` if absent."""
+    if isinstance(obj, dict) and path in obj:
+        return obj[path]
+    cur = obj
+    for part in path.split("."):
+        if isinstance(cur, str) and cur.startswith("{"):
+            try:
+                cur = json.loads(cur)
+            except ValueError:
+                return _MISSING
+        if not isinstance(cur, dict) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
+def canonical(obj: dict, fields: Fields, keep: frozenset | None = None) -> dict | None:
+    """The row as ingest reads it (``text``, ``id``, ``source``/``meta`` and other fields), under
+    the field mapping; None when the row has no text field. ``keep``: the only other top-level
+    fields that may become meta (Parquet's ``source``/``meta`` columns), None for all (JSONL)."""
+    if fields.default:
+        return obj if "text" in obj else None
+    text = get_path(obj, fields.text)
+    if text is _MISSING:
+        return None
+    out: dict = {}
+    if fields.meta is None:
+        tops = fields.tops()
+        out.update({k: v for k, v in obj.items() if k not in tops and (keep is None or k in keep)})
+    else:
+        meta = {}
+        for path in fields.meta:
+            v = get_path(obj, path)
+            if v is _MISSING:
+                continue
+            meta[path] = v
+            if path.rsplit(".", 1)[-1] in SOURCE_KEYS and v is not None and "source" not in out:
+                out["source"] = v
+        out["meta"] = meta
+    out["text"] = text
+    i = get_path(obj, fields.id)
+    if i is not _MISSING:
+        out["id"] = i
+    else:
+        out.pop("id", None)
+    return out
+
+
+def peek_fields(uri: str, name: str, rows: int = 5) -> list[str]:
+    """The fields the first ``rows`` rows of a shard hold (dotted paths one level into objects), or
+    a Parquet file's columns (and struct fields): what a field-mapping error shows."""
+    fmt = shard_format(name)
+    if fmt is None:
+        return []
+    kind, compression = fmt
+    fs, path = fs_and_path(uri)
+    seen: dict[str, None] = {}
+    try:
+        if kind == "parquet":
+            with fs.open(path, "rb") as f:
+                for field in pq.ParquetFile(f).schema_arrow:
+                    seen[field.name] = None
+                    if pa.types.is_struct(field.type):
+                        for child in field.type:
+                            seen[f"{field.name}.{child.name}"] = None
+            return list(seen)
+        with fs.open(path, "rb", compression=compression) as f:
+            for n, line in enumerate(_iter_lines(f)):
+                if n >= rows:
+                    break
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    for k, v in obj.items():
+                        seen[k] = None
+                        if isinstance(v, dict):
+                            for k2 in v:
+                                seen[f"{k}.{k2}"] = None
+    except Exception:  # a hint for an error message: never the error itself
+        pass
+    return list(seen)
+
+
+@dataclass(frozen=True)
 class ShardFile:
     key: str
     uri: str
@@ -453,7 +565,7 @@ def _scores_of(extractor, obj, row: int, name: str, b, preview: str):
         return False, None
 
 
-def _read_jsonl(f, b, name: str = "", extractor=None) -> int:
+def _read_jsonl(f, b, name: str = "", extractor=None, fields: Fields = DEFAULT_FIELDS) -> int:
     n = 0
     skip = frozenset(extractor.columns) if extractor is not None else frozenset()
     for row, line in enumerate(_iter_lines(f)):
@@ -475,11 +587,12 @@ def _read_jsonl(f, b, name: str = "", extractor=None) -> int:
         if not isinstance(obj, dict):
             b.bad(row, "not_an_object", _preview(s))
             continue
-        if "text" not in obj:
+        doc = canonical(obj, fields)
+        if doc is None:
             b.bad(row, "missing_text", _preview(s))
             continue
-        reason = _check_text(obj["text"])
-        if reason is None and "\ud800" <= max(obj["text"]) and _has_surrogate(obj["text"]):
+        reason = _check_text(doc["text"])
+        if reason is None and "\ud800" <= max(doc["text"]) and _has_surrogate(doc["text"]):
             reason = "invalid_utf8"
         if reason:
             b.bad(row, reason, _preview(s))
@@ -487,8 +600,8 @@ def _read_jsonl(f, b, name: str = "", extractor=None) -> int:
         ok, scores = _scores_of(extractor, obj, row, name, b, _preview(s))
         if not ok:
             continue
-        source, meta = _source_meta(obj, skip)
-        b.ok(row, _given_id(obj.get("id")), obj["text"], source, meta, scores)
+        source, meta = _source_meta(doc, skip)
+        b.ok(row, _given_id(doc.get("id")), doc["text"], source, meta, scores)
     return n
 
 
@@ -500,12 +613,19 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _read_parquet(f, b, name: str, extractor=None) -> int:
+def _read_parquet(f, b, name: str, extractor=None, fields: Fields = DEFAULT_FIELDS) -> int:
     pf = pq.ParquetFile(f)
     cols = pf.schema_arrow.names
-    if "text" not in cols:
-        raise ShardError(f"{name}: Parquet shard has no 'text' column (columns: {cols})")
-    want = [c for c in ("id", "text", "source", "meta") if c in cols]
+    text_col = fields.text.split(".")[0] if fields.text not in cols else fields.text
+    if text_col not in cols:
+        raise ShardError(f"{name}: Parquet shard has no {fields.text!r} column (columns: {cols}); "
+                         "set ingest.text_field to the column that holds the text")
+    if fields.meta is None:
+        want = [c for c in dict.fromkeys([text_col, fields.id.split(".")[0], "id", "source", "meta"]) if c in cols]
+    else:
+        want = [c for c in dict.fromkeys([text_col, fields.id.split(".")[0],
+                                          *(m.split(".")[0] if m not in cols else m for m in fields.meta)]) if c in cols]
+    keep = frozenset({"source", "meta"}) if fields.meta is None else None
     score_cols = []
     if extractor is not None:
         missing = [c for c in extractor.columns if c not in cols]
@@ -517,21 +637,23 @@ def _read_parquet(f, b, name: str, extractor=None) -> int:
     for batch in pf.iter_batches(batch_size=4096, columns=want + score_cols):
         data = batch.to_pydict()
         for i in range(batch.num_rows):
-            text = data["text"][i]
-            reason = _check_text(text)
+            obj = {k: data[k][i] for k in want}
+            doc = canonical(obj, fields, keep) if not fields.default else obj
+            text = doc.get("text", _MISSING) if doc is not None else _MISSING
+            reason = "missing_text" if text is _MISSING else _check_text(text)
             if reason:
-                b.bad(row, reason, "" if text is None else _preview(str(text)))
+                b.bad(row, reason, "" if text is None or text is _MISSING else _preview(str(text)))
             else:
-                obj = {k: data[k][i] for k in want + score_cols if k != "text"}
-                ok, scores = _scores_of(extractor, obj, row, name, b, _preview(str(text)))
+                full = {**obj, **{k: data[k][i] for k in score_cols}}
+                ok, scores = _scores_of(extractor, full, row, name, b, _preview(str(text)))
                 if ok:
-                    source, meta = _source_meta({k: obj[k] for k in want if k != "text"})
-                    b.ok(row, _given_id(obj.get("id")), text, source, meta, scores)
+                    source, meta = _source_meta({k: v for k, v in doc.items() if k != "text"})
+                    b.ok(row, _given_id(doc.get("id")), text, source, meta, scores)
             row += 1
     return row
 
 
-def _scan(uri: str, name: str, sink, extractor=None) -> int:
+def _scan(uri: str, name: str, sink, extractor=None, fields: Fields = DEFAULT_FIELDS) -> int:
     """Feed every row of the file to ``sink.ok`` / ``sink.bad``; returns rows read. Raises
     ``ShardError`` naming the file and the cause when the file as a whole is unreadable."""
     fmt = shard_format(name)
@@ -542,10 +664,10 @@ def _scan(uri: str, name: str, sink, extractor=None) -> int:
     try:
         if kind == "parquet":
             with fs.open(path, "rb") as f:
-                return _read_parquet(f, sink, name, extractor)
+                return _read_parquet(f, sink, name, extractor, fields)
         with fs.open(path, "rb", compression=compression) as raw:
             f = io.BufferedReader(raw, buffer_size=1 << 20) if not isinstance(raw, io.BufferedReader) else raw
-            return _read_jsonl(f, sink, name, extractor)
+            return _read_jsonl(f, sink, name, extractor, fields)
     except ShardError:
         raise
     except (EOFError, OSError, ValueError, pa.ArrowException) as e:
@@ -555,11 +677,11 @@ def _scan(uri: str, name: str, sink, extractor=None) -> int:
         raise ShardError(f"{name}: cannot read: {type(e).__name__}: {e}") from e
 
 
-def read_shard(uri: str, name: str | None = None, extractor=None) -> IngestResult:
+def read_shard(uri: str, name: str | None = None, extractor=None, fields: Fields = DEFAULT_FIELDS) -> IngestResult:
     """Read one shard into in-memory docs + quarantine tables (small files, tests, the CLI)."""
     name = name or uri.rstrip("/").rsplit("/", 1)[-1]
     b = _Builder(extractor.names if extractor is not None else ())
-    rows = _scan(uri, name, b, extractor)
+    rows = _scan(uri, name, b, extractor, fields)
     return b.finish(rows)
 
 
@@ -604,24 +726,24 @@ class _Shifted:
         self.sink.bad(row + self.offset, *args)
 
 
-def _scan_all(files: list[tuple[str, str]], sink, extractor=None) -> list[int]:
+def _scan_all(files: list[tuple[str, str]], sink, extractor=None, fields: Fields = DEFAULT_FIELDS) -> list[int]:
     rows, offset = [], 0
     for uri, name in files:
-        n = _scan(uri, name, _Shifted(sink, offset) if offset else sink, extractor)
+        n = _scan(uri, name, _Shifted(sink, offset) if offset else sink, extractor, fields)
         rows.append(n)
         offset += n
     return rows
 
 
 def ingest_shard(uri: str, name: str, docs_path: str, quarantine_path: str, batch_rows: int = 10_000,
-                 extractor=None, scores_path: str | None = None) -> IngestCounts:
+                 extractor=None, scores_path: str | None = None, fields: Fields = DEFAULT_FIELDS) -> IngestCounts:
     """Stream one shard file into local Parquet files; see :func:`ingest_files`."""
-    return ingest_files([(uri, name)], docs_path, quarantine_path, batch_rows, extractor, scores_path)
+    return ingest_files([(uri, name)], docs_path, quarantine_path, batch_rows, extractor, scores_path, fields=fields)
 
 
 def ingest_files(files: list[tuple[str, str]], docs_path: str, quarantine_path: str, batch_rows: int = 10_000,
                  extractor=None, scores_path: str | None = None,
-                 footers: dict[str, dict] | None = None) -> IngestCounts:
+                 footers: dict[str, dict] | None = None, fields: Fields = DEFAULT_FIELDS) -> IngestCounts:
     """Stream a shard, one file or a pack of files ``[(uri, name), ...]``, into local Parquet files
     (docs, quarantine, and with an ``extractor`` the precomputed scores) in batches.
 
@@ -634,7 +756,7 @@ def ingest_files(files: list[tuple[str, str]], docs_path: str, quarantine_path: 
     """
     footers = footers or {}
     first = _IdSink()
-    rows = _scan_all(files, first, extractor)
+    rows = _scan_all(files, first, extractor, fields)
     ids = assign_ids(first.given, first.hashes, first.raw_row)
     meta = dict(footers.get("docs") or {})
     if len(files) > 1:  # which rows came from which file, in the docs file's own footer
@@ -644,7 +766,7 @@ def ingest_files(files: list[tuple[str, str]], docs_path: str, quarantine_path: 
                          extractor.names if extractor is not None else (), meta or None,
                          footers.get("quarantine"), footers.get("scores"))
     try:
-        rows2 = _scan_all(files, second, extractor)
+        rows2 = _scan_all(files, second, extractor, fields)
     finally:
         second.close()
     for (_, name), a, b in zip(files, rows, rows2):

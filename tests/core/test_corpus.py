@@ -207,3 +207,53 @@ def test_a_pack_ingests_as_one_shard_and_each_row_finds_its_file(tmp_path):
     # a single file has no member list
     corpus.ingest_shard(files[0].uri, files[0].name, str(tmp_path / "e.parquet"), str(tmp_path / "f.parquet"))
     assert packs.pack_members_of(pq.read_schema(tmp_path / "e.parquet")) is None
+
+
+def test_field_mapping_reads_text_id_and_meta_from_nested_json_and_parquet(tmp_path):
+    """ingest.text_field / id_field / meta_fields: dotted paths into nested JSON, Parquet columns
+    and struct fields; without meta_fields every other field of a JSONL row is kept as meta."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from metarater_assets.core.corpus import Fields, read_shard
+
+    rows = [{"doc": {"body": "First text.", "lang": "en"}, "key": "a1", "meta": {"url": "u1", "source": "web"}},
+            {"doc": {"body": "Second text.", "lang": "de"}, "key": "a2", "meta": {"url": "u2", "source": "books"}},
+            {"doc": {"lang": "fr"}, "key": "a3"}]
+    p = tmp_path / "nested.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = read_shard(str(p), fields=Fields(text="doc.body", id="key", meta=("meta.url", "doc.lang")))
+    docs = res.docs.to_pylist()
+    assert [d["doc_id"] for d in docs] == ["a1", "a2"] and [d["text"] for d in docs] == ["First text.", "Second text."]
+    assert [json.loads(d["meta"]) for d in docs] == [{"meta.url": "u1", "doc.lang": "en"}, {"meta.url": "u2", "doc.lang": "de"}]
+    assert [d["source"] for d in docs] == ["unknown", "unknown"]  # meta.source was not named
+    assert res.quarantine.to_pylist()[0]["reason"] == "missing_text" and res.quarantine.num_rows == 1
+    # no meta_fields: every other field is meta, the source found in meta.source
+    res = read_shard(str(p), fields=Fields(text="doc.body", id="key"))
+    d = res.docs.to_pylist()[0]
+    assert d["source"] == "web" and json.loads(d["meta"]) == {"url": "u1", "source": "web"}
+    # Parquet: a raw_content column, a doc_id column and a meta struct
+    t = pa.table({"doc_id": ["x", "y"], "raw_content": ["Alpha text.", "Beta text."],
+                  "meta": [{"url": "p1", "source_domain": "a.org"}, {"url": "p2", "source_domain": "b.org"}]})
+    pq.write_table(t, tmp_path / "rp.parquet")
+    res = read_shard(str(tmp_path / "rp.parquet"), fields=Fields(text="raw_content", id="doc_id",
+                                                                   meta=("meta.source_domain",)))
+    docs = res.docs.to_pylist()
+    assert [(d["doc_id"], d["text"]) for d in docs] == [("x", "Alpha text."), ("y", "Beta text.")]
+    assert json.loads(docs[1]["meta"]) == {"meta.source_domain": "b.org"}
+    with pytest.raises(corpus.ShardError, match=r"no .text. column .*raw_content.*ingest.text_field"):
+        read_shard(str(tmp_path / "rp.parquet"))
+
+
+def test_init_finds_the_text_id_and_source_fields():
+    from metarater_assets.init import detect_fields
+
+    rows = [{"url": "https://a.org/1", "raw_content": "A long document " * 20, "doc_id": "d1",
+             "meta": {"redpajama_set_name": "cc"}},
+            {"url": "https://a.org/2", "raw_content": "Another long one " * 20, "doc_id": "d2",
+             "meta": {"redpajama_set_name": "cc"}}]
+    assert {k: v for k, v in detect_fields(rows).items() if k != "fields"} == {
+        "text": "raw_content", "id": "doc_id", "source": "meta.redpajama_set_name"}
+    # no known name: the string field with the longest values; an id that repeats is not an id
+    rows = [{"title": "t", "passage_html": "x" * 300, "id": "same"}, {"title": "u", "passage_html": "y" * 200, "id": "same"}]
+    assert detect_fields(rows)["text"] == "passage_html" and detect_fields(rows)["id"] is None

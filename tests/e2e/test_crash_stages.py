@@ -34,6 +34,12 @@ def _run(stage: str, env: dict, timeout: int = 600) -> subprocess.CompletedProce
     return subprocess.run(CMD + [stage], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _ok(stage: str, env: dict) -> None:
+    """Run a stage and fail with its output when it fails."""
+    out = _run(stage, env)
+    assert out.returncode == 0, f"metarater run --stage {stage} exited {out.returncode}:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+
+
 def _complete(folder: Path, suffix: str) -> list[Path]:
     return sorted(p for p in folder.glob(f"*{suffix}") if ".tmp-" not in p.name) if folder.exists() else []
 
@@ -59,14 +65,14 @@ def test_sigkill_in_scoring_proxies_and_curation_then_rerun_equals_uninterrupted
     work.mkdir()
     home = work / "home"
     env = _env(work, raw, cfg)
-    assert _run("ingest", env).returncode == 0
+    _ok("ingest", env)
 
     # 1. scoring: killed after writing a score table's bytes, before the commit
     crashed = _run("scores", _env(work, raw, cfg, METARATER_CRASH_BEFORE_COMMIT="/rpv2_scores/"))
     assert crashed.returncode == -signal.SIGKILL
     assert _complete(home / "storage" / "rpv2_scores", ".parquet") == []
     assert list((home / "storage" / "rpv2_scores").glob("*.tmp-*"))  # it really died mid-commit
-    assert _run("scores", env).returncode == 0
+    _ok("scores", env)
     for p in _complete(ref / "storage" / "rpv2_scores", ".parquet"):
         assert pq.read_table(home / "storage" / "rpv2_scores" / p.name).equals(pq.read_table(p))
 
@@ -83,7 +89,7 @@ def test_sigkill_in_scoring_proxies_and_curation_then_rerun_equals_uninterrupted
     assert killed, "no proxy checkpoint appeared before the deadline"
     outputs = home / "storage" / "proxy_run"
     assert not any((outputs / f"{k}.json").exists() for k in killed)  # no result for an unfinished run
-    assert _run("proxies", env).returncode == 0
+    _ok("proxies", env)
     ref_runs = {p.name: json.loads(p.read_text()) for p in _complete(ref / "storage" / "proxy_run", ".json")}
     got_runs = {p.name: json.loads(p.read_text()) for p in _complete(outputs, ".json")}
     assert set(got_runs) == set(ref_runs) and len(got_runs) == 4
@@ -93,11 +99,11 @@ def test_sigkill_in_scoring_proxies_and_curation_then_rerun_equals_uninterrupted
         assert got_runs[name]["target_loss"] == pytest.approx(r["target_loss"], abs=1e-6), name
 
     # 3. curation: killed after a curated shard's bytes are written, before the commit
-    assert _run("regressor", env).returncode == 0
+    _ok("regressor", env)
     crashed = _run("curated", _env(work, raw, cfg, METARATER_CRASH_BEFORE_COMMIT="/curated/"))
     assert crashed.returncode == -signal.SIGKILL
     assert _complete(home / "curated", ".parquet") == [] and not (home / "curated" / "_manifest.json").exists()
-    assert _run("curated", env).returncode == 0
+    _ok("curated", env)
     ref_files = _complete(ref / "curated", ".parquet")
     assert [p.name for p in _complete(home / "curated", ".parquet")] == [p.name for p in ref_files]
     for p in ref_files:

@@ -1,0 +1,311 @@
+"""The controlled benchmark: a pool where the right answer is known.
+
+Clean documents from sources the sample pool does not use (the corpus's book chapters,
+encyclopedic entries and mathematical software manuals, ``targets/``), split by a hash of the
+document id into a disjoint **clean target** (a validation set of ``role: quality``), an
+in-distribution sample and the pool. A known share of the pool (40% by default) is corrupted,
+each corrupted document with one of five defects, each of which a different score moves:
+
+* ``word_salad``  the words of every line shuffled (n-gram statistics: DSIR)
+* ``boilerplate`` a subscription notice repeated until it is about half the document (the
+                  top-n-gram fractions, the share of unique words)
+* ``char_noise``  a fifth of the letters replaced by digits and symbols (words without letters,
+                  unigram entropy)
+* ``spam_lines``  an upper-case advertisement after every line (upper-case fraction, terminal
+                  punctuation)
+* ``fragments``   a few words cut out of mid-sentence (word and sentence counts, terminal
+                  punctuation)
+
+DSIR's targets are the reference prose of the corpus (kernel and Python documentation, FOLDOC,
+the Jargon File, Webster), so no score is told what the clean pool looks like. Then the whole
+chain runs as a user runs it (``metarater run --stage evaluation`` with the demo config, PRRC
+left out: it needs labels of this pool), and this script reports
+
+* the defective share (documents and tokens) of the curated selection, of a random selection of
+  the same size (the planted share), and of each single score's selection (its top 15% of tokens,
+  in its configured orientation), per defect kind;
+* the evaluation's paired verdicts (curated vs random, curated vs the best single score) on the
+  clean target, and tokens to target.
+
+    python bench/controlled.py [--work DIR] [--share 0.4] [--seed 0] [--config configs/demo.yaml]
+                               [--set proxies.n=128 ...] [--reuse]
+
+It writes its section of bench/RESULTS.md and ``DIR/controlled.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import REPO, SHARED, machine, write_section  # noqa: E402
+
+KINDS = ("word_salad", "boilerplate", "char_noise", "spam_lines", "fragments")
+BOILER = "Subscribe to our newsletter for the latest updates, offers and news from our partners."
+SPAM = "BUY CHEAP WATCHES NOW LIMITED OFFER CLICK HERE FREE SHIPPING"
+NOISE = "0123456789#@%&*$~^|"
+
+
+def _rng(doc_id: str, seed: int) -> random.Random:
+    return random.Random(int(hashlib.sha1(f"{seed}:{doc_id}".encode()).hexdigest()[:16], 16))
+
+
+def corrupt(text: str, kind: str, rng: random.Random) -> str:
+    """``text`` with one defect (deterministic in ``rng``)."""
+    lines = text.split("\n")
+    if kind == "word_salad":
+        out = []
+        for line in lines:
+            words = line.split()
+            rng.shuffle(words)
+            out.append(" ".join(words))
+        return "\n".join(out)
+    if kind == "boilerplate":
+        n = max(3, len(text) // (len(BOILER) + 1))
+        return text + "\n" + "\n".join([BOILER] * n)
+    if kind == "char_noise":
+        chars = list(text)
+        for i, c in enumerate(chars):
+            if c.isalpha() and rng.random() < 0.2:
+                chars[i] = rng.choice(NOISE)
+        return "".join(chars)
+    if kind == "spam_lines":
+        return "\n".join(x for line in lines for x in (line, SPAM))
+    if kind == "fragments":
+        words = text.split()
+        k = min(len(words), rng.randint(6, 14))
+        start = rng.randint(0, max(0, len(words) - k))
+        frag = " ".join(words[start:start + k])
+        return re.sub(r"[.!?:;,]+$", "", frag)
+    raise ValueError(kind)
+
+
+def _read(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def _part(doc_id: str, seed: int) -> float:
+    return int(hashlib.sha1(f"split:{seed}:{doc_id}".encode()).hexdigest()[:12], 16) / 16 ** 12
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def build(work: Path, corpus: Path, share: float, seed: int, shards: int = 4) -> dict:
+    """The controlled pool, its clean target, in-distribution sample and DSIR targets under ``work``;
+    returns the ground truth ``{doc_id: kind or "clean"}`` (kept out of the pool's files)."""
+    clean = [r for name in ("books", "wiki", "math") for r in _read(corpus / "targets" / f"{name}.jsonl.gz")]
+    target, indist, pool = [], [], []
+    for r in clean:
+        u = _part(r["id"], seed)
+        (target if u < 0.15 else indist if u < 0.25 else pool).append(r)
+    truth = {}
+    rng = random.Random(seed)
+    order = list(range(len(pool)))
+    rng.shuffle(order)
+    kinds = {i: KINDS[rank % len(KINDS)] for rank, i in enumerate(order[: int(round(share * len(pool)))])}
+    rows = []
+    for i, r in enumerate(pool):
+        kind = kinds.get(i, "clean")
+        text = corrupt(r["text"], kind, _rng(r["id"], seed)) if kind != "clean" else r["text"]
+        truth[r["id"]] = kind
+        rows.append({"id": r["id"], "text": text, "meta": {"source": r.get("meta", {}).get("source", "clean")}})
+    # the in-distribution sample is corrupted like the pool (the pool's own text)
+    ind_rows = []
+    for r in indist:
+        kind = KINDS[_rng(r["id"], seed + 1).randrange(len(KINDS))] if _rng(r["id"], seed + 2).random() < share else None
+        ind_rows.append({"id": r["id"], "text": corrupt(r["text"], kind, _rng(r["id"], seed)) if kind else r["text"]})
+    order_rows = sorted(rows, key=lambda r: _part(r["id"], seed + 3))  # shards mix sources and defects
+    per = -(-len(order_rows) // shards)
+    for s in range(shards):
+        _write(work / "raw" / f"shard-{s:04d}.jsonl.gz", order_rows[s * per:(s + 1) * per])
+    _write(work / "clean_target.jsonl.gz", [{"id": r["id"], "text": r["text"]} for r in target])
+    _write(work / "in_distribution.jsonl.gz", ind_rows)
+    ref = _read(corpus / "reference.jsonl.gz")
+    groups = {"books": ("linux-doc",), "wiki": ("foldoc", "jargon", "gcide"), "math": ("python-doc",)}
+    for name, sources in groups.items():
+        _write(work / "dsir" / f"{name}.jsonl.gz", [r for r in ref if r.get("meta", {}).get("source") in sources])
+    (work / "truth.json").write_text(json.dumps(truth))
+    return truth
+
+
+def write_config(work: Path, base: Path, overrides: list[str]) -> Path:
+    cfg = yaml.safe_load(base.read_text())
+    cfg["raters"] = ["rpv2", "dsir"]
+    cfg["dsir"]["targets"] = {n: str(work / "dsir" / f"{n}.jsonl.gz") for n in ("books", "wiki", "math")}
+    cfg["validation"]["sets"] = {
+        "clean": {"uri": str(work / "clean_target.jsonl.gz"), "role": "quality"},
+        "in_distribution": {"uri": str(work / "in_distribution.jsonl.gz"), "role": "in_distribution"}}
+    cfg.pop("prrc", None)  # PRRC needs labels of this pool
+    cfg.setdefault("model_raters", {})["scores"] = []
+    if cfg.get("model_raters", {}).get("registry"):
+        cfg["model_raters"]["registry"] = str((base.parent / cfg["model_raters"]["registry"]).resolve())
+    for o in overrides:
+        path, value = o.split("=", 1)
+        node = cfg
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    out = work / "metarater.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def selections(home: Path, config: Path, raw: Path) -> dict:
+    """Kept document ids of the curated weights, and of each single score's top fraction."""
+    os.environ.update(METARATER_HOME=str(home), METARATER_CONFIG=str(config), METARATER_RAW_URI=str(raw))
+    from metarater_assets.core import scan
+    from metarater_assets.core import storage as st
+    from metarater_assets.pool import normalisation, pool_files
+    from resources import Settings
+
+    from metarater_assets.report import _cfg_settings
+
+    settings = Settings.from_env()
+    mc = _cfg_settings(settings)
+    cfg = mc.load()
+    stats = st.read_json(f"{settings.storage_uri}/score_stats.json")
+    sel = st.read_json(f"{settings.storage_uri}/curated_selection.json")
+    norm = normalisation(stats)
+    files = pool_files(mc, stats)
+    names = list(norm.names)
+    W = np.zeros((len(names), 1 + len(names)))
+    W[:, 0] = [sel["weights"][sel["names"].index(n)] for n in names]
+    for i in range(len(names)):
+        W[i, 1 + i] = 1.0
+    cur = cfg.curation
+    cuts = scan.cuts(files, norm, W, totals=(stats["docs"], stats["tokens"]), fraction=cur["fraction"],
+                     by=cur["fraction_of"], token_budget=cur.get("token_budget"))
+    kept = {c: [] for c in ["curated", *names]}
+    tokens = {}
+    for key, c, t in scan.combined(files, norm, W, extra=["doc_id"]):
+        ids = t.column("doc_id").to_pylist()
+        n = t.column("n_tokens").to_numpy()
+        tokens.update(zip(ids, n.tolist()))
+        for p, col in enumerate(["curated", *names]):
+            mask = cuts[p].keep(key, c[:, p])
+            kept[col] += [i for i, k in zip(ids, mask) if k]
+    return {"kept": kept, "tokens": tokens, "weights": dict(zip(sel["names"], sel["weights"])),
+            "weights_from": sel.get("weights_from")}
+
+
+def shares(ids: list[str], truth: dict, tokens: dict) -> dict:
+    docs = len(ids)
+    tok = sum(tokens[i] for i in ids)
+    out = {"docs": docs, "tokens": tok,
+           "defective_docs": sum(truth[i] != "clean" for i in ids) / max(docs, 1),
+           "defective_tokens": sum(tokens[i] for i in ids if truth[i] != "clean") / max(tok, 1)}
+    for k in KINDS:
+        out[k] = sum(tokens[i] for i in ids if truth[i] == k) / max(tok, 1)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/metarater-controlled")
+    ap.add_argument("--share", type=float, default=0.4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                    help="config override, e.g. proxies.n=128 (recorded in the results)")
+    ap.add_argument("--reuse", action="store_true", help="keep the work folder's state (an incremental run)")
+    ap.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    corpus = SHARED if (SHARED / "targets").is_dir() else REPO / "data" / "sample"
+    if not a.reuse and work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    truth = build(work, corpus, a.share, a.seed)
+    config = write_config(work, Path(a.config), a.set)
+    env = {**os.environ, "METARATER_HOME": str(work / "home"), "METARATER_CONFIG": str(config),
+           "METARATER_RAW_URI": str(work / "raw")}
+    t0 = time.time()
+    cli = str(Path(sys.executable).parent / "metarater")
+    rc = subprocess.call([cli, "run", "--stage", "evaluation"], env=env)
+    wall = time.time() - t0
+    if rc != 0:
+        print(f"metarater run failed (exit {rc})", file=sys.stderr)
+        return rc
+    rep = json.loads(subprocess.check_output([cli, "report", "--json"], env=env))
+    s = selections(work / "home", config, work / "raw")
+    res = {"pool_docs": len(truth), "planted_share": a.share, "overrides": a.set, "wall_s": wall,
+           "curated": shares(s["kept"]["curated"], truth, s["tokens"]),
+           "pool": shares(list(truth), truth, s["tokens"]),
+           "singles": {n: shares(ids, truth, s["tokens"]) for n, ids in s["kept"].items() if n != "curated"},
+           "weights": s["weights"], "weights_from": s["weights_from"], "evaluation": rep.get("evaluation"),
+           "regressor": rep.get("regressor"), "tier2": {k: v for k, v in rep.get("proxies", {}).items()
+                                                       if k.startswith("tier")}}
+    (work / "controlled.json").write_text(json.dumps(res, indent=2))
+    text = report(res)
+    print(text)
+    if not a.no_write:
+        write_section("controlled", text)
+    return 0
+
+
+def report(res: dict) -> str:
+    ev = res["evaluation"] or {}
+    lines = ["## Controlled benchmark: a pool where the right answer is known (`bench/controlled.py`)", "",
+             f"`python bench/controlled.py{''.join(' --set ' + o for o in res['overrides'])}` on {machine()}: "
+             f"{res['pool_docs']} pool documents, {res['planted_share']:.0%} corrupted (one of "
+             f"{len(KINDS)} defects each), the demo config with PRRC left out; the whole chain took "
+             f"{res['wall_s'] / 60:.1f} min.", "",
+             "Defective share of each selection (by tokens; a selection is 15% of the pool's tokens):", "",
+             "| selection | defective (tokens) | defective (docs) | " + " | ".join(KINDS) + " |",
+             "|---|---|---|" + "---|" * len(KINDS)]
+
+    def row(name, s):
+        return (f"| {name} | {s['defective_tokens']:.1%} | {s['defective_docs']:.1%} | "
+                + " | ".join(f"{s[k]:.1%}" for k in KINDS) + " |")
+
+    lines.append(row("pool (= random, in expectation)", res["pool"]))
+    lines.append(row(f"**curated** ({res['weights_from']})", res["curated"]))
+    for n, s in sorted(res["singles"].items(), key=lambda kv: kv[1]["defective_tokens"]):
+        lines.append(row(f"single: {n}", s))
+    if ev:
+        lines += ["", f"Evaluation on the clean target ({ev.get('target')}), paired by seed "
+                      f"({len(ev.get('seeds', []))} seeds):", ""]
+        for arm, c in (ev.get("comparisons") or {}).items():
+            lines.append(f"- curated vs {arm}: better by {c['mean']:+.4f} nats, 95% CI [{c['ci'][0]:+.4f}, "
+                         f"{c['ci'][1]:+.4f}], {c['in_sds']:.1f} SD of the paired differences: **{c['verdict']}**")
+        lines.append(f"- losses: curated {np.mean(ev['curated_loss']):.4f}, random {np.mean(ev['random_loss']):.4f}, "
+                     f"best single score ({ev['single_best_score']}) {np.mean(ev['single_best_loss']):.4f}")
+        for t in ev.get("tokens_to_target") or []:
+            lines.append(f"- tokens to target, seed {t['seed']}: curated reaches random's final loss at "
+                         + (f"{t['ratio']:.2f}x its tokens" if t["ratio"] is not None else "no point (not reached)"))
+    r = res.get("regressor") or {}
+    if r:
+        lines.append(f"- regressor: {r.get('model')}, held-out Spearman {r.get('heldout_spearman')}")
+    t2 = res.get("tier2") or {}
+    if t2.get("tier2_optimum"):
+        o = t2["tier2_optimum"]
+        lines.append(f"- tier 2: predicted optimum ranks {o['rank']} of {o['of']}")
+    top = sorted(res["weights"].items(), key=lambda kv: -kv[1])[:6]
+    lines.append("- curated weights (top 6): " + ", ".join(f"{k} {v:.3f}" for k, v in top))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
