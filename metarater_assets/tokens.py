@@ -20,27 +20,69 @@ TOKEN_ROW_GROUP = 1024  # doc_tokens row groups: a training-data writer reads on
 DIGEST_KEY = b"metarater.digest"  # a content digest in a per-shard file's footer
 
 
+#: the tokenizer sample's hash seed (part of the tokenizer's code version)
+SAMPLE_SEED = 0
+
+
+def sample_hashes(key: str, doc_ids, seed: int = SAMPLE_SEED) -> np.ndarray:
+    """A seeded 64-bit hash per document of shard ``key``: the tokenizer sample keeps the lowest."""
+    prefix = f"{seed}:{key}:"
+    return np.fromiter((xxhash.xxh3_64_intdigest((prefix + str(i)).encode()) for i in doc_ids), dtype=np.uint64,
+                       count=len(doc_ids))
+
+
+def sample_threshold(hash_batches, limit: int) -> int | None:
+    """The largest hash among the ``limit`` lowest of every batch (None: the pool has no more than
+    ``limit`` documents, keep them all). Memory: ``limit`` hashes plus one batch."""
+    best = np.empty(0, dtype=np.uint64)
+    total = 0
+    for h in hash_batches:
+        total += len(h)
+        best = np.concatenate([best, h])
+        if len(best) > limit:
+            best = np.partition(best, limit - 1)[:limit]
+    if total <= limit:
+        return None
+    return int(best.max())
+
+
+def _open_checked(settings: MetaraterConfig, key: str, tracer: identity.Tracer):
+    fs, path = st.fs_and_path(settings.files.uri("raw_docs", key))
+    f = fs.open(path, "rb")
+    pf = pq.ParquetFile(f)
+    found = (pf.schema_arrow.metadata or {}).get(identity.FOOTER)
+    tracer.check_file("raw_docs", key, found.decode() if found else None, settings.files.uri("raw_docs", key))
+    return f, pf
+
+
 def _texts(settings: MetaraterConfig, keys: list[str], limit: int, tracer: identity.Tracer):
-    """Pool texts in shard order, streamed batch by batch (the tokenizer's training sample)."""
-    n = 0
+    """The tokenizer's training sample, streamed: the ``limit`` documents of the whole pool with
+    the lowest seeded hash of (shard, doc id), so a pool sorted by source gives a tokenizer of every
+    source. Two passes: the doc ids (for the hash threshold), then the texts under it."""
+    def ids():
+        for key in keys:
+            f, pf = _open_checked(settings, key, tracer)
+            with f:
+                for batch in pf.iter_batches(batch_size=65536, columns=["doc_id"]):
+                    yield sample_hashes(key, batch.column(0).to_pylist())
+
+    cut = sample_threshold(ids(), limit)
     for key in keys:
-        fs, path = st.fs_and_path(settings.files.uri("raw_docs", key))
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            found = (pf.schema_arrow.metadata or {}).get(identity.FOOTER)
-            tracer.check_file("raw_docs", key, found.decode() if found else None, settings.files.uri("raw_docs", key))
-            for batch in pf.iter_batches(batch_size=1000, columns=["text"]):
-                for t in batch.column(0).to_pylist():
-                    if n >= limit:
-                        return
-                    n += 1
-                    yield t
+        f, pf = _open_checked(settings, key, tracer)
+        with f:
+            for batch in pf.iter_batches(batch_size=1000, columns=["doc_id", "text"]):
+                texts = batch.column(1).to_pylist()
+                if cut is None:
+                    yield from texts
+                    continue
+                keep = sample_hashes(key, batch.column(0).to_pylist()) <= np.uint64(cut)
+                yield from (t for t, k in zip(texts, keep) if k)
 
 
-@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tokenizer-2",
+@dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tokenizer-3",
           deps=[dg.AssetDep("raw_docs", partition_mapping=dg.AllPartitionMapping())],
           description="Byte-level BPE trained with HF tokenizers on a streamed sample of the pool "
-                      "(the first tokenizer.sample_docs documents in shard order; saved with "
+                      "(tokenizer.sample_docs documents spread over every shard by a seeded hash; saved with "
                       "save_pretrained), or the HF tokenizer named by tokenizer.path (then nothing "
                       "of the pool is read). Refit on request.")
 def tokenizer(context: dg.AssetExecutionContext, settings: MetaraterConfig):
