@@ -101,7 +101,7 @@ def test_sigkill_in_scoring_proxies_and_curation_then_rerun_equals_uninterrupted
     # 3. curation: killed after a curated shard's bytes are written, before the commit
     _ok("regressor", env)
     crashed = _run("curated", _env(work, raw, cfg, METARATER_CRASH_BEFORE_COMMIT="/curated/"))
-    assert crashed.returncode == -signal.SIGKILL
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout[-4000:] + crashed.stderr[-4000:]
     assert _complete(home / "curated", ".parquet") == [] and not (home / "curated" / "_manifest.json").exists()
     _ok("curated", env)
     ref_files = _complete(ref / "curated", ".parquet")
