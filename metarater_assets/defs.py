@@ -177,7 +177,7 @@ def _config_parts(c) -> dict:
                  *(() if cur.get("weights", "optimal") == "optimal" else (cur["weights"],)))
     # what a weight vector selects and how its proxy is trained: the orientation flips scores in the
     # normalisation, so every vector's selection moves with it
-    model_cfg = (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget, p.seed, sorted(c.orientation.items()))
+    model_cfg = (p.fraction, p.fraction_of, p.kind, p.preset, p.token_budget, p.seed, sorted(c.orientations.items()))
     sets = {name: content(uri) for name, uri in c.validation_sets.items()}
     tokenizer_ = (c.tokenizer_vocab_size, c.tokenizer_path, _file_digest(c.tokenizer_path), c.tokenizer_sample_docs)
     # what a proxy's loss is measured on (both tiers)
@@ -194,7 +194,7 @@ def _config_parts(c) -> dict:
         "dsir_model": (c.dsir.buckets, {name: content(uri) for name, uri in c.dsir.targets.items()}),
         "tokenizer": tokenizer_,
         "validation_tokens": (sets, c.validation_max_docs, c.validation_held_out),
-        "score_stats": (c.score_names, c.stats_sample_docs, sorted(c.orientation.items())),
+        "score_stats": (c.score_names, c.stats_sample_docs, sorted(c.orientations.items())),
         "proxy_plan": (c.score_names, p.n, p.seed, p.single_score_runs),
         "orientation_plan": (c.score_names, c.auto_oriented, p.seed),
         "orientation_data": model_cfg,

@@ -26,7 +26,7 @@ def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
     if "precomputed" in wanted and not cfg.precomputed:
         raise ValueError("--raters precomputed needs a config with a precomputed.scores mapping (--config)")
     try:
-        res = corpus.read_shard(inp, extractor=extractor)
+        res = corpus.read_shard(inp, extractor=extractor, fields=cfg.fields or corpus.DEFAULT_FIELDS)
     except corpus.ShardError as e:
         raise ValueError(str(e)) from None
     ids, texts = res.docs.column("doc_id"), res.docs.column("text").to_pylist()

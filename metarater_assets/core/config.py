@@ -195,7 +195,21 @@ class Config:
         return {n: self.registry[n] for n in self.model_scores if n not in self.trained_scores}
 
     def orientation_of(self, name: str) -> str:
-        return self.orientation.get(name, self.orientation.get("default", "high"))
+        """A score's direction: as ``scores.orientation`` names it, else its ``default`` there, else
+        the score's known direction (``low`` for the RPv2 signals in ``signals.LOWER_IS_BETTER``),
+        else ``high``."""
+        if name in self.orientation:
+            return self.orientation[name]
+        if "default" in self.orientation:
+            return self.orientation["default"]
+        from .signals import LOWER_IS_BETTER
+
+        return "low" if name in LOWER_IS_BETTER else "high"
+
+    @property
+    def orientations(self) -> dict[str, str]:
+        """The direction of every active score (what the normalisation flips)."""
+        return {n: self.orientation_of(n) for n in self.score_names}
 
     @property
     def auto_oriented(self) -> tuple[str, ...]:

@@ -46,6 +46,20 @@ NULLABLE: frozenset[str] = frozenset(
         "rps_lines_ending_with_terminal_punctution_mark",
     }
 )
+#: Signals whose LOW values mark good text: the quality rules they come from (Gopher's repetition
+#: and symbol rules, RedPajama-V2's line filters) reject documents where they are high. Unless
+#: ``scores.orientation`` says otherwise, they are flipped (``low``) in the normalisation, so a
+#: positive weight favours low values: with non-negative weights a signal used the wrong way round
+#: can only select for the defect it measures (bench/controlled.py).
+LOWER_IS_BETTER: frozenset[str] = frozenset(
+    {
+        "rps_doc_frac_no_alph_words",  # words without a letter: symbol and number noise
+        "rps_lines_uppercase_letter_fraction",  # shouting, spam
+        "rps_doc_frac_chars_top_2gram",  # repeated phrases, boilerplate
+        "rps_doc_frac_chars_top_3gram",
+        "rps_lines_numerical_chars_fraction",  # tables of numbers, ids
+    }
+)
 #: Integer-valued signals (stored as int64); the rest are float64.
 INTEGER_SIGNALS: frozenset[str] = frozenset({"rps_doc_word_count"})
 

@@ -151,3 +151,19 @@ def test_validation_roles_pick_the_target():
     raw["validation"]["sets"]["reference"]["role"] = "gold"
     with pytest.raises(ConfigError, match=r"validation.sets.reference.role must be one of \['quality', 'in_distribution'\]"):
         parse_config(raw, str(REPO / "configs"))
+
+
+def test_lower_is_better_signals_are_flipped_unless_the_config_says_otherwise():
+    """The RPv2 signals the quality rules reject when high are ``low`` by default; a per-score
+    orientation or an explicit ``default`` overrides that, and every other score is ``high``."""
+    raw = _demo()
+    raw.pop("scores", None)
+    cfg = parse_config(raw, str(REPO / "configs"))
+    low = {n for n, o in cfg.orientations.items() if o == "low"}
+    assert low == {"rps_doc_frac_no_alph_words", "rps_lines_uppercase_letter_fraction", "rps_doc_frac_chars_top_2gram",
+                   "rps_doc_frac_chars_top_3gram", "rps_lines_numerical_chars_fraction"}
+    assert cfg.orientation_of("rps_doc_unigram_entropy") == "high" and cfg.orientation_of("dsir_books") == "high"
+    raw["scores"] = {"orientation": {"rps_doc_frac_chars_top_2gram": "high"}}
+    assert parse_config(raw, str(REPO / "configs")).orientation_of("rps_doc_frac_chars_top_2gram") == "high"
+    raw["scores"] = {"orientation": {"default": "high"}}  # the paper's raw use: every score as it is
+    assert set(parse_config(raw, str(REPO / "configs")).orientations.values()) == {"high"}
