@@ -45,6 +45,7 @@ bench: install
 	$(PY) bench/run.py
 	$(PY) bench/control.py
 	$(PY) bench/scale.py
+	$(PY) bench/controlled.py
 
 clean:
 	rm -rf .metarater
