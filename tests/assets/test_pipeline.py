@@ -116,7 +116,7 @@ def test_changing_a_scores_orientation_retrains_the_proxies_on_the_flipped_selec
     settings, instance, cfg_path = clone(pipeline, tmp_path)
     before = {p.name: json.load(open(p))["selection"] for p in (Path(settings.storage_uri) / "proxy_run").glob("*.json")}
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.setdefault("scores", {})["orientation"] = {"rps_doc_frac_no_alph_words": "low"}
+    cfg.setdefault("scores", {})["orientation"] = {"rps_doc_word_count": "low"}  # high by default
     cfg_path.write_text(yaml.safe_dump(cfg))
     summary = run_pipeline(settings, "curated", instance=instance, echo=lambda m: None)
     done = {k for k, _ in summary.materialised}
