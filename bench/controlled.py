@@ -18,8 +18,8 @@ each corrupted document with one of five defects, each of which a different scor
 
 DSIR's targets are the reference prose of the corpus (kernel and Python documentation, FOLDOC,
 the Jargon File, Webster), so no score is told what the clean pool looks like. Then the whole
-chain runs as a user runs it (``metarater run --stage evaluation`` with the demo config, PRRC
-left out: it needs labels of this pool), and this script reports
+chain runs as a user runs it (``metarater run --stage evaluation`` with the demo config), and this
+script reports
 
 * the defective share (documents and tokens) of the curated selection, of a random selection of
   the same size (the planted share), and of each single score's selection (its top 15% of tokens,
@@ -27,8 +27,11 @@ left out: it needs labels of this pool), and this script reports
 * the evaluation's paired verdicts (curated vs random, curated vs the best single score) on the
   clean target, and tokens to target.
 
+The PRRC model raters are trained on the demo's bundled labels (rows that carry their text) and
+score this pool as any other; ``--no-prrc`` leaves them out (RPv2 and DSIR only).
+
     python bench/controlled.py [--work DIR] [--share 0.4] [--seed 0] [--config configs/demo.yaml]
-                               [--set proxies.n=128 ...] [--reuse]
+                               [--set proxies.n=128 ...] [--reuse] [--no-prrc]
 
 It writes its section of bench/RESULTS.md and ``DIR/controlled.json``.
 """
@@ -147,15 +150,20 @@ def build(work: Path, corpus: Path, share: float, seed: int, shards: int = 4) ->
     return truth
 
 
-def write_config(work: Path, base: Path, overrides: list[str]) -> Path:
+def write_config(work: Path, base: Path, overrides: list[str], prrc: bool = True) -> Path:
     cfg = yaml.safe_load(base.read_text())
     cfg["raters"] = ["rpv2", "dsir"]
     cfg["dsir"]["targets"] = {n: str(work / "dsir" / f"{n}.jsonl.gz") for n in ("books", "wiki", "math")}
     cfg["validation"]["sets"] = {
         "clean": {"uri": str(work / "clean_target.jsonl.gz"), "role": "quality"},
         "in_distribution": {"uri": str(work / "in_distribution.jsonl.gz"), "role": "in_distribution"}}
-    cfg.pop("prrc", None)  # PRRC needs labels of this pool
-    cfg.setdefault("model_raters", {})["scores"] = []
+    if prrc and cfg.get("prrc", {}).get("labels"):
+        # the PRRC rater is trained on the demo's bundled labels (their rows carry the text) and
+        # scores this pool like any other: what a user without labels of their own pool does
+        cfg["prrc"]["labels"] = str((base.parent / cfg["prrc"]["labels"]).resolve())
+    else:
+        cfg.pop("prrc", None)
+        cfg.setdefault("model_raters", {})["scores"] = []
     if cfg.get("model_raters", {}).get("registry"):
         cfg["model_raters"]["registry"] = str((base.parent / cfg["model_raters"]["registry"]).resolve())
     for o in overrides:
@@ -228,6 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                     help="config override, e.g. proxies.n=128 (recorded in the results)")
     ap.add_argument("--reuse", action="store_true", help="keep the work folder's state (an incremental run)")
+    ap.add_argument("--no-prrc", action="store_true", help="leave the PRRC model raters out (RPv2 and DSIR only)")
     ap.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     a = ap.parse_args(argv)
     work = Path(a.work)
@@ -238,7 +247,7 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     truth = build(work, corpus, a.share, a.seed)
-    config = write_config(work, Path(a.config), a.set)
+    config = write_config(work, Path(a.config), a.set, prrc=not a.no_prrc)
     env = {**os.environ, "METARATER_HOME": str(work / "home"), "METARATER_CONFIG": str(config),
            "METARATER_RAW_URI": str(work / "raw")}
     t0 = time.time()
@@ -250,7 +259,8 @@ def main(argv=None) -> int:
         return rc
     rep = json.loads(subprocess.check_output([cli, "report", "--json"], env=env))
     s = selections(work / "home", config, work / "raw")
-    res = {"pool_docs": len(truth), "planted_share": a.share, "overrides": a.set, "wall_s": wall,
+    res = {"pool_docs": len(truth), "planted_share": a.share, "overrides": a.set + (["--no-prrc"] if a.no_prrc else []),
+           "prrc": not a.no_prrc, "wall_s": wall,
            "curated": shares(s["kept"]["curated"], truth, s["tokens"]),
            "pool": shares(list(truth), truth, s["tokens"]),
            "singles": {n: shares(ids, truth, s["tokens"]) for n, ids in s["kept"].items() if n != "curated"},
@@ -268,9 +278,10 @@ def main(argv=None) -> int:
 def report(res: dict) -> str:
     ev = res["evaluation"] or {}
     lines = ["## Controlled benchmark: a pool where the right answer is known (`bench/controlled.py`)", "",
-             f"`python bench/controlled.py{''.join(' --set ' + o for o in res['overrides'])}` on {machine()}: "
+             f"`python bench/controlled.py{''.join((' --set ' + o) if '=' in o else (' ' + o) for o in res['overrides'])}` on {machine()}: "
              f"{res['pool_docs']} pool documents, {res['planted_share']:.0%} corrupted (one of "
-             f"{len(KINDS)} defects each), the demo config with PRRC left out; the whole chain took "
+             f"{len(KINDS)} defects each), the demo config"
+             f"{' (PRRC rater trained on the bundled labels)' if res.get('prrc', True) else ' with PRRC left out'}; the whole chain took "
              f"{res['wall_s'] / 60:.1f} min.", "",
              "Defective share of each selection (by tokens; a selection is 15% of the pool's tokens):", "",
              "| selection | defective (tokens) | defective (docs) | " + " | ".join(KINDS) + " |",
