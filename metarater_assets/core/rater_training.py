@@ -355,18 +355,20 @@ def registry_entries(model_uri: str, dims: Sequence[str], max_tokens: int = 512,
 
 
 def train_prrc(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig, shared: bool = False,
-               log: Callable[[str], None] = print, method: str = "finetune") -> dict:
+               log: Callable[[str], None] = print, method: str = "finetune",
+               probe_Cs: Sequence[float] | None = None) -> dict:
     """PRRC raters for ``cfg.dims``: one model per dimension at ``out_uri/<dim>`` (the paper's
     layout; the default: on the bundled labels it beat the shared encoder on every dimension, see
     README) or, with ``shared``, one encoder with a head per dimension at ``out_uri`` (one pass
     scores all; cheaper on CPU). Returns ``{"models": {dim: {"uri", "offset"}}, "test": {dim:
-    metrics}, "best_epoch": {dim: epoch}, "split", "shared"}``."""
+    metrics}, "best_epoch": {dim: epoch}, "split", "shared"}``. ``probe_Cs``: the probe's candidate
+    inverse regularisations (default ``train_probe``'s five)."""
     from dataclasses import replace
 
     from .storage import join
 
     if method == "probe":  # one probe file for every dimension (a head of six per dimension)
-        rep = train_probe(rows, out_uri, cfg, log)
+        rep = train_probe(rows, out_uri, cfg, log, **({"Cs": tuple(probe_Cs)} if probe_Cs else {}))
         models = {d: {"uri": out_uri, "offset": i * CLASSES} for i, d in enumerate(cfg.dims)}
         return {"shared": True, "method": "probe", "models": models, "test": rep["test"], "split": rep["split"],
                 "best_epoch": {d: 0 for d in cfg.dims}, "quarantined": len(rep["quarantined"]),
