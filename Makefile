@@ -25,7 +25,8 @@ demo: install
 # the suite's scratch (homes, Dagster instances, models) on tmpfs where there is one
 TEST_TMP := $(if $(wildcard /dev/shm),/dev/shm/metarater-tests-$(shell id -u),)
 # two pytest workers, a test file each at a time (much of the suite waits on servers and daemons);
-# measured in a fresh clone with CI=true on 2 cores: 2 workers 967 s, 3 workers 1026 s (slower)
+# measured in a fresh clone with CI=true on 2 cores: 2 workers 896-986 s of pytest (3 runs, 2026-12-07);
+# 3 workers were slower (1026 s against 967 s, 2026-12-06)
 TEST_WORKERS ?= 2
 
 test: install
