@@ -13,10 +13,7 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from .core import corpus
-from .core.storage import fs_and_path
 
 #: text field names in the order they are preferred (datatrove's text_key; RedPajama-V2's raw_content)
 TEXT_NAMES = ("text", "content", "raw_content", "contents", "body", "document", "article", "markdown", "passage")
@@ -25,44 +22,9 @@ SOURCE_NAMES = ("source", "meta.source", "meta.redpajama_set_name", "dataset", "
 BUNDLED = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 
-def sample_rows(uri: str, name: str, n: int = 20) -> list[dict]:
-    """The first ``n`` readable rows of a shard, as dicts."""
-    kind, compression = corpus.shard_format(name) or (None, None)
-    fs, path = fs_and_path(uri)
-    if kind == "parquet":
-        with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=n):
-                return batch.to_pylist()
-        return []
-    rows = []
-    with fs.open(path, "rb", compression=compression) as f:
-        for line in f:
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-            if len(rows) >= n:
-                break
-    return rows
-
-
-def _paths(rows: list[dict]) -> dict[str, list]:
-    """Every field (and one level into objects) with its values in the rows."""
-    out: dict[str, list] = {}
-    for r in rows:
-        for k, v in r.items():
-            out.setdefault(k, []).append(v)
-            if isinstance(v, dict):
-                for k2, v2 in v.items():
-                    out.setdefault(f"{k}.{k2}", []).append(v2)
-    return out
-
-
 def detect_fields(rows: list[dict]) -> dict:
     """``{"text", "id", "source"}`` field paths found in ``rows`` (``id``/``source`` may be None)."""
-    paths = _paths(rows)
+    paths = corpus.field_values(rows)
     strings = {p: v for p, v in paths.items() if v and sum(isinstance(x, str) for x in v) >= 0.8 * len(v)}
     text = next((n for n in TEXT_NAMES if n in strings), None)
     if text is None and strings:
@@ -163,7 +125,7 @@ def init(raw_uri: str, dest: str = ".", force: bool = False, quick: bool = False
     if not files:
         raise ValueError(f"no shard files under {raw_uri} (readable: {', '.join(sorted(corpus.FORMATS))})")
     first = files[0]
-    rows = sample_rows(first.uri, first.name)
+    rows = corpus.sample_rows(first.uri, first.name)
     if not rows:
         raise ValueError(f"{first.name}: no readable rows (JSON objects per line, or a Parquet table)")
     found = detect_fields(rows)

@@ -147,41 +147,48 @@ def canonical(obj: dict, fields: Fields, keep: frozenset | None = None) -> dict 
     return out
 
 
-def peek_fields(uri: str, name: str, rows: int = 5) -> list[str]:
-    """The fields the first ``rows`` rows of a shard hold (dotted paths one level into objects), or
-    a Parquet file's columns (and struct fields): what a field-mapping error shows."""
-    fmt = shard_format(name)
-    if fmt is None:
-        return []
-    kind, compression = fmt
+def sample_rows(uri: str, name: str, n: int = 20) -> list[dict]:
+    """The first ``n`` rows of a shard that are JSON objects (or Parquet records), as dicts."""
+    kind, compression = shard_format(name) or (None, None)
     fs, path = fs_and_path(uri)
-    seen: dict[str, None] = {}
+    if kind == "parquet":
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=n):
+                return batch.to_pylist()
+        return []
+    rows = []
+    with fs.open(path, "rb", compression=compression) as f:
+        for line in _iter_lines(f):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+            if len(rows) >= n:
+                break
+    return rows
+
+
+def field_values(rows: list[dict]) -> dict[str, list]:
+    """Every field of ``rows`` (and one level into objects, as dotted paths) with its values."""
+    out: dict[str, list] = {}
+    for r in rows:
+        for k, v in r.items():
+            out.setdefault(k, []).append(v)
+            if isinstance(v, dict):
+                for k2, v2 in v.items():
+                    out.setdefault(f"{k}.{k2}", []).append(v2)
+    return out
+
+
+def peek_fields(uri: str, name: str, rows: int = 5) -> list[str]:
+    """The fields of a shard's first ``rows`` rows: what a field-mapping error shows. A file that
+    cannot be read for this hint gives none (the error being reported is the shard's own)."""
     try:
-        if kind == "parquet":
-            with fs.open(path, "rb") as f:
-                for field in pq.ParquetFile(f).schema_arrow:
-                    seen[field.name] = None
-                    if pa.types.is_struct(field.type):
-                        for child in field.type:
-                            seen[f"{field.name}.{child.name}"] = None
-            return list(seen)
-        with fs.open(path, "rb", compression=compression) as f:
-            for n, line in enumerate(_iter_lines(f)):
-                if n >= rows:
-                    break
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(obj, dict):
-                    for k, v in obj.items():
-                        seen[k] = None
-                        if isinstance(v, dict):
-                            for k2 in v:
-                                seen[f"{k}.{k2}"] = None
-    except Exception:  # a hint for an error message: never the error itself
-        pass
-    return list(seen)
+        return list(field_values(sample_rows(uri, name, rows)))
+    except (OSError, EOFError, ValueError, pa.ArrowException):
+        return []
 
 
 @dataclass(frozen=True)
