@@ -205,12 +205,12 @@ def selections(home: Path, config: Path, raw: Path) -> dict:
                      by=cur["fraction_of"], token_budget=cur.get("token_budget"))
     kept = {c: [] for c in ["curated", *names]}
     tokens = {}
-    for key, c, t in scan.combined(files, norm, W, extra=["doc_id"]):
+    for key, row0, c, t in scan.combined(files, norm, W, extra=["doc_id"]):
         ids = t.column("doc_id").to_pylist()
         n = t.column("n_tokens").to_numpy()
         tokens.update(zip(ids, n.tolist()))
         for p, col in enumerate(["curated", *names]):
-            mask = cuts[p].keep(key, c[:, p])
+            mask = cuts[p].keep(key, c[:, p], row0)
             kept[col] += [i for i, k in zip(ids, mask) if k]
     return {"kept": kept, "tokens": tokens, "weights": dict(zip(sel["names"], sel["weights"])),
             "weights_from": sel.get("weights_from")}

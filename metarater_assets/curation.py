@@ -16,10 +16,11 @@ sensor) from interleaving their writes; the ``metarater_publish`` pool does the 
 import datetime as _dt
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import fsspec
@@ -83,11 +84,6 @@ def publish_lock(settings: MetaraterConfig, timeout: float | None = None, log=No
             yield path
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def with_cut(table: pa.Table, cut_id: str) -> pa.Table:
-    """``table`` whose Parquet footer will name the cut it came from."""
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), CUT_KEY: cut_id.encode()})
 
 
 def footer_cut(uri: str) -> str | None:
@@ -228,6 +224,29 @@ def combined_of(sel: dict, index: pa.Table) -> np.ndarray:
     return cp.combined_units(units, cp.weight_units(np.asarray(sel["weights"])))
 
 
+CURATED_SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()), ("source", pa.string()),
+                            ("n_tokens", pa.int64()), ("combined_score", pa.float64()), ("raw_shard", pa.string()),
+                            ("raw_row", pa.int64())])
+
+
+def kept_table(index: pa.Table, docs: pa.Table, c: np.ndarray, kept: np.ndarray, key: str,
+               members: list[dict] | None) -> pa.Table:
+    """The kept documents of one batch of a shard, with where each came from: the raw file (a
+    pack's member file) and its row in that file."""
+    idx = pa.array(np.flatnonzero(kept), pa.int64())
+    rows = docs.column("raw_row").take(idx)
+    if members:  # a pack: each document's own file and its row in that file
+        files_of, raw_rows = packs.locate(members, rows.to_pylist())
+        raw_shard = pa.array([m["key"] for m in files_of], pa.string())
+        raw_row = pa.array(raw_rows, pa.int64())
+    else:
+        raw_shard, raw_row = pa.array([key] * len(idx), pa.string()), rows.combine_chunks()
+    return pa.Table.from_arrays([
+        docs.column("doc_id").take(idx).combine_chunks(), docs.column("text").take(idx).combine_chunks(),
+        docs.column("source").take(idx).combine_chunks(), index.column("n_tokens").take(idx).combine_chunks(),
+        pa.array(cp.to_score(c[kept])), raw_shard, raw_row], schema=CURATED_SCHEMA)
+
+
 def make_curated_corpus(policy):
     @dg.asset(partitions_def=shards, group_name=GROUP, code_version="curated-corpus-3", backfill_policy=policy,
               deps=["raw_docs", "shard_index"], ins={"curated_selection": dg.AssetIn("curated_selection")},
@@ -249,36 +268,34 @@ def make_curated_corpus(policy):
             if key not in sel["per_shard"]:
                 raise dg.Failure(f"{key} is not in the pool curated_selection was cut from: re-materialise "
                                  "score_stats and curated_selection first")
-            index = tracer.read(settings.files, "shard_index", key, ["doc_id", "n_tokens", *sel["names"]])
-            docs = tracer.read(settings.files, "raw_docs", key, ["doc_id", "text", "source", "raw_row"])
-            c = combined_of(sel, index)
-            kept = cut.keep(key, c)
-            if int(kept.sum()) != sel["per_shard"][key]["docs"] or not index.column("doc_id").equals(docs.column("doc_id")):
-                raise dg.Failure(f"{key}: the shard's documents differ from those curated_selection was cut from; "
-                                 "re-materialise shard_index, score_stats and curated_selection")
-            idx = pa.array(np.flatnonzero(kept))
-            rows = docs.column("raw_row").take(idx)
-            members = packs.pack_members_of(docs.schema)
-            if members:  # a pack: each document's own file and its row in that file
-                files_of, raw_rows = packs.locate(members, rows.to_pylist())
-                raw_shard = pa.array([m["key"] for m in files_of], pa.string())
-                raw_row = pa.array(raw_rows, pa.int64())
-            else:
-                raw_shard, raw_row = pa.array([key] * len(idx), pa.string()), rows
-            out = pa.table({"doc_id": docs.column("doc_id").take(idx), "text": docs.column("text").take(idx),
-                            "source": docs.column("source").take(idx),
-                            "n_tokens": index.column("n_tokens").take(idx),
-                            "combined_score": pa.array(cp.to_score(c[kept])),
-                            "raw_shard": raw_shard, "raw_row": raw_row})
+            members = packs.pack_members_of(settings.files.schema("raw_docs", key))
+            index = tracer.batches(settings.files, "shard_index", key, ["doc_id", "n_tokens", *sel["names"]])
+            docs = tracer.batches(settings.files, "raw_docs", key, ["doc_id", "text", "source", "raw_row"])
             base = settings.curated_uri.rstrip("/")
-            with publish_lock(settings, log=context.log.info):  # not in the middle of another publication
-                st.write_parquet(with_cut(out, sel["cut_id"]).replace_schema_metadata(
-                    {**with_cut(out, sel["cut_id"]).schema.metadata, **identity.footer(ident)}),
-                    f"{base}/{sel['files'][key]}.parquet")
-                if fmt == "jsonl.zst":  # in addition to the Parquet file; the manifest lists it
-                    st.write_jsonl_zst(out, f"{base}/{JSONL}/{sel['files'][key]}.jsonl.zst")
+            schema = CURATED_SCHEMA.with_metadata({CUT_KEY: sel["cut_id"].encode(), **identity.footer(ident)})
+            kept_docs, aligned = 0, True
+            with publish_lock(settings, log=context.log.info), ExitStack() as stack:  # not mid-publication
+                out = stack.enter_context(st.parquet_stream(f"{base}/{sel['files'][key]}.parquet", schema))
+                js = (stack.enter_context(st.jsonl_zst_stream(f"{base}/{JSONL}/{sel['files'][key]}.jsonl.zst"))
+                      if fmt == "jsonl.zst" else None)  # in addition to the Parquet file; the manifest lists it
+                row0 = 0
+                for ix, d in itertools.zip_longest(index, docs):  # one batch of the shard at a time
+                    if ix is None or d is None or not ix.column("doc_id").equals(d.column("doc_id")):
+                        aligned = False
+                        break
+                    c = combined_of(sel, ix)
+                    kept = cut.keep(key, c, row0)
+                    row0 += ix.num_rows
+                    kept_docs += int(kept.sum())
+                    part = kept_table(ix, d, c, kept, key, members)
+                    out.write(part)
+                    if js is not None:
+                        js.write(part)
+                if not aligned or kept_docs != sel["per_shard"][key]["docs"]:  # nothing is published
+                    raise dg.Failure(f"{key}: the shard's documents differ from those curated_selection was cut "
+                                     "from; re-materialise shard_index, score_stats and curated_selection")
             context.log_event(tracer.observation("curated_corpus", key, ident))
-            return out.num_rows
+            return kept_docs
 
         done = for_each_shard(context, one)
         return dg.MaterializeResult(metadata={"kept_docs": sum(done.values()), "shards": len(done)})

@@ -415,6 +415,13 @@ class Tracer:
         self.check_file(asset, key, found.decode() if found else None, files.uri(asset, key))
         return table
 
+    def batches(self, files, asset: str, key: str, columns=None, rows: int | None = None):
+        """A per-shard table as batches of ``rows`` rows, after checking its footer (read alone)
+        carries the recorded, current identity."""
+        found = (files.schema(asset, key).metadata or {}).get(FOOTER)
+        self.check_file(asset, key, found.decode() if found else None, files.uri(asset, key))
+        return files.batches(asset, key, columns, rows)
+
     def check_json(self, asset: str, obj: dict) -> dict:
         self.check_file(asset, None, obj.get(FIELD) if isinstance(obj, dict) else None,
                         f"{self.storage_uri}/{asset}.json")

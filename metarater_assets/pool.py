@@ -10,11 +10,11 @@ step reads.
 """
 
 import hashlib
+import itertools
 import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import dagster as dg
 
@@ -24,10 +24,13 @@ from .core import pool as cp, scan, stats, storage as st
 from .partitions import shards
 from .plots import png_metadata
 from .scoring import score_asset
+from .tokens import DIGEST_KEY
 from resources import MetaraterConfig
 
 GROUP = "pool"
 SUMMARY_KEY = b"metarater.summary"
+#: shard_index row groups: a pool pass reads a shard a row group's columns at a time
+INDEX_ROW_GROUP = 65536
 
 
 def score_sources(cfg) -> list[tuple[str, list[str]]]:
@@ -46,46 +49,71 @@ def score_sources(cfg) -> list[tuple[str, list[str]]]:
     return out
 
 
-def build_shard_index(settings: MetaraterConfig, cfg, key: str,
-                      tracer: identity.Tracer) -> tuple[pa.Table, cp.ShardSummary, list[str], str]:
-    """(index table, summary, problems, content digest) of one shard from its files (the digest
-    covers the index and the shard's token ids); every input file checked against its record."""
-    files = settings.files
-    docs = tracer.read(files, "raw_docs", key, ["doc_id", "source", "raw_row"])
-    tok = tracer.read(files, "doc_tokens", key, ["doc_id", "n_tokens"])
-    ids = docs.column("doc_id")
-    problems = []
-    if not tok.column("doc_id").equals(ids):
-        problems.append("doc_tokens not aligned with raw_docs")
-    cols = {"doc_id": ids, "raw_row": docs.column("raw_row"), "source": docs.column("source"),
-            "n_tokens": tok.column("n_tokens").cast(pa.int64()),
-            "doc_hash": pa.array(cp.doc_hashes(key, ids.to_pylist()), pa.uint64())}
-    for asset, names in score_sources(cfg):
-        t = tracer.read(files, asset, key, ["doc_id", *names])
-        if not t.column("doc_id").equals(ids):
-            problems.append(f"{asset} not aligned with raw_docs")
-        for n in names:
-            cols[n] = t.column(n).cast(pa.float64())
-    table = pa.table(cols)
-    h = hashlib.sha1(files_digest(files.uri("doc_tokens", key)) or b"")
+def index_schema(cfg) -> pa.Schema:
+    return pa.schema([("doc_id", pa.string()), ("raw_row", pa.int64()), ("source", pa.string()),
+                      ("n_tokens", pa.int64()), ("doc_hash", pa.uint64()),
+                      *((n, pa.float64()) for _, names in score_sources(cfg) for n in names)])
+
+
+def _digest_batch(h, table: pa.Table) -> None:
+    """Feed one batch's values (not its buffers: a sliced batch shares them) to the digest."""
     for c in table.columns:
-        for chunk in c.chunks:
-            for buf in chunk.buffers():
-                if buf is not None:
-                    h.update(buf)
-    digest = h.hexdigest()
-    summary = cp.ShardSummary.of({n: table.column(n).to_numpy(zero_copy_only=False) for n in cfg.score_names},
-                                 table.column("n_tokens").to_numpy(), table.column("source").to_pylist())
-    return table, summary, problems, digest
+        if pa.types.is_string(c.type):
+            v = c.to_pylist()
+            h.update(np.array([len(x.encode()) if x is not None else -1 for x in v], dtype=np.int64).tobytes())
+            h.update("".join(x for x in v if x is not None).encode())
+        else:
+            h.update(c.to_numpy(zero_copy_only=False).tobytes())
+
+
+def build_shard_index(settings: MetaraterConfig, cfg, key: str, tracer: identity.Tracer,
+                      out) -> tuple[cp.ShardSummary, list[str], str]:
+    """Stream one shard's index into ``out`` (a ``ParquetStream``) batch by batch from its files,
+    every input file checked against its record; returns (summary, problems, content digest: the
+    index and the shard's token ids)."""
+    files = settings.files
+    sources = score_sources(cfg)
+    streams = [tracer.batches(files, "raw_docs", key, ["doc_id", "source", "raw_row"]),
+               tracer.batches(files, "doc_tokens", key, ["doc_id", "n_tokens"]),
+               *(tracer.batches(files, asset, key, ["doc_id", *names]) for asset, names in sources)]
+    labels = ["raw_docs", "doc_tokens", *(a for a, _ in sources)]
+    problems: set[str] = set()
+    h = hashlib.sha1(st.file_metadata(files.uri("doc_tokens", key)).get(DIGEST_KEY) or b"")
+    summary = cp.ShardSummaryBuilder(cfg.score_names)
+    schema = index_schema(cfg)
+    for parts in itertools.zip_longest(*streams):
+        docs = parts[0]
+        if docs is None or any(p is None for p in parts):  # a file is shorter than another
+            problems.update(f"{lab} not aligned with raw_docs" for lab, p in zip(labels, parts) if p is None)
+            if docs is None:
+                continue
+        ids = docs.column("doc_id")
+        tok = parts[1]
+        if tok is None or not tok.column("doc_id").equals(ids):
+            problems.add("doc_tokens not aligned with raw_docs")
+            continue
+        cols = {"doc_id": ids, "raw_row": docs.column("raw_row"), "source": docs.column("source"),
+                "n_tokens": tok.column("n_tokens").cast(pa.int64()),
+                "doc_hash": pa.array(cp.doc_hashes(key, ids.to_pylist()), pa.uint64())}
+        for (asset, names), t in zip(sources, parts[2:]):
+            if t is None or not t.column("doc_id").equals(ids):
+                problems.add(f"{asset} not aligned with raw_docs")
+                break
+            for n in names:
+                cols[n] = t.column(n).cast(pa.float64())
+        else:
+            table = pa.Table.from_arrays([c if isinstance(c, pa.ChunkedArray) else pa.chunked_array([c])
+                                          for c in (cols[f.name] for f in schema)], schema=schema)
+            _digest_batch(h, table)
+            summary.add({n: table.column(n).to_numpy(zero_copy_only=False) for n in cfg.score_names},
+                        table.column("n_tokens").to_numpy(), table.column("source").to_pylist())
+            out.write(table)
+    return summary.finish(), sorted(problems), h.hexdigest()
 
 
 def files_digest(uri: str) -> bytes | None:
     """The content digest a per-shard file carries in its footer."""
-    from .tokens import DIGEST_KEY
-
-    fs, path = st.fs_and_path(uri)
-    with fs.open(path, "rb") as f:
-        return (pq.ParquetFile(f).schema_arrow.metadata or {}).get(DIGEST_KEY)
+    return st.file_metadata(uri).get(DIGEST_KEY)
 
 
 def make_shard_index(cfg, policy):
@@ -107,17 +135,15 @@ def make_shard_index(cfg, policy):
 
         def one(key):
             ident = tracer.identity("shard_index", key)
-            table, summary, problems, digest = build_shard_index(settings, cfg_, key, tracer)
-            from .tokens import DIGEST_KEY
-
-            settings.files.write("shard_index", key, table,
-                                 metadata={SUMMARY_KEY: json.dumps(summary.to_dict()).encode(),
-                                           DIGEST_KEY: digest.encode(), **identity.footer(ident)})
+            with settings.files.stream("shard_index", key, index_schema(cfg_).with_metadata(identity.footer(ident)),
+                                       row_group_size=INDEX_ROW_GROUP) as out:
+                summary, problems, digest = build_shard_index(settings, cfg_, key, tracer, out)
+                out.footer({SUMMARY_KEY: json.dumps(summary.to_dict()).encode(), DIGEST_KEY: digest.encode()})
             # a failed check is recorded with the shard: nothing downstream reads it until it is fixed
             context.log_event(tracer.observation("shard_index", key, ident, ok=not problems))
-            return table.num_rows, dg.AssetCheckResult(
+            return out.rows, dg.AssetCheckResult(
                 asset_key="shard_index", check_name="every_doc_every_score", passed=not problems,
-                metadata={"docs": table.num_rows, "problems": "; ".join(problems) or "none"})
+                metadata={"docs": out.rows, "problems": "; ".join(problems) or "none"})
 
         done = for_each_shard(context, one)
         yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done)})
@@ -128,11 +154,7 @@ def make_shard_index(cfg, policy):
 
 def read_summary(uri: str) -> tuple[cp.ShardSummary, str, str | None]:
     """(summary, content digest, identity) from a shard index file's footer."""
-    from .tokens import DIGEST_KEY
-
-    fs, path = st.fs_and_path(uri)
-    with fs.open(path, "rb") as f:
-        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    meta = st.file_metadata(uri)
     if SUMMARY_KEY not in meta or DIGEST_KEY not in meta:
         raise ValueError(f"{uri} has no summary in its footer: re-materialise shard_index")
     ident = meta.get(identity.FOOTER)

@@ -121,6 +121,10 @@ def read_spec(settings: MetaraterConfig, key: str, names) -> dict:
     return run
 
 
+#: token stores staged in local temp at once when they go to an object store
+STAGED_STORES = 16
+
+
 def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: dict, W: np.ndarray,
                         store_uris: list[str], *, fraction: float, by: str, token_budget: int | None,
                         sample_budget: int, seed: int | list[int], log=None, masks=None) -> list[dict]:
@@ -131,20 +135,30 @@ def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: d
     norm = normalisation(stats_out)
     files = pool_files(settings, stats_out, tokens=True)
     totals = (int(stats_out["docs"]), int(stats_out["tokens"]))
-    cuts = scan.cuts(files, norm, W, totals=totals, fraction=fraction, by=by, token_budget=token_budget)
-    writers = [ts.TokenStoreWriter(u, int(tokenizer["vocab_size"]), int(tokenizer.get("eos_id", 0)))
-               for u in store_uris]
-    seeds = [int(seed)] * len(writers) if isinstance(seed, (int, np.integer)) else [int(x) for x in seed]
-    if len(seeds) != len(writers):
-        raise ValueError(f"{len(seeds)} sample seeds for {len(writers)} columns")
-    try:
-        counts = scan.write_stores(files, norm, W, cuts, [scan.Sample(sample_budget, s) for s in seeds],
-                                   writers, masks=masks, log=log)
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    infos = [w.close() for w in writers]
+    seeds = [int(seed)] * len(store_uris) if isinstance(seed, (int, np.integer)) else [int(x) for x in seed]
+    if len(seeds) != len(store_uris):
+        raise ValueError(f"{len(seeds)} sample seeds for {len(store_uris)} columns")
+    W = np.asarray(W, dtype=np.float64).reshape(len(norm.names), -1)
+    # local stores are staged beside themselves (no extra disk); object-store ones in local temp,
+    # so at most STAGED_STORES at a time (each group costs its own passes; every cut is exact,
+    # so a group's cuts are the cuts of the whole plan)
+    group = W.shape[1] if all(st.is_local(u) for u in store_uris) else STAGED_STORES
+    cuts, counts, infos = [], [], []
+    for g in range(0, W.shape[1], max(1, group)):
+        cols = slice(g, g + group)
+        Wg = W[:, cols]
+        cg = scan.cuts(files, norm, Wg, totals=totals, fraction=fraction, by=by, token_budget=token_budget)
+        writers = [ts.TokenStoreWriter(u, int(tokenizer["vocab_size"]), int(tokenizer.get("eos_id", 0)))
+                   for u in store_uris[cols]]
+        try:
+            counts += scan.write_stores(files, norm, Wg, cg, [scan.Sample(sample_budget, s) for s in seeds[cols]],
+                                        writers, masks=masks[cols] if masks else None, log=log)
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+        infos += [w.close() for w in writers]
+        cuts += cg
     out = []
     for p, (c, n, u, i) in enumerate(zip(cuts, counts, store_uris, infos)):
         selected = n.pop("selected")  # what the cut (or the column's mask) selected, counted in the pass

@@ -23,18 +23,36 @@ from resources import ComputeResource, MetaraterConfig
 SCORE_GROUP = "scores"
 
 
-def score_table(doc_ids, cols: dict[str, list], ints=frozenset()) -> pa.Table:
-    arrays = {"doc_id": pa.array(doc_ids, pa.string())}
-    for name, v in cols.items():
-        arrays[name] = pa.array(v, pa.int64() if name in ints else pa.float64())
-    return pa.table(arrays)
+def score_schema(names, ints=frozenset()) -> pa.Schema:
+    """doc_id + one column per score (int64 for ``ints``, float64 otherwise), in ``names`` order."""
+    return pa.schema([("doc_id", pa.string()), *((n, pa.int64() if n in ints else pa.float64()) for n in names)])
 
 
-def check_scores(asset: str, doc_ids, table: pa.Table, names, nullable) -> dg.AssetCheckResult:
-    cols = {n: table.column(n).to_pylist() for n in names}
-    problems = stats.score_table_problems(doc_ids, table.column("doc_id").to_pylist(), cols, nullable)
-    return dg.AssetCheckResult(asset_key=asset, check_name="scores_complete", passed=not problems,
-                               metadata={"docs": len(doc_ids), **{k: str(v) for k, v in problems.items()}})
+def score_table(doc_ids, cols: dict[str, list], ints=frozenset(), names=None) -> pa.Table:
+    names = list(names if names is not None else cols)
+    arrays = [pa.array(doc_ids, pa.string())] + [pa.array(cols[n], pa.int64() if n in ints else pa.float64())
+                                                 for n in names]
+    return pa.Table.from_arrays(arrays, schema=score_schema(names, ints))
+
+
+class ScoreCheck:
+    """The ``scores_complete`` check of one shard, accumulated batch by batch."""
+
+    def __init__(self, asset: str, names, nullable):
+        self.asset, self.names, self.nullable = asset, list(names), nullable
+        self.docs = 0
+        self.problems: dict[str, int] = {}
+
+    def add(self, doc_ids, table: pa.Table) -> None:
+        cols = {n: table.column(n).to_pylist() for n in self.names}
+        found = stats.score_table_problems(doc_ids, table.column("doc_id").to_pylist(), cols, self.nullable)
+        for k, v in found.items():
+            self.problems[k] = self.problems.get(k, 0) + int(v)
+        self.docs += len(doc_ids)
+
+    def result(self) -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(asset_key=self.asset, check_name="scores_complete", passed=not self.problems,
+                                   metadata={"docs": self.docs, **{k: str(v) for k, v in self.problems.items()}})
 
 
 def check_spec(asset: str) -> dg.AssetCheckSpec:
@@ -43,16 +61,24 @@ def check_spec(asset: str) -> dg.AssetCheckSpec:
                                          "where the score's definition allows them")
 
 
-def _docs(tracer: identity.Tracer, settings: MetaraterConfig, key: str) -> tuple[list[str], list[str]]:
-    t = tracer.read(settings.files, "raw_docs", key, ["doc_id", "text"])
-    return t.column("doc_id").to_pylist(), t.column("text").to_pylist()
+def _batches(tracer: identity.Tracer, settings: MetaraterConfig, key: str):
+    """One shard's documents as (doc ids, texts) batches of ``SHARD_BATCH_ROWS``: a step holds one."""
+    for t in tracer.batches(settings.files, "raw_docs", key, ["doc_id", "text"]):
+        yield t.column("doc_id").to_pylist(), t.column("text").to_pylist()
 
 
-def commit(context, tracer: identity.Tracer, settings: MetaraterConfig, asset: str, key: str, ident: str,
-           table: pa.Table, check: dg.AssetCheckResult | None = None) -> None:
-    """Write one shard's score file with its identity in the footer, then record it."""
-    settings.files.write(asset, key, table, metadata=identity.footer(ident))
-    context.log_event(tracer.observation(asset, key, ident, ok=check is None or check.passed))
+def scored(context, tracer: identity.Tracer, settings: MetaraterConfig, asset: str, key: str, ident: str,
+           schema: pa.Schema, batches, check: ScoreCheck | None = None) -> int:
+    """Stream one shard's score tables (``batches``: (doc ids, table) pairs) into its score file,
+    with its identity in the footer (atomic: the file appears complete or not at all), then record
+    it. Returns the documents written."""
+    with settings.files.stream(asset, key, schema.with_metadata(identity.footer(ident))) as out:
+        for ids, table in batches:
+            if check is not None:
+                check.add(ids, table)
+            out.write(table)
+    context.log_event(tracer.observation(asset, key, ident, ok=check is None or not check.problems))
+    return out.rows
 
 
 def make_rpv2(policy):
@@ -62,13 +88,15 @@ def make_rpv2(policy):
     def rpv2_scores(context: dg.AssetExecutionContext, settings: MetaraterConfig):
         tracer = identity.for_run(context, settings)
 
+        names, ints = list(signals.SIGNAL_NAMES), signals.INTEGER_SIGNALS
+
         def one(key):
             ident = tracer.identity("rpv2_scores", key)
-            ids, texts = _docs(tracer, settings, key)
-            table = score_table(ids, signals.compute_signals(texts), signals.INTEGER_SIGNALS)
-            check = check_scores("rpv2_scores", ids, table, signals.SIGNAL_NAMES, signals.NULLABLE)
-            commit(context, tracer, settings, "rpv2_scores", key, ident, table, check)
-            return len(ids), check
+            check = ScoreCheck("rpv2_scores", names, signals.NULLABLE)
+            n = scored(context, tracer, settings, "rpv2_scores", key, ident, score_schema(names, ints),
+                       ((ids, score_table(ids, signals.compute_signals(texts), ints, names))
+                        for ids, texts in _batches(tracer, settings, key)), check)
+            return n, check.result()
 
         done = for_each_shard(context, one)
         yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done)})
@@ -89,10 +117,13 @@ def make_dsir_counts(cfg, policy):
 
         def one(key):
             ident = tracer.identity("dsir_counts", key)
-            _, texts = _docs(tracer, settings, key)
-            commit(context, tracer, settings, "dsir_counts", key, ident,
-                   pa.table({"count": dsir.count_buckets(texts, buckets)}))
-            return len(texts)
+            counts, docs = np.zeros(buckets, dtype=np.int64), 0
+            for _, texts in _batches(tracer, settings, key):  # counts add up: one batch in memory
+                counts += dsir.count_buckets(texts, buckets)
+                docs += len(texts)
+            settings.files.write("dsir_counts", key, pa.table({"count": counts}), metadata=identity.footer(ident))
+            context.log_event(tracer.observation("dsir_counts", key, ident))
+            return docs
 
         done = for_each_shard(context, one)
         return dg.MaterializeResult(metadata={"docs": sum(done.values()), "shards": len(done)})
@@ -158,12 +189,11 @@ def make_dsir_scores(policy):
 
         def one(key):
             ident = tracer.identity("dsir_scores", key)
-            ids, texts = _docs(tracer, settings, key)
-            scored = model.score(texts)
-            table = score_table(ids, {f"dsir_{n}": v for n, v in scored.items()})
-            check = check_scores("dsir_scores", ids, table, names, frozenset())
-            commit(context, tracer, settings, "dsir_scores", key, ident, table, check)
-            return len(ids), check
+            check = ScoreCheck("dsir_scores", names, frozenset())
+            n = scored(context, tracer, settings, "dsir_scores", key, ident, score_schema(names),
+                       ((ids, score_table(ids, {f"dsir_{k}": v for k, v in model.score(texts).items()}, names=names))
+                        for ids, texts in _batches(tracer, settings, key)), check)
+            return n, check.result()
 
         done = for_each_shard(context, one)
         yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done)})
@@ -225,24 +255,37 @@ def make_model_scores(cfg, policy):
                 tracer.check_json("prrc_rater", inputs["prrc_rater"])
 
             def one(key):
+                from contextlib import ExitStack
+
                 idents = {s.score: tracer.identity(score_asset(s.score), key) for s in specs.values()}
-                ids, texts = _docs(tracer, settings, key)
-                checks = {}
-                for group, rater in loaded:
-                    t = time.perf_counter()
-                    logits = rater.logits(texts)
-                    scores, classes = raters.apply_heads(logits, [s.head for s in group], group[0].model)
-                    for j, s in enumerate(group):
-                        cols = {s.score: scores[:, j].tolist()}
-                        if s.head.is_classifier:
-                            cols[f"{s.score}_class"] = classes[:, j].tolist()
-                        table = score_table(ids, cols)
-                        checks[s.score] = check_scores(score_asset(s.score), ids, table, [s.score], frozenset())
-                        commit(context, tracer, settings, score_asset(s.score), key, idents[s.score], table,
-                               checks[s.score])
+                checks = {s.score: ScoreCheck(score_asset(s.score), [s.score], frozenset()) for s in specs.values()}
+                cols = {s.score: [s.score, *([f"{s.score}_class"] if s.head.is_classifier else [])]
+                        for s in specs.values()}
+                docs, spent = 0, {id(g): 0.0 for g, _ in loaded}
+                with ExitStack() as stack:  # every score's file streamed at once: one pass over the shard
+                    outs = {n: stack.enter_context(settings.files.stream(
+                        score_asset(n), key, score_schema(c).with_metadata(identity.footer(idents[n]))))
+                        for n, c in cols.items()}
+                    for ids, texts in _batches(tracer, settings, key):
+                        for group, rater in loaded:
+                            t = time.perf_counter()
+                            logits = rater.logits(texts)
+                            scores, classes = raters.apply_heads(logits, [s.head for s in group], group[0].model)
+                            spent[id(group)] += time.perf_counter() - t
+                            for j, s in enumerate(group):
+                                c = {s.score: scores[:, j].tolist()}
+                                if s.head.is_classifier:
+                                    c[f"{s.score}_class"] = classes[:, j].tolist()
+                                table = score_table(ids, c, names=cols[s.score])
+                                checks[s.score].add(ids, table)
+                                outs[s.score].write(table)
+                        docs += len(ids)
+                for n in specs:  # recorded once every file is committed
+                    context.log_event(tracer.observation(score_asset(n), key, idents[n], ok=not checks[n].problems))
+                for group, _ in loaded:
                     context.log.info(f"{key}: {', '.join(s.score for s in group)} ({group[0].model}): "
-                                     f"{len(texts) / max(time.perf_counter() - t, 1e-9):.1f} docs/s on {comp.torch_device}")
-                return len(ids), checks
+                                     f"{docs / max(spent[id(group)], 1e-9):.1f} docs/s on {comp.torch_device}")
+                return docs, {n: c.result() for n, c in checks.items()}
 
             done = for_each_shard(context, one)
         for n in selected:

@@ -120,8 +120,24 @@ def load(tok_info: dict, tracer: identity.Tracer | None = None):
     return proxy_lm.load_tokenizer(tok_info["uri"], require_marker=bool(tok_info.get("trained")))
 
 
+TOKENS_SCHEMA = pa.schema([("doc_id", pa.string()), ("n_tokens", pa.int64()), ("ids", pa.list_(pa.int32()))])
+
+
+def tokens_table(doc_ids, n: np.ndarray, ids: list[np.ndarray]) -> pa.Table:
+    """doc_id, n_tokens, ids of a batch of documents (the ids as one list array over their offsets)."""
+    offsets = np.zeros(len(n) + 1, dtype=np.int32)
+    np.cumsum(n, out=offsets[1:])
+    values = np.concatenate(ids).astype(np.int32, copy=False) if len(ids) else np.zeros(0, np.int32)
+    if isinstance(doc_ids, pa.ChunkedArray):
+        doc_ids = doc_ids.combine_chunks()
+    return pa.Table.from_arrays([doc_ids if isinstance(doc_ids, pa.Array) else pa.array(doc_ids, pa.string()),
+                                 pa.array(n),
+                                 pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))],
+                                schema=TOKENS_SCHEMA)
+
+
 def make_doc_tokens(policy):
-    @dg.asset(partitions_def=shards, group_name=GROUP, code_version="doc-tokens-2", backfill_policy=policy,
+    @dg.asset(partitions_def=shards, group_name=GROUP, code_version="doc-tokens-3", backfill_policy=policy,
               deps=["raw_docs"], ins={"tokenizer": dg.AssetIn("tokenizer")},
               description="Token ids of every document of one shard (doc_id, n_tokens, ids), in row "
                           "groups of 1,024 documents.")
@@ -131,18 +147,21 @@ def make_doc_tokens(policy):
 
         def one(key):
             ident = tracer.identity("doc_tokens", key)
-            docs = tracer.read(settings.files, "raw_docs", key, ["doc_id", "text"])
-            ids = proxy_lm.encode(tok, docs.column("text").to_pylist())
-            n = np.array([len(x) for x in ids], dtype=np.int64)
-            h = hashlib.sha1(n.tobytes())
-            for x in ids:
-                h.update(x.tobytes())
-            settings.files.write("doc_tokens", key, pa.table({
-                "doc_id": docs.column("doc_id"), "n_tokens": pa.array(n),
-                "ids": pa.array([x.tolist() for x in ids], pa.list_(pa.int32()))}), row_group_size=TOKEN_ROW_GROUP,
-                metadata={DIGEST_KEY: h.hexdigest().encode(), **identity.footer(ident)})
+            h_n, h_ids = hashlib.sha1(), hashlib.sha1()  # the content digest: token counts, then ids
+            tokens = 0
+            with settings.files.stream("doc_tokens", key, TOKENS_SCHEMA.with_metadata(identity.footer(ident)),
+                                       row_group_size=TOKEN_ROW_GROUP) as out:
+                for t in tracer.batches(settings.files, "raw_docs", key, ["doc_id", "text"]):
+                    ids = proxy_lm.encode(tok, t.column("text").to_pylist())
+                    n = np.array([len(x) for x in ids], dtype=np.int64)
+                    h_n.update(n.tobytes())
+                    for x in ids:
+                        h_ids.update(x.tobytes())
+                    out.write(tokens_table(t.column("doc_id"), n, ids))
+                    tokens += int(n.sum())
+                out.footer({DIGEST_KEY: hashlib.sha1(h_n.digest() + h_ids.digest()).hexdigest().encode()})
             context.log_event(tracer.observation("doc_tokens", key, ident))
-            return len(n), int(n.sum())
+            return out.rows, tokens
 
         done = for_each_shard(context, one)
         return dg.MaterializeResult(metadata={"docs": sum(d for d, _ in done.values()),

@@ -47,11 +47,25 @@ class ShardFiles:
             raise FileNotFoundError(f"{asset}[{key}] has not been materialised ({uri} is missing)")
         return st.read_parquet(uri, columns)
 
+    def batches(self, asset: str, key: str, columns: list[str] | None = None, rows: int | None = None):
+        """A per-shard table as tables of ``rows`` rows (``SHARD_BATCH_ROWS`` by default), streamed."""
+        uri = self.uri(asset, key)
+        if not st.exists(uri):
+            raise FileNotFoundError(f"{asset}[{key}] has not been materialised ({uri} is missing)")
+        return st.iter_parquet(uri, columns, rows or st.SHARD_BATCH_ROWS)
+
+    def stream(self, asset: str, key: str, schema: pa.Schema, row_group_size: int | None = None):
+        """Write a per-shard table batch by batch (``core.storage.parquet_stream``): atomic."""
+        return st.parquet_stream(self.uri(asset, key), schema, row_group_size)
+
     def schema(self, asset: str, key: str) -> pa.Schema:
         """A per-shard file's schema, with its footer's metadata (the footer alone is read)."""
         import pyarrow.parquet as pq
 
-        fs, path = st.fs_and_path(self.uri(asset, key))
+        uri = self.uri(asset, key)
+        fs, path = st.fs_and_path(uri)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{asset}[{key}] has not been materialised ({uri} is missing)")
         with fs.open(path, "rb") as f:
             return pq.read_schema(f)
 

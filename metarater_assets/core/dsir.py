@@ -29,7 +29,9 @@ import numpy as np
 import re
 import xxhash
 
-DSIR_VERSION = "1"
+#: 2: a document's score is the sum of its own features alone (``np.add.reduceat``), no longer a
+#: difference of a running sum over the batch, so it is the same bits whatever batch it is scored in
+DSIR_VERSION = "2"
 DEFAULT_BUCKETS = 10_000
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -106,8 +108,11 @@ class DsirModel:
         flat, offsets = doc_buckets(texts, self.buckets)
         n_feat = np.diff(offsets)
         out: dict[str, np.ndarray] = {}
+        has = n_feat > 0
+        starts = offsets[:-1][has]  # segments between non-empty documents' starts: each one's features
         for name, w in self.weights.items():
-            cums = np.concatenate([[0.0], np.cumsum(w[flat])])
-            sums = cums[offsets[1:]] - cums[offsets[:-1]]
-            out[name] = np.divide(sums, n_feat, out=np.zeros(len(n_feat)), where=n_feat > 0)
+            sums = np.zeros(len(n_feat))
+            if len(starts):
+                sums[has] = np.add.reduceat(w[flat], starts)
+            out[name] = np.divide(sums, n_feat, out=np.zeros(len(n_feat)), where=has)
         return out

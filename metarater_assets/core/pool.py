@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-POOL_VERSION = "1"
+POOL_VERSION = "2"
 SCALE = 5.0
 SCORE_BITS = 20  # normalised scores in units of 2**-20
 WEIGHT_BITS = 24  # weights in units of 2**-24
@@ -57,7 +57,7 @@ class ScoreSummary:
     sketch: bytes = b""
 
     @classmethod
-    def of(cls, values: np.ndarray) -> "ScoreSummary":
+    def of(cls, values: np.ndarray, sketch: bool = True) -> "ScoreSummary":
         v = np.asarray(values, dtype=np.float64)
         f = v[np.isfinite(v)]
         s = cls(count=int(f.size), nulls=int(v.size - f.size))
@@ -65,12 +65,15 @@ class ScoreSummary:
             s.min, s.max = float(f.min()), float(f.max())
             s.mean = float(f.mean())
             s.m2 = float(((f - s.mean) ** 2).sum())
-            k = _kll()
-            k.update(f)
-            s.sketch = bytes(k.serialize())
+            if sketch:
+                k = _kll()
+                k.update(f)
+                s.sketch = bytes(k.serialize())
         return s
 
     def merge(self, other: "ScoreSummary") -> "ScoreSummary":
+        if not self.count and not self.nulls and not self.sketch:  # nothing yet: the other, exactly
+            return ScoreSummary(**vars(other))
         n = self.count + other.count
         out = ScoreSummary(count=n, nulls=self.nulls + other.nulls, min=min(self.min, other.min),
                            max=max(self.max, other.max))
@@ -141,10 +144,11 @@ class ShardSummary:
     sources: dict[str, list[int]] = field(default_factory=dict)  # source -> [docs, tokens]
 
     @classmethod
-    def of(cls, columns: Mapping[str, np.ndarray], tokens: np.ndarray, sources: Sequence[str]) -> "ShardSummary":
+    def of(cls, columns: Mapping[str, np.ndarray], tokens: np.ndarray, sources: Sequence[str],
+           sketch: bool = True) -> "ShardSummary":
         tokens = np.asarray(tokens, dtype=np.int64)
         out = cls(docs=int(len(tokens)), tokens=int(tokens.sum()), shards=1,
-                  scores={n: ScoreSummary.of(v) for n, v in columns.items()})
+                  scores={n: ScoreSummary.of(v, sketch) for n, v in columns.items()})
         if len(tokens):
             import pyarrow as pa
 
@@ -175,6 +179,34 @@ class ShardSummary:
         return cls(docs=int(d["docs"]), tokens=int(d["tokens"]), shards=int(d.get("shards", 1)),
                    scores={n: ScoreSummary.from_dict(s) for n, s in d["scores"].items()},
                    sources={k: [int(v[0]), int(v[1])] for k, v in d["sources"].items()})
+
+
+class ShardSummaryBuilder:
+    """One shard's ``ShardSummary`` built batch by batch (memory: one batch): exact counts and
+    extremes, moments merged per batch (Chan), and one KLL sketch per score fed every batch in
+    order, as one sketch of the whole shard would be."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = list(names)
+        self.part = ShardSummary(shards=1, scores={n: ScoreSummary() for n in self.names})
+        self.sketches = {n: None for n in self.names}
+
+    def add(self, columns: Mapping[str, np.ndarray], tokens: np.ndarray, sources: Sequence[str]) -> None:
+        batch = ShardSummary.of(columns, tokens, sources, sketch=False)
+        batch.shards = 0
+        self.part = self.part.merge(batch)
+        for n in self.names:
+            v = np.asarray(columns[n], dtype=np.float64)
+            f = v[np.isfinite(v)]
+            if f.size:
+                if self.sketches[n] is None:
+                    self.sketches[n] = _kll()
+                self.sketches[n].update(f)
+
+    def finish(self) -> ShardSummary:
+        for n, k in self.sketches.items():
+            self.part.scores[n].sketch = bytes(k.serialize()) if k is not None else b""
+        return self.part
 
 
 def merge_all(summaries: Iterable[ShardSummary]) -> ShardSummary:
@@ -308,13 +340,14 @@ class Cut:
     docs: int
     tokens: int
 
-    def keep(self, shard: str, combined: np.ndarray) -> np.ndarray:
+    def keep(self, shard: str, combined: np.ndarray, row0: int = 0) -> np.ndarray:
+        """Which of a shard's documents are kept; ``combined`` holds its rows ``row0 ...``."""
         c = np.asarray(combined, dtype=np.int64)
         mask = c > self.threshold
         if shard < self.tie_shard:
             mask |= c == self.threshold
         elif shard == self.tie_shard:
-            mask |= (c == self.threshold) & (np.arange(len(c)) <= self.tie_row)
+            mask |= (c == self.threshold) & (np.arange(row0, row0 + len(c)) <= self.tie_row)
         return mask
 
     @property
@@ -333,11 +366,13 @@ class Cut:
 
 @dataclass
 class ShardScores:
-    """One shard as a cut pass sees it: combined scores (n, P) int64 units, tokens (n,)."""
+    """Rows ``row0 ...`` of one shard as a cut pass sees them (a whole shard, or one batch of it):
+    combined scores (n, P) int64 units, tokens (n,). A scan yields a shard's batches in row order."""
 
     key: str
     combined: np.ndarray
     tokens: np.ndarray
+    row0: int = 0
 
 
 def target_amount(total_docs: int, total_tokens: int, *, fraction: float | None, by: str,
@@ -360,7 +395,8 @@ def find_cuts(scan: Callable[[], Iterator[ShardScores]], targets: Sequence[float
     """Exact global cuts for P weight vectors in a few streaming passes over the pool.
 
     ``scan()`` yields every shard in pool order (sorted shard keys) with its (n, P) combined scores
-    and token counts; it is called once per pass. ``targets[p]``: how many documents or tokens
+    and token counts, whole or in row batches (``ShardScores.row0``); it is called once per pass.
+    ``targets[p]``: how many documents or tokens
     (``counting``) vector p keeps; documents are taken by (combined desc, shard, row) until the
     running count reaches the target. Pass 1 sums per-shard (P, bins) histograms of the count over
     [0, hi); the bin holding each vector's boundary is refined by another histogram pass while it
@@ -368,7 +404,7 @@ def find_cuts(scan: Callable[[], Iterator[ShardScores]], targets: Sequence[float
     collects the boundary bin's documents and sorts them exactly, or, where the boundary is one
     value (a block of ties of any size), counts them shard by shard in pool order. Memory:
     O(P * bins) plus the boundary documents of a multi-value bin (at most ``collect_limit`` per
-    vector), never the pool.
+    vector) and one batch, never the pool or a whole shard.
     """
     if bins < 2:
         raise ValueError("bins must be >= 2 (a one-bin histogram cannot narrow the boundary)")
@@ -442,9 +478,11 @@ def _collect(scan, want, counting, lo_v, hi_v, above, above_docs, above_tok, kee
     found: list[Cut | None] = [None] * P
     last: list[Cut | None] = [None] * P  # the last document at a one-value boundary (keep them all)
     for sh in scan():
-        keys.append(sh.key)
+        if not keys or keys[-1] != sh.key:
+            keys.append(sh.key)
+        r0 = int(sh.row0)
         if len(sh.tokens):
-            last_row = len(sh.tokens) - 1
+            last_row = r0 + len(sh.tokens) - 1
         c = sh.combined
         t = np.asarray(sh.tokens, dtype=np.int64)
         for p in range(P):
@@ -461,18 +499,18 @@ def _collect(scan, want, counting, lo_v, hi_v, above, above_docs, above_tok, kee
                 cum = above[p] + run[p] + np.cumsum(amount)
                 i = int(np.searchsorted(cum, want[p] - 1e-9, side="left"))
                 if not keep_all[p] and i < len(m):
-                    found[p] = Cut(threshold=int(lo_v[p]), tie_shard=sh.key, tie_row=int(m[i]),
+                    found[p] = Cut(threshold=int(lo_v[p]), tie_shard=sh.key, tie_row=r0 + int(m[i]),
                                    docs=int(above_docs[p] + run_docs[p] + i + 1),
                                    tokens=int(above_tok[p] + run_tok[p] + tm[:i + 1].sum()))
                 run[p] += amount.sum()
                 run_docs[p] += len(m)
                 run_tok[p] += int(tm.sum())
-                last[p] = Cut(threshold=int(lo_v[p]), tie_shard=sh.key, tie_row=int(m[-1]),
+                last[p] = Cut(threshold=int(lo_v[p]), tie_shard=sh.key, tie_row=r0 + int(m[-1]),
                               docs=int(above_docs[p] + run_docs[p]), tokens=int(above_tok[p] + run_tok[p]))
                 continue
             m = np.flatnonzero((c[:, p] >= lo_v[p]) & (c[:, p] < hi_v[p]))
             if len(m):
-                rows[p].append((c[m, p], np.full(len(m), len(keys) - 1, dtype=np.int64), m, t[m]))
+                rows[p].append((c[m, p], np.full(len(m), len(keys) - 1, dtype=np.int64), m + r0, t[m]))
     if (not keys or last_row < 0) and not all(empty):
         raise ValueError("empty pool")
     cuts: list[Cut | None] = []

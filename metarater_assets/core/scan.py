@@ -1,14 +1,14 @@
 """Streaming passes over the pool's shard index files: cuts, kept counts and training data.
 
-A pool-level step never loads the pool: it walks the per-shard index files (``doc_id``,
-``source``, ``n_tokens``, ``doc_hash`` and every raw score, one Parquet file per shard) in pool
-order, reading only the columns it needs, a few shards ahead on a thread pool (pyarrow decodes
-without the GIL). Per shard, one matrix product gives the combined scores of every weight vector
-of a plan at once.
+A pool-level step never loads the pool, nor a whole shard: it walks the per-shard index files
+(``doc_id``, ``source``, ``n_tokens``, ``doc_hash`` and every raw score, one Parquet file per shard)
+in pool order, in row batches sized so one batch's (rows x weight vectors) matrix stays about 32 MB,
+reading only the columns it needs, a few batches ahead on a thread (pyarrow decodes without the
+GIL). Per batch, one matrix product gives the combined scores of every weight vector of a plan at
+once.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import pool
-from .storage import fs_and_path
+from .storage import fs_and_path, iter_parquet
 
 PREFETCH = 4
 
@@ -41,20 +41,70 @@ def read_columns(uri: str, columns: Sequence[str]) -> pa.Table:
         return pq.read_table(f, columns=list(columns))
 
 
-def _tables(uris: Sequence[str], columns: Sequence[str], workers: int = PREFETCH) -> Iterator[pa.Table]:
-    if workers <= 1 or len(uris) <= 1:
-        for u in uris:
-            yield read_columns(u, columns)
+#: the most (rows x weight vectors) a scan holds per batch: 4M int64 combined scores, 32 MB
+BATCH_CELLS = 1 << 22
+#: rows per scan batch, at least and at most
+MIN_BATCH_ROWS, MAX_BATCH_ROWS = 1024, 65536
+
+
+def batch_rows(vectors: int = 1) -> int:
+    """Rows per scan batch for ``vectors`` weight vectors: one batch's (rows, vectors) matrix stays
+    about ``BATCH_CELLS`` cells, whatever the shard's size."""
+    return int(max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, BATCH_CELLS // max(1, vectors))))
+
+
+def _prefetch(it: Iterator, depth: int) -> Iterator:
+    """``it`` run ``depth`` items ahead on a thread (pyarrow reads and decodes without the GIL)."""
+    if depth <= 0:
+        yield from it
         return
-    with ThreadPoolExecutor(workers) as ex:
-        window: list = []
-        it = iter(uris)
-        for u in it:
-            window.append(ex.submit(read_columns, u, columns))
-            if len(window) >= workers:
-                yield window.pop(0).result()
-        for fut in window:
-            yield fut.result()
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def run():
+        try:
+            for x in it:
+                while not stop.is_set():
+                    try:
+                        q.put((x, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((done, e))
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is done:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()
+
+
+def _batches(keys: Sequence[str], uris: Sequence[str], columns: Sequence[str], rows: int,
+             depth: int = PREFETCH) -> Iterator[tuple[str, int, pa.Table]]:
+    """(shard, first row, table of up to ``rows`` rows) for every shard in order, streamed."""
+    def gen():
+        for key, uri in zip(keys, uris):
+            row0 = 0
+            for t in iter_parquet(uri, list(columns), rows):
+                yield key, row0, t
+                row0 += t.num_rows
+
+    return _prefetch(gen(), depth)
 
 
 def _units(t: pa.Table, norm: pool.Normalisation) -> np.ndarray:
@@ -63,12 +113,13 @@ def _units(t: pa.Table, norm: pool.Normalisation) -> np.ndarray:
 
 
 def combined(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray,
-             extra: Sequence[str] = ()) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
-    """(key, (n, P) combined-score units, the shard's ``n_tokens`` + ``extra`` columns) per shard."""
+             extra: Sequence[str] = ()) -> Iterator[tuple[str, int, np.ndarray, pa.Table]]:
+    """(key, first row, (n, P) combined-score units, the batch's ``n_tokens`` + ``extra`` columns)
+    per batch of every shard, in pool order."""
     Wu = pool.weight_units(np.asarray(W, dtype=np.float64).reshape(len(norm.names), -1))
     cols = list(dict.fromkeys([*norm.names, "n_tokens", *extra]))
-    for key, t in zip(files.keys, _tables(files.index, cols)):
-        yield key, pool.combined_units(_units(t, norm), Wu), t
+    for key, row0, t in _batches(files.keys, files.index, cols, batch_rows(Wu.shape[1])):
+        yield key, row0, pool.combined_units(_units(t, norm), Wu), t
 
 
 def cuts(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, *, totals: tuple[int, int],
@@ -79,19 +130,19 @@ def cuts(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, *, totals: t
     P = np.asarray(W).reshape(len(norm.names), -1).shape[1]
 
     def scan():
-        for key, c, t in combined(files, norm, W):
-            yield pool.ShardScores(key, c, t.column("n_tokens").to_numpy())
+        for key, row0, c, t in combined(files, norm, W):
+            yield pool.ShardScores(key, c, t.column("n_tokens").to_numpy(), row0)
 
     return pool.find_cuts(scan, [target] * P, counting, bins=bins, collect_limit=collect_limit)
 
 
 def kept_counts(files: PoolFiles, norm: pool.Normalisation, w: np.ndarray, cut: pool.Cut) -> tuple[dict, dict]:
     """Per shard and per source: kept and pool documents and tokens under one cut (group_by
-    per shard, merged)."""
+    per batch, merged)."""
     per_shard: dict[str, dict] = {}
     per_source: dict[str, dict] = {}
-    for key, c, t in combined(files, norm, w, extra=["source"]):
-        kept = cut.keep(key, c[:, 0])
+    for key, row0, c, t in combined(files, norm, w, extra=["source"]):
+        kept = cut.keep(key, c[:, 0], row0)
         g = pa.table({"source": t.column("source"), "n": t.column("n_tokens"), "k": pa.array(kept)}).append_column(
             "kn", pa.array(np.where(kept, t.column("n_tokens").to_numpy(), 0)))
         agg = g.group_by("source").aggregate([("n", "count"), ("n", "sum"), ("k", "sum"), ("kn", "sum")])
@@ -100,8 +151,9 @@ def kept_counts(files: PoolFiles, norm: pool.Normalisation, w: np.ndarray, cut: 
             for k, v in (("docs", kd), ("tokens", kt), ("pool_docs", pd_), ("pool_tokens", pt)):
                 cur[k] += int(v or 0)
         n = t.column("n_tokens").to_numpy()
-        per_shard[key] = {"docs": int(kept.sum()), "tokens": int(n[kept].sum()), "pool_docs": int(len(n)),
-                          "pool_tokens": int(n.sum())}
+        cur = per_shard.setdefault(key, {"docs": 0, "tokens": 0, "pool_docs": 0, "pool_tokens": 0})
+        for k, v in (("docs", kept.sum()), ("tokens", n[kept].sum()), ("pool_docs", len(n)), ("pool_tokens", n.sum())):
+            cur[k] += int(v)
     return per_shard, per_source
 
 
@@ -118,8 +170,8 @@ class Sample:
 HASH_UNITS = 1 << 40
 
 
-def _selected(key, c, t, cuts_, masks) -> list[np.ndarray]:
-    return [masks[p](key, c[:, p], t) if masks and masks[p] else cuts_[p].keep(key, c[:, p])
+def _selected(key, row0, c, t, cuts_, masks) -> list[np.ndarray]:
+    return [masks[p](key, row0, c[:, p], t) if masks and masks[p] else cuts_[p].keep(key, c[:, p], row0)
             for p in range(len(cuts_))]
 
 
@@ -131,19 +183,19 @@ def _hash_units(doc_hash: np.ndarray, seed: int) -> np.ndarray:
 def random_selections(files: PoolFiles, tokens: Sequence[int], seeds: Sequence[int]) -> list[Callable]:
     """Per (token target, seed): a uniformly random selection of the pool of that many tokens (the
     documents with the smallest seeded hash until their tokens reach it, an exact cut on the hash
-    in one pass), as a mask ``(key, c, t) -> bool array`` for ``write_stores``: a random arm of the
-    same size as the selection it is compared with."""
+    in one pass), as a mask ``(key, row0, c, t) -> bool array`` for ``write_stores``: a random arm
+    of the same size as the selection it is compared with."""
     P = len(tokens)
 
     def scan_():
-        for key, t in zip(files.keys, _tables(files.index, ["n_tokens", "doc_hash"])):
+        for key, row0, t in _batches(files.keys, files.index, ["n_tokens", "doc_hash"], batch_rows(P)):
             h = t.column("doc_hash").to_numpy()
             cc = np.stack([_hash_units(h, s) for s in seeds], axis=1) if len(h) else np.zeros((0, P), np.int64)
-            yield pool.ShardScores(key, cc, t.column("n_tokens").to_numpy())
+            yield pool.ShardScores(key, cc, t.column("n_tokens").to_numpy(), row0)
 
     cuts_ = pool.find_cuts(scan_, [float(x) for x in tokens], "tokens", hi_units=HASH_UNITS)
-    return [(lambda cut, seed: lambda key, c, t: cut.keep(key, _hash_units(t.column("doc_hash").to_numpy(), seed)))(cut, s)
-            for cut, s in zip(cuts_, seeds)]
+    return [(lambda cut, seed: lambda key, row0, c, t: cut.keep(
+        key, _hash_units(t.column("doc_hash").to_numpy(), seed), row0))(cut, s) for cut, s in zip(cuts_, seeds)]
 
 
 def sample_cuts(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts_: Sequence[pool.Cut],
@@ -154,13 +206,13 @@ def sample_cuts(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts_
     targets = [float(s.budget) if s.budget else float("inf") for s in samples]
 
     def scan():
-        for key, c, t in combined(files, norm, W, extra=["doc_hash"]):
+        for key, row0, c, t in combined(files, norm, W, extra=["doc_hash"]):
             h = t.column("doc_hash").to_numpy()
-            sel = _selected(key, c, t, cuts_, masks)
+            sel = _selected(key, row0, c, t, cuts_, masks)
             cc = np.empty((len(h), P), dtype=np.int64)
             for p in range(P):
                 cc[:, p] = np.where(sel[p], _hash_units(h, samples[p].seed), -1)
-            yield pool.ShardScores(key, cc, t.column("n_tokens").to_numpy())
+            yield pool.ShardScores(key, cc, t.column("n_tokens").to_numpy(), row0)
 
     return pool.find_cuts(scan, targets, "tokens", hi_units=HASH_UNITS)
 
@@ -180,26 +232,31 @@ def write_stores(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts
     counts = [{"docs": 0, "tokens": 0, "selected": {"docs": 0, "tokens": 0}} for _ in range(P)]
     tok_uri = dict(zip(files.keys, files.tokens))
     step = max(1, len(files.keys) // 10)
-    for i, (key, c, t) in enumerate(combined(files, norm, W, extra=["doc_hash"])):
+    done, last = 0, None
+    for key, row0, c, t in combined(files, norm, W, extra=["doc_hash"]):
+        if key != last:
+            if last is not None:
+                done += 1
+                if log and done % step == 0:
+                    log(f"training data: {done}/{len(files.keys)} shards")
+            last = key
         h = t.column("doc_hash").to_numpy()
         n = t.column("n_tokens").to_numpy()
-        sel = _selected(key, c, t, cuts_, masks)
+        sel = _selected(key, row0, c, t, cuts_, masks)
         take = []
         for p in range(P):
             counts[p]["selected"]["docs"] += int(sel[p].sum())
             counts[p]["selected"]["tokens"] += int(n[sel[p]].sum())
             hu = _hash_units(h, samples[p].seed)
-            take.append(np.flatnonzero(sel[p] & scuts[p].keep(key, np.where(sel[p], hu, -1))))
+            take.append(np.flatnonzero(sel[p] & scuts[p].keep(key, np.where(sel[p], hu, -1), row0)))
         rows = np.unique(np.concatenate(take)) if take else np.zeros(0, dtype=np.int64)
         if len(rows):
-            ids = _token_rows(tok_uri[key], rows)
+            ids = _token_rows(tok_uri[key], rows + row0)
             for p in range(P):
                 for r in take[p]:
-                    writers[p].add(ids[int(r)])
+                    writers[p].add(ids[int(r) + row0])
                 counts[p]["docs"] += len(take[p])
                 counts[p]["tokens"] += int(n[take[p]].sum())
-        if log and (i + 1) % step == 0:
-            log(f"training data: {i + 1}/{len(files.keys)} shards")
     return counts
 
 
@@ -228,7 +285,7 @@ def hash_sample(files: PoolFiles, columns: Sequence[str], k: int, seed: int, tot
     layout), with ``columns``: a fixed-rate filter per shard, so memory is O(k)."""
     rate = min(1.0, k / max(total_docs, 1))
     parts = []
-    for t in _tables(files.index, list(dict.fromkeys([*columns, "doc_hash"]))):
+    for _, _, t in _batches(files.keys, files.index, list(dict.fromkeys([*columns, "doc_hash"])), batch_rows()):
         u = pool.uniform(t.column("doc_hash").to_numpy(), seed)
         parts.append(t.filter(pa.array(u < rate)).select(list(columns)))
     return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
@@ -239,7 +296,7 @@ def find_doc(files: PoolFiles, doc_id: str) -> list[tuple[str, int]]:
     import pyarrow.compute as pc
 
     hits = []
-    for key, t in zip(files.keys, _tables(files.index, ["doc_id"])):
+    for key, row0, t in _batches(files.keys, files.index, ["doc_id"], batch_rows()):
         for r in np.flatnonzero(np.asarray(pc.equal(t.column("doc_id"), doc_id))):
-            hits.append((key, int(r)))
+            hits.append((key, row0 + int(r)))
     return hits

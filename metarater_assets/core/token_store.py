@@ -19,6 +19,7 @@ uninterrupted one would, and each data-parallel rank reads only its slice of a s
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -35,17 +36,32 @@ MARKER = "store.json"
 
 
 class TokenStoreWriter:
-    """Append documents; ``close()`` uploads ``tokens.bin`` / ``tokens.idx`` and commits."""
+    """Append documents; ``close()`` commits ``tokens.bin`` / ``tokens.idx``, then the marker.
+
+    A local store is written in a staging folder beside it (the same disk: committing is a rename,
+    and a plan of many runs needs no second copy in temp); an object-store URI is staged in local
+    temp and uploaded. Memory: 8 bytes per document (the offsets)."""
 
     def __init__(self, uri: str, vocab_size: int, eos_id: int, meta: dict | None = None):
+        from array import array
+
         self.uri = uri.rstrip("/")
         self.dtype = np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
         self.eos = int(eos_id)
         self.vocab_size = int(vocab_size)
         self.meta = dict(meta or {})
-        self._tmp = tempfile.mkdtemp(prefix="metarater-store-")
+        self._local = st.is_local(self.uri)
+        if self._local:
+            _, path = st.fs_and_path(self.uri)
+            parent, name = os.path.dirname(path) or ".", os.path.basename(path)
+            os.makedirs(parent, exist_ok=True)
+            for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.staging-*")):
+                shutil.rmtree(old, ignore_errors=True)  # what a killed writer of this store left
+            self._tmp = tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent)
+        else:
+            self._tmp = tempfile.mkdtemp(prefix="metarater-store-")
         self._bin = open(os.path.join(self._tmp, "tokens.bin"), "wb")
-        self._offsets = [0]
+        self._offsets = array("q", [0])
         self.n_tokens = 0
 
     def add(self, ids: np.ndarray) -> None:
@@ -66,12 +82,19 @@ class TokenStoreWriter:
     def close(self) -> dict:
         self._bin.close()
         try:
-            np.save(os.path.join(self._tmp, "tokens.idx.npy"), np.asarray(self._offsets, dtype=np.int64))
+            idx = os.path.join(self._tmp, "tokens.idx")
+            with open(idx, "wb") as f:
+                np.save(f, np.frombuffer(self._offsets, dtype=np.int64))
             fs, path = st.fs_and_path(self.uri)
             if fs.exists(f"{path}/{MARKER}"):  # a store is written once; a rewrite drops the old marker first
                 fs.rm(f"{path}/{MARKER}")
-            st.put_atomic(os.path.join(self._tmp, "tokens.bin"), f"{self.uri}/tokens.bin")
-            st.put_atomic(os.path.join(self._tmp, "tokens.idx.npy"), f"{self.uri}/tokens.idx")
+            for name in ("tokens.bin", "tokens.idx"):
+                if self._local:
+                    os.makedirs(path, exist_ok=True)
+                    st.crash_point(f"{self.uri}/{name}")
+                    os.replace(os.path.join(self._tmp, name), os.path.join(path, name))
+                else:
+                    st.put_atomic(os.path.join(self._tmp, name), f"{self.uri}/{name}")
             info = {"version": STORE_VERSION, "dtype": self.dtype.str, "n_tokens": self.n_tokens,
                     "n_docs": self.n_docs, "eos_id": self.eos, "vocab_size": self.vocab_size, **self.meta}
             st.write_json(info, f"{self.uri}/{MARKER}")

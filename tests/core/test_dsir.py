@@ -47,3 +47,18 @@ def test_hash_is_unsalted_and_stable():
 def test_empty_document_scores_zero():
     m = dsir.DsirModel.fit(np.ones(100, dtype=np.int64), {"t": np.arange(100)})
     assert m.score([""])["t"][0] == 0.0
+
+
+def test_a_documents_score_does_not_depend_on_its_batch():
+    """Bit for bit: the per-shard step scores a shard in row batches, and a document's score must
+    not change with the batch it falls in (nor with the empty documents around it)."""
+    texts = _pool().column("text").to_pylist()[:400]
+    texts[3] = texts[250] = ""
+    model = dsir.DsirModel.fit(dsir.count_buckets(texts),
+                               {"t": dsir.count_buckets(texts[::3]), "u": dsir.count_buckets(texts[1::5])})
+    whole = model.score(texts)
+    for step in (1, 7, 64):
+        for name in ("t", "u"):
+            parts = np.concatenate([model.score(texts[i:i + step])[name] for i in range(0, len(texts), step)])
+            assert parts.tobytes() == whole[name].tobytes(), (step, name)
+    assert whole["t"][3] == 0.0 and whole["t"][250] == 0.0

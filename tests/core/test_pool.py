@@ -41,12 +41,22 @@ def test_histogram_cut_equals_exact_sort_with_ties_and_token_weights(seed):
         for key, c, t in shards:
             yield pool.ShardScores(key, c, t)
 
+    step = int(rng.integers(1, 9))  # a shard streamed in row batches of `step` rows
+
+    def batched():
+        for key, c, t in shards:
+            for r0 in range(0, len(t), step):
+                yield pool.ShardScores(key, c[r0:r0 + step], t[r0:r0 + step], r0)
+
     for bins, limit in ((2, 0), (7, 3), (2048, 10 ** 6)):  # forced refinements and a single pass
         cuts = pool.find_cuts(scan, [target] * P, counting, bins=bins, collect_limit=limit)
+        assert pool.find_cuts(batched, [target] * P, counting, bins=bins, collect_limit=limit) == cuts
         for p in range(P):
             want = _exact(shards, p, counting, target)
             got = np.concatenate([cuts[p].keep(k, c[:, p]) for k, c, _ in shards])
             assert (got == want).all(), (seed, bins, limit, p)
+            in_batches = [cuts[p].keep(k, c[r0:r0 + step, p], r0) for k, c, t in shards for r0 in range(0, len(t), step)]
+            assert (np.concatenate(in_batches or [np.zeros(0, bool)]) == want).all(), (seed, step, p)
             tt = np.concatenate([t for *_, t in shards])
             assert cuts[p].docs == want.sum() and cuts[p].tokens == tt[want].sum()
 
@@ -169,7 +179,7 @@ def test_random_selection_has_the_target_size_and_is_the_smallest_hashes(tmp_pat
     masks = scan.random_selections(files, [target, target], [11, 12])
     picked = []
     for seed, mask in zip([11, 12], masks):
-        got = np.concatenate([mask(k, None, t) for k, t in zip(keys, tables)])
+        got = np.concatenate([mask(k, 0, None, t) for k, t in zip(keys, tables)])
         h = np.concatenate([t.column("doc_hash").to_numpy() for t in tables])
         n = np.concatenate([t.column("n_tokens").to_numpy() for t in tables])
         order = np.argsort(pool.uniform(h, seed), kind="stable")
