@@ -46,6 +46,7 @@ bench: install
 	$(PY) bench/run.py
 	$(PY) bench/control.py
 	$(PY) bench/scale.py
+	$(PY) bench/shard_memory.py
 	$(PY) bench/controlled.py
 
 clean:

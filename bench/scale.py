@@ -34,8 +34,9 @@ POOL_STEPS = {"dsir_model", "tokenizer", "score_stats", "validation_tokens", "pr
               "regressor", "optimal_weights", "curated_selection", "curated_manifest", "evaluation"}
 
 
-def build_pool(dest: Path, times: int) -> int:
-    """``times`` copies of the corpus's documents with fresh ids, in .jsonl.zst shards of 1,250."""
+def build_pool(dest: Path, times: int) -> tuple[int, int]:
+    """``times`` copies of the corpus's documents with fresh ids, in .jsonl.zst shards of 1,250;
+    returns (documents, bytes of text)."""
     import zstandard
 
     from metarater_assets.core import corpus
@@ -59,15 +60,17 @@ def build_pool(dest: Path, times: int) -> int:
         shard += 1
         buf = []
 
+    text_bytes = 0
     for k in range(times):
         for d in docs:
             buf.append(json.dumps({**d, "id": f"r{k}-{d['id']}"}) + "\n")
             n += 1
+            text_bytes += len(d["text"].encode("utf-8"))
             if len(buf) == DOCS_PER_SHARD:
                 flush()
     if buf:
         flush()
-    return n
+    return n, text_bytes
 
 
 def config(dest: Path, workers: int) -> Path:
@@ -112,7 +115,7 @@ def measure(times: int, workers: int, keep: Path | None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix=f"metarater-scale-{times}x-"))
     try:
-        docs = build_pool(tmp / "raw", times)
+        docs, text_bytes = build_pool(tmp / "raw", times)
         cfg = config(tmp, workers)
         env = {**os.environ, "METARATER_HOME": str(tmp / "home"), "METARATER_RAW_URI": str(tmp / "raw"),
                "METARATER_CONFIG": str(cfg), "METARATER_LOG_LEVEL": "CRITICAL"}
@@ -126,8 +129,8 @@ def measure(times: int, workers: int, keep: Path | None) -> dict:
         storage = {p.name: du(p) for p in (tmp / "home" / "storage").iterdir() if p.is_dir()}
         storage["artifacts"] = du(tmp / "home" / "artifacts")
         stats = json.loads((tmp / "home" / "storage" / "score_stats.json").read_text())
-        return {"times": times, "docs": docs, "shards": stats["shards"], "tokens": stats["tokens"],
-                "steps": steps, "storage": storage}
+        return {"times": times, "docs": docs, "text_bytes": text_bytes, "shards": stats["shards"],
+                "tokens": stats["tokens"], "steps": steps, "storage": storage}
     finally:
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -164,23 +167,42 @@ def report(results: list[dict], workers: int) -> str:
     return "\n".join(text)
 
 
+#: SlimPajama-627B, the projection's target: documents, shards, text bytes and tokens per document
+TARGET = {"docs": 590e6, "shards": 60000, "bytes_per_doc": 4500, "tokens_per_doc": 1060}
+#: per-shard steps (their cost follows the text, projected by bytes); the rest by documents
+PER_SHARD = {"raw_docs", "rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens", "shard_index", "curated_corpus"}
+
+
 def projection(r: dict, workers: int) -> str:
-    """590M documents in 60,000 shards (SlimPajama-627B), from the largest measured pool."""
-    N, S = 590e6, 60000
-    docs = r["docs"]
-    rows = ["| step | CPU-hours at 590M docs (measured per-doc cost x workers) |", "|---|---|"]
+    """590M documents in 60,000 shards (SlimPajama-627B), from the largest measured pool: the
+    per-shard steps by bytes of text (their cost is reading, splitting and hashing text), the
+    pool-level ones by documents (they read a few numbers per document)."""
+    N, S = TARGET["docs"], TARGET["shards"]
+    docs, nbytes = r["docs"], r["text_bytes"]
+    b_doc, t_doc = nbytes / docs, r["tokens"] / docs
+    scale_bytes = N * TARGET["bytes_per_doc"] / nbytes
+    rows = ["| step | projected by | CPU-hours at 590M docs |", "|---|---|---|"]
+    per_shard_total = 0.0
     for s in r["steps"]:
-        rows.append(f"| {'+'.join(s['assets'])} | {s['wall'] * workers * N / docs / 3600:,.1f} |")
+        by_bytes = any(a in PER_SHARD for a in s["assets"])
+        hours = s["wall"] * workers * (scale_bytes if by_bytes else N / docs) / 3600
+        per_shard_total += hours if by_bytes else 0.0
+        rows.append(f"| {'+'.join(s['assets'])} | {'bytes' if by_bytes else 'documents'} | {hours:,.1f} |")
     bytes_per_doc = {k: v / docs for k, v in r["storage"].items()}
     storage = ", ".join(f"{k} {v * N / 1e12:.2f} TB" for k, v in sorted(bytes_per_doc.items(), key=lambda kv: -kv[1]) if v * N > 1e9)
     total = sum(bytes_per_doc.values()) * N / 1e12
     return "\n".join([
-        f"Projection to 590M documents in {S:,} shards (~9,800 documents per shard, 7.8x the measured 1,250): "
-        "per-shard steps run in batches of 64 shards, so a step's memory is one shard's data plus a model and "
-        "grows with the shard size, not the pool; pool-level steps hold per-shard summaries (O(shards)), "
-        "histograms (O(vectors x bins)) and one boundary bin, never the pool. These CPU-hours exclude the "
-        "model raters and transformer proxies (GPU work, see the README) and assume the measured rates hold:", "",
-        *rows, "", f"Storage (from the measured bytes per document): {storage}; {total:.1f} TB in all."])
+        f"Projection to SlimPajama-627B: {N / 1e6:.0f}M documents of about {TARGET['bytes_per_doc']:,} bytes and "
+        f"{TARGET['tokens_per_doc']:,} tokens in {S:,} shards (the measured pool: {b_doc:,.0f} bytes and {t_doc:,.0f} "
+        f"tokens per document, so {TARGET['bytes_per_doc'] / b_doc:.1f}x the text per document). Per-shard steps are "
+        "projected by bytes of text, pool-level steps by documents. Per-shard steps run in batches of 64 shards and "
+        "stream each shard in row batches, so a step's memory is one row batch plus a model, neither the shard nor "
+        "the pool (bench/shard_memory.py); pool-level steps hold per-shard summaries (O(shards)), histograms "
+        "(O(vectors x bins)) and one boundary bin, never the pool. These CPU-hours exclude the model raters and "
+        "transformer proxies (GPU work) and assume the measured rates hold:", "",
+        *rows, "", f"Per-shard steps: about {per_shard_total:,.0f} CPU-hours in all.", "",
+        f"Storage (from the measured bytes per document, not rescaled to the longer documents): {storage}; "
+        f"{total:.1f} TB in all."])
 
 
 def main():

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import pool
+from . import storage
 from .storage import fs_and_path, iter_parquet
 
 PREFETCH = 4
@@ -112,13 +113,14 @@ def _units(t: pa.Table, norm: pool.Normalisation) -> np.ndarray:
     return norm.units(cols)
 
 
-def combined(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray,
-             extra: Sequence[str] = ()) -> Iterator[tuple[str, int, np.ndarray, pa.Table]]:
+def combined(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, extra: Sequence[str] = (),
+             rows: int | None = None) -> Iterator[tuple[str, int, np.ndarray, pa.Table]]:
     """(key, first row, (n, P) combined-score units, the batch's ``n_tokens`` + ``extra`` columns)
-    per batch of every shard, in pool order."""
+    per batch of every shard, in pool order (``rows`` per batch, at most; default ``batch_rows``)."""
     Wu = pool.weight_units(np.asarray(W, dtype=np.float64).reshape(len(norm.names), -1))
     cols = list(dict.fromkeys([*norm.names, "n_tokens", *extra]))
-    for key, row0, t in _batches(files.keys, files.index, cols, batch_rows(Wu.shape[1])):
+    n = min(rows, batch_rows(Wu.shape[1])) if rows else batch_rows(Wu.shape[1])
+    for key, row0, t in _batches(files.keys, files.index, cols, n):
         yield key, row0, pool.combined_units(_units(t, norm), Wu), t
 
 
@@ -233,7 +235,8 @@ def write_stores(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts
     tok_uri = dict(zip(files.keys, files.tokens))
     step = max(1, len(files.keys) // 10)
     done, last = 0, None
-    for key, row0, c, t in combined(files, norm, W, extra=["doc_hash"]):
+    # batches of a shard step's size: the pass also holds the token ids of a batch's kept documents
+    for key, row0, c, t in combined(files, norm, W, extra=["doc_hash"], rows=storage.SHARD_BATCH_ROWS):
         if key != last:
             if last is not None:
                 done += 1

@@ -54,14 +54,17 @@ def _inputs(d: Path) -> tuple[Path, Path]:
     return raw, cfg_path
 
 
-def _run(home_root: Path, raw: Path, cfg: Path) -> Path:
+def _start(home_root: Path, raw: Path, cfg: Path) -> subprocess.Popen:
     env = {**os.environ, "METARATER_HOME": str(home_root / "home"), "DAGSTER_HOME": str(home_root / "dagster"),
            "METARATER_RAW_URI": str(raw), "METARATER_CONFIG": str(cfg),
            "PYTHONHASHSEED": "random"}  # each process its own str hashes: set order must not leak into results
     home_root.mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-m", "metarater_assets.cli", "run", "--stage", "evaluation"],
+    return subprocess.Popen([sys.executable, "-m", "metarater_assets.cli", "run", "--stage", "evaluation"],
                             env=env, cwd=str(home_root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, home_root: Path) -> Path:
     try:
         out, _ = proc.communicate(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -106,8 +109,14 @@ def _tables_equal(a: Path, b: Path, where: str) -> int:
 
 def test_two_runs_from_scratch_give_identical_results(tmp_path):
     raw, cfg = _inputs(tmp_path / "inputs")
-    a = _run(tmp_path / "run-a", raw, cfg)
-    b = _run(tmp_path / "run-b", raw, cfg)
+    # at the same time, as two users on one machine would: neither may see the other's work
+    procs = [(_start(tmp_path / name, raw, cfg), tmp_path / name) for name in ("run-a", "run-b")]
+    try:
+        a, b = (_finish(p, root) for p, root in procs)
+    finally:
+        for p, _ in procs:
+            if p.poll() is None:
+                stop_group(p, grace=5)
     for home in (a, b):
         assert (home / "storage" / "evaluation.json").exists()
         assert any((home.parent / "dagster").rglob("*.db")), "each run used its own DAGSTER_HOME"
