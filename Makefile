@@ -47,6 +47,7 @@ bench: install
 	$(PY) bench/control.py
 	$(PY) bench/scale.py
 	$(PY) bench/shard_memory.py
+	$(PY) bench/ray_engine.py
 	$(PY) bench/controlled.py
 
 clean:

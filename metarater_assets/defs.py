@@ -329,17 +329,9 @@ def load(settings: Settings):
 
 def jobs(cfg) -> list:
     sel = dg.AssetSelection.assets(*shard_assets(cfg))
-    out = [dg.define_asset_job("shard_job", selection=sel, partitions_def=shards,
-                               description="Ingest, score, tokenise and index shards (what a new or changed "
-                                           "file needs); runs over a batch of shards at once.")]
-    try:
-        from dagster_celery import celery_executor
-    except ImportError:
-        return out
-    out.append(dg.define_asset_job(
-        "shard_job_celery", selection=sel, partitions_def=shards, executor_def=celery_executor,
-        description="shard_job on Celery workers (broker / backend in the run config's execution.config)."))
-    return out
+    return [dg.define_asset_job("shard_job", selection=sel, partitions_def=shards,
+                                description="Ingest, score, tokenise and index shards (what a new or changed "
+                                            "file needs); runs over a batch of shards at once.")]
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

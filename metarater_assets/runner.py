@@ -122,13 +122,13 @@ _CHILD: dict = {}
 
 
 def _execute(settings: Settings, batch: Batch, instance: dg.DagsterInstance | None = None,
-             assets=None, resources=None) -> tuple[bool, str, float]:
+             assets=None, resources=None, extra_tags: dict | None = None) -> tuple[bool, str, float]:
     t0 = time.perf_counter()
     instance = instance or dg.DagsterInstance.get()
     from .runs import run_tags
 
     tags = {"metarater/cli": "run", "metarater/stage": batch.stage, "metarater/assets": ",".join(batch.assets),
-            **run_tags()}
+            **run_tags(), **(extra_tags or {})}
     kw = {}
     if len(batch.partitions) == 1:
         kw["partition_key"] = batch.partitions[0]
@@ -204,6 +204,109 @@ class Launcher:
             self._pool.shutdown()
 
 
+# ------------------------------------------------------------------------------------------
+# compute.engine: ray -- the batches of partitioned steps as Ray tasks
+
+BATCH_TAG = "metarater/batch"
+NODE_TAG = "metarater/ray_node"
+#: steps that hold a model on an accelerator (a GPU each, or the configured stand-in resource)
+GPU_ASSETS = ("proxy_run", "confirm_run", "orientation_run")
+
+
+def _ray_batch(settings: tuple, dagster_home: str, threads: int, batch: Batch, token: str) -> tuple[bool, str, float]:
+    """One batch in a Ray worker process: the run it makes is a Dagster run on the shared instance,
+    tagged with the submission's token (a retried task's dead attempt is found by it)."""
+    import ray
+
+    key = (settings, dagster_home)
+    if _CHILD.get("key") != key:  # a Ray worker serves many tasks: load the project once
+        _child_init(settings, dagster_home, threads)
+        _CHILD["key"] = key
+    return _child_run_tagged(batch, {BATCH_TAG: token, NODE_TAG: ray.get_runtime_context().get_node_id()})
+
+
+def _child_run_tagged(batch: Batch, tags: dict) -> tuple[bool, str, float]:
+    return _execute(_CHILD["settings"], batch, _CHILD["instance"], _CHILD["assets"], _CHILD["resources"], tags)
+
+
+class RayLauncher:
+    """``compute.engine: ray``: each batch of a partitioned step is a Ray task on the cluster named
+    by ``RAY_ADDRESS`` (a local Ray when unset), at most ``workers`` at a time; a task whose worker
+    or node dies is retried by Ray (``compute.ray.max_retries``) on the nodes that remain. Outputs
+    are committed by the shard that wrote them, so a retried batch rewrites nothing that a reader
+    could have taken for complete. Unpartitioned steps run here, in the driver."""
+
+    def __init__(self, settings: Settings, instance: dg.DagsterInstance, assets, resources, workers: int, cfg):
+        import ray
+
+        self.settings, self.instance, self.assets, self.resources = settings, instance, assets, resources
+        ray_cfg = cfg.compute.get("ray") or {}
+        self.cpus = float(ray_cfg.get("num_cpus", 1))
+        self.gpu_resource = ray_cfg.get("gpu_resource")
+        self.gpus = float(cfg.compute.get("devices") or 1) if cfg.compute.get("accelerator") in ("gpu", "cuda") else 0.0
+        self.retries = int(ray_cfg.get("max_retries", 3))
+        if not ray.is_initialized():
+            address = os.environ.get("RAY_ADDRESS") or None
+            # a cluster of one's own (RAY_ADDRESS), or a Ray started here for this run
+            ray.init(address=address, log_to_driver=False, configure_logging=False,
+                     **({} if address else {"include_dashboard": False}))
+        self.workers = max(1, workers)
+        self._task = ray.remote(_ray_batch)
+
+    def _options(self, batch: Batch) -> dict:
+        opts = {"num_cpus": self.cpus, "max_retries": self.retries, "retry_exceptions": False}
+        if any(a in GPU_ASSETS or a.startswith("score_") for a in batch.assets):
+            if self.gpus:
+                opts["num_gpus"] = self.gpus
+            elif self.gpu_resource:
+                opts["resources"] = {str(self.gpu_resource): 1}
+        return opts
+
+    def _dead_attempts(self, token: str) -> None:
+        """Runs of this batch still in progress: attempts whose worker died (the task was retried)."""
+        from .runs import _IN_PROGRESS
+
+        for r in self.instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: token}, statuses=_IN_PROGRESS)):
+            self.instance.report_run_failed(r)
+
+    def run(self, batches: list[Batch], done: Callable[[Batch, bool, str, float], list[Batch]]) -> None:
+        import uuid
+
+        import ray
+
+        queue = list(batches)
+        s = self.settings
+        threads = max(1, int(self.cpus))
+        running: dict = {}
+        while queue or running:
+            while queue and len(running) < self.workers:
+                b = queue.pop(0)
+                if not b.partitions:  # a pool-level step: here, in the driver
+                    queue.extend(done(b, *_execute(s, b, self.instance, self.assets, self.resources)))
+                    continue
+                token = uuid.uuid4().hex
+                ref = self._task.options(**self._options(b)).remote(
+                    (s.home, s.raw_uri, s.config_path), self.instance.root_directory, threads, b, token)
+                running[ref] = (b, token)
+            if not running:
+                continue
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                b, token = running.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except ray.exceptions.RayError as e:  # its retries spent: the worker or node kept dying
+                    res = (False, f"Ray: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 0.0)
+                self._dead_attempts(token)
+                queue.extend(done(b, *res))
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def _contiguous(keys: list[str], order: list[str], size: int) -> list[list[str]]:
     pos = {k: i for i, k in enumerate(order)}
     out, cur = [], []
@@ -269,7 +372,13 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
     dead = mark_dead_runs(instance)
     if dead:
         echo(f"{len(dead)} run(s) of a worker that died (e.g. killed by the OOM killer) marked failed: {_short(dead)}")
-    launcher = Launcher(settings, instance, assets, resources, _workers(cfg, workers))
+    if cfg.compute.get("engine") == "ray":
+        if instance.root_directory is None:
+            raise ValueError("compute.engine: ray needs a persistent Dagster instance (DAGSTER_HOME) that every "
+                             "Ray worker can reach")
+        launcher = RayLauncher(settings, instance, assets, resources, _workers(cfg, workers), cfg)
+    else:
+        launcher = Launcher(settings, instance, assets, resources, _workers(cfg, workers))
     failed_shards: set[str] = set()
     stop = False
     steps = steps_for(cfg, stage)

@@ -359,9 +359,14 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     if not 0.0 <= float(reg["holdout"]) < 1.0:
         raise ConfigError(f"regressor.holdout must be in [0, 1), got {reg['holdout']!r}")
     comp = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "threads": None, "strategy": "auto",
-            "workers": None, "shards_per_run": 64, **(raw.get("compute") or {})}
+            "workers": None, "shards_per_run": 64, "engine": "local", **(raw.get("compute") or {})}
     _known("compute", comp, {"accelerator", "devices", "precision", "threads", "strategy", "workers",
-                             "shards_per_run"})
+                             "shards_per_run", "engine", "ray"})
+    if comp["engine"] not in ("local", "ray"):
+        raise ConfigError(f"compute.engine must be local or ray, got {comp['engine']!r}")
+    ray_cfg = dict(comp.get("ray") or {})
+    _known("compute.ray", ray_cfg, {"num_cpus", "gpu_resource", "max_retries"})
+    comp["ray"] = ray_cfg
     comp["shards_per_run"] = _int("compute.shards_per_run", comp["shards_per_run"], 1)
     if comp["workers"] not in (None, "auto"):
         comp["workers"] = _int("compute.workers", comp["workers"], 1)

@@ -189,9 +189,9 @@ def test_a_shard_whose_blocking_check_failed_stops_the_pool_until_it_is_excluded
 
     real = pool.build_shard_index
 
-    def bad_second(settings, cfg, key, tracer):
-        table, summary, problems, digest = real(settings, cfg, key, tracer)
-        return table, summary, (problems + ["injected: rpv2_scores not aligned"] if key == SECOND else problems), digest
+    def bad_second(settings, cfg, key, tracer, out):
+        summary, problems, digest = real(settings, cfg, key, tracer, out)
+        return summary, (problems + ["injected: rpv2_scores not aligned"] if key == SECOND else problems), digest
 
     monkeypatch.setattr(pool, "build_shard_index", bad_second)
     settings = _settings(tmp_path)
