@@ -105,27 +105,35 @@ def run_step(assets: list[str], env: dict) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, out
 
 
+def run_steps(tmp: Path, cfg: Path, stage: str, label: str) -> list[dict]:
+    """Every step up to ``stage`` on the pool in ``tmp/raw`` (home ``tmp/home``), each as its own
+    `metarater run --only` process: [{assets, wall, rss_mb}]."""
+    from metarater_assets.core.config import load_config
+    from metarater_assets.defs import steps_for
+
+    env = {**os.environ, "METARATER_HOME": str(tmp / "home"), "METARATER_RAW_URI": str(tmp / "raw"),
+           "METARATER_CONFIG": str(cfg), "METARATER_LOG_LEVEL": "CRITICAL"}
+    env.pop("DAGSTER_HOME", None)
+    steps = []
+    for assets, _ in steps_for(load_config(str(cfg)), stage):
+        wall, rss, _ = run_step(assets, env)
+        steps.append({"assets": assets, "wall": wall, "rss_mb": rss})
+        print(f"  {label} {'+'.join(assets)}: {wall:.1f}s, {rss:,.0f} MB", flush=True)
+    return steps
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
 def measure(times: int, workers: int, keep: Path | None) -> dict:
-    from metarater_assets.core.config import load_config
-    from metarater_assets.defs import steps_for
-
     tmp = Path(tempfile.mkdtemp(prefix=f"metarater-scale-{times}x-"))
     try:
         docs, text_bytes = build_pool(tmp / "raw", times)
         cfg = config(tmp, workers)
-        env = {**os.environ, "METARATER_HOME": str(tmp / "home"), "METARATER_RAW_URI": str(tmp / "raw"),
-               "METARATER_CONFIG": str(cfg), "METARATER_LOG_LEVEL": "CRITICAL"}
-        env.pop("DAGSTER_HOME", None)
-        steps = []
-        for assets, _ in steps_for(load_config(str(cfg)), "evaluation"):
-            wall, rss, _ = run_step(assets, env)
-            steps.append({"assets": assets, "wall": wall, "rss_mb": rss,
-                          "pool_level": any(a in POOL_STEPS for a in assets)})
-            print(f"  {times}x {'+'.join(assets)}: {wall:.1f}s, {rss:,.0f} MB", flush=True)
+        steps = run_steps(tmp, cfg, "evaluation", f"{times}x")
+        for st in steps:
+            st["pool_level"] = any(a in POOL_STEPS for a in st["assets"])
         storage = {p.name: du(p) for p in (tmp / "home" / "storage").iterdir() if p.is_dir()}
         storage["artifacts"] = du(tmp / "home" / "artifacts")
         stats = json.loads((tmp / "home" / "storage" / "score_stats.json").read_text())

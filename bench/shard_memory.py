@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import corpus_root, machine, write_section  # noqa: E402
-from scale import config, run_step  # noqa: E402
+from scale import config, run_steps  # noqa: E402
 
 #: per-shard steps (the rest are pool-level)
 PER_SHARD = {"raw_docs", "rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens", "shard_index",
@@ -55,9 +54,6 @@ def build_shard(dest: Path, docs: int) -> int:
 
 
 def measure(docs: int) -> dict:
-    from metarater_assets.core.config import load_config
-    from metarater_assets.defs import steps_for
-
     tmp = Path(tempfile.mkdtemp(prefix=f"metarater-shardmem-{docs}-"))
     try:
         build_shard(tmp / "raw", docs)
@@ -65,15 +61,9 @@ def measure(docs: int) -> dict:
         cfg = yaml.safe_load(cfg_path.read_text())
         cfg["compute"]["shards_per_run"] = 1
         cfg_path.write_text(yaml.safe_dump(cfg))
-        env = {**os.environ, "METARATER_HOME": str(tmp / "home"), "METARATER_RAW_URI": str(tmp / "raw"),
-               "METARATER_CONFIG": str(cfg_path), "METARATER_LOG_LEVEL": "CRITICAL"}
-        env.pop("DAGSTER_HOME", None)
-        steps = []
-        for assets, _ in steps_for(load_config(str(cfg_path)), "curated"):
-            wall, rss, _ = run_step(assets, env)
-            steps.append({"assets": assets, "wall": wall, "rss_mb": rss,
-                          "per_shard": any(a in PER_SHARD for a in assets)})
-            print(f"  {docs:,} docs {'+'.join(assets)}: {wall:.1f}s, {rss:,.0f} MB", flush=True)
+        steps = run_steps(tmp, cfg_path, "curated", f"{docs:,} docs")
+        for st in steps:
+            st["per_shard"] = any(a in PER_SHARD for a in st["assets"])
         text_mb = sum(p.stat().st_size for p in (tmp / "home" / "storage" / "raw_docs").iterdir()) / 1e6
         return {"docs": docs, "steps": steps, "raw_docs_mb": text_mb}
     finally:
