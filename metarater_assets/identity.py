@@ -411,16 +411,18 @@ class Tracer:
     def read(self, files, asset: str, key: str, columns=None):
         """A per-shard table, after checking its footer carries the recorded, current identity."""
         table = files.read(asset, key, columns)
-        found = (table.schema.metadata or {}).get(FOOTER)
-        self.check_file(asset, key, found.decode() if found else None, files.uri(asset, key))
+        self._check_schema(files, asset, key, table.schema)
         return table
 
     def batches(self, files, asset: str, key: str, columns=None, rows: int | None = None):
         """A per-shard table as batches of ``rows`` rows, after checking its footer (read alone)
         carries the recorded, current identity."""
-        found = (files.schema(asset, key).metadata or {}).get(FOOTER)
-        self.check_file(asset, key, found.decode() if found else None, files.uri(asset, key))
+        self._check_schema(files, asset, key, files.schema(asset, key))
         return files.batches(asset, key, columns, rows)
+
+    def _check_schema(self, files, asset: str, key: str, schema) -> None:
+        found = (schema.metadata or {}).get(FOOTER)
+        self.check_file(asset, key, found.decode() if found else None, files.uri(asset, key))
 
     def check_json(self, asset: str, obj: dict) -> dict:
         self.check_file(asset, None, obj.get(FIELD) if isinstance(obj, dict) else None,

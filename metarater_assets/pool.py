@@ -78,36 +78,26 @@ def build_shard_index(settings: MetaraterConfig, cfg, key: str, tracer: identity
                *(tracer.batches(files, asset, key, ["doc_id", *names]) for asset, names in sources)]
     labels = ["raw_docs", "doc_tokens", *(a for a, _ in sources)]
     problems: set[str] = set()
-    h = hashlib.sha1(st.file_metadata(files.uri("doc_tokens", key)).get(DIGEST_KEY) or b"")
+    h = hashlib.sha1(files_digest(files.uri("doc_tokens", key)) or b"")
     summary = cp.ShardSummaryBuilder(cfg.score_names)
     schema = index_schema(cfg)
-    for parts in itertools.zip_longest(*streams):
-        docs = parts[0]
-        if docs is None or any(p is None for p in parts):  # a file is shorter than another
-            problems.update(f"{lab} not aligned with raw_docs" for lab, p in zip(labels, parts) if p is None)
-            if docs is None:
-                continue
-        ids = docs.column("doc_id")
-        tok = parts[1]
-        if tok is None or not tok.column("doc_id").equals(ids):
-            problems.add("doc_tokens not aligned with raw_docs")
+    for docs, tok, *scores in itertools.zip_longest(*streams):
+        # a batch is written only when every file has it, with the same documents in the same order
+        bad = [lab for lab, t in zip(labels[1:], [tok, *scores])
+               if docs is None or t is None or not t.column("doc_id").equals(docs.column("doc_id"))]
+        if bad:
+            problems.update(f"{lab} not aligned with raw_docs" for lab in bad)
             continue
-        cols = {"doc_id": ids, "raw_row": docs.column("raw_row"), "source": docs.column("source"),
-                "n_tokens": tok.column("n_tokens").cast(pa.int64()),
-                "doc_hash": pa.array(cp.doc_hashes(key, ids.to_pylist()), pa.uint64())}
-        for (asset, names), t in zip(sources, parts[2:]):
-            if t is None or not t.column("doc_id").equals(ids):
-                problems.add(f"{asset} not aligned with raw_docs")
-                break
-            for n in names:
-                cols[n] = t.column(n).cast(pa.float64())
-        else:
-            table = pa.Table.from_arrays([c if isinstance(c, pa.ChunkedArray) else pa.chunked_array([c])
-                                          for c in (cols[f.name] for f in schema)], schema=schema)
-            _digest_batch(h, table)
-            summary.add({n: table.column(n).to_numpy(zero_copy_only=False) for n in cfg.score_names},
-                        table.column("n_tokens").to_numpy(), table.column("source").to_pylist())
-            out.write(table)
+        cols = {"doc_id": docs.column("doc_id"), "raw_row": docs.column("raw_row"), "source": docs.column("source"),
+                "n_tokens": tok.column("n_tokens"),
+                "doc_hash": pa.array(cp.doc_hashes(key, docs.column("doc_id").to_pylist()), pa.uint64())}
+        for (_, names), t in zip(sources, scores):
+            cols.update((n, t.column(n)) for n in names)
+        table = pa.table(cols, schema=schema)  # casts each column to the index's type
+        _digest_batch(h, table)
+        summary.add({n: table.column(n).to_numpy(zero_copy_only=False) for n in cfg.score_names},
+                    table.column("n_tokens").to_numpy(), table.column("source").to_pylist())
+        out.write(table)
     return summary.finish(), sorted(problems), h.hexdigest()
 
 

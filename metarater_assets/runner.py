@@ -157,8 +157,8 @@ def _child_init(settings: tuple, dagster_home: str, threads: int) -> None:
                   instance=dg.DagsterInstance.get())
 
 
-def _child_run(batch: Batch) -> tuple[bool, str, float]:
-    return _execute(_CHILD["settings"], batch, _CHILD["instance"], _CHILD["assets"], _CHILD["resources"])
+def _child_run(batch: Batch, tags: dict | None = None) -> tuple[bool, str, float]:
+    return _execute(_CHILD["settings"], batch, _CHILD["instance"], _CHILD["assets"], _CHILD["resources"], tags)
 
 
 class Launcher:
@@ -209,8 +209,8 @@ class Launcher:
 
 BATCH_TAG = "metarater/batch"
 NODE_TAG = "metarater/ray_node"
-#: steps that hold a model on an accelerator (a GPU each, or the configured stand-in resource)
-GPU_ASSETS = ("proxy_run", "confirm_run", "orientation_run")
+#: proxy steps: they train a model on an accelerator (so do the model scores, ``score_<name>``)
+PROXY_RUN_ASSETS = ("proxy_run", "confirm_run", "orientation_run")
 
 
 def _ray_batch(settings: tuple, dagster_home: str, threads: int, batch: Batch, token: str) -> tuple[bool, str, float]:
@@ -222,11 +222,7 @@ def _ray_batch(settings: tuple, dagster_home: str, threads: int, batch: Batch, t
     if _CHILD.get("key") != key:  # a Ray worker serves many tasks: load the project once
         _child_init(settings, dagster_home, threads)
         _CHILD["key"] = key
-    return _child_run_tagged(batch, {BATCH_TAG: token, NODE_TAG: ray.get_runtime_context().get_node_id()})
-
-
-def _child_run_tagged(batch: Batch, tags: dict) -> tuple[bool, str, float]:
-    return _execute(_CHILD["settings"], batch, _CHILD["instance"], _CHILD["assets"], _CHILD["resources"], tags)
+    return _child_run(batch, {BATCH_TAG: token, NODE_TAG: ray.get_runtime_context().get_node_id()})
 
 
 class RayLauncher:
@@ -245,6 +241,10 @@ class RayLauncher:
         self.gpu_resource = ray_cfg.get("gpu_resource")
         self.gpus = float(cfg.compute.get("devices") or 1) if cfg.compute.get("accelerator") in ("gpu", "cuda") else 0.0
         self.retries = int(ray_cfg.get("max_retries", 3))
+        from .scoring import score_asset
+
+        # steps that hold a model on an accelerator: a GPU each, or the configured stand-in resource
+        self.gpu_assets = {*PROXY_RUN_ASSETS, *(score_asset(n) for n in cfg.model_scores)}
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS") or None
             # a cluster of one's own (RAY_ADDRESS), or a Ray started here for this run
@@ -255,7 +255,7 @@ class RayLauncher:
 
     def _options(self, batch: Batch) -> dict:
         opts = {"num_cpus": self.cpus, "max_retries": self.retries, "retry_exceptions": False}
-        if any(a in GPU_ASSETS or a.startswith("score_") for a in batch.assets):
+        if self.gpu_assets.intersection(batch.assets):
             if self.gpus:
                 opts["num_gpus"] = self.gpus
             elif self.gpu_resource:
@@ -264,9 +264,9 @@ class RayLauncher:
 
     def _dead_attempts(self, token: str) -> None:
         """Runs of this batch still in progress: attempts whose worker died (the task was retried)."""
-        from .runs import _IN_PROGRESS
+        from .runs import IN_PROGRESS
 
-        for r in self.instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: token}, statuses=_IN_PROGRESS)):
+        for r in self.instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: token}, statuses=IN_PROGRESS)):
             self.instance.report_run_failed(r)
 
     def run(self, batches: list[Batch], done: Callable[[Batch, bool, str, float], list[Batch]]) -> None:

@@ -26,7 +26,7 @@ HOST_TAG = "metarater/host"
 #: the process's start time (clock ticks since boot, /proc/<pid>/stat), so a reused pid is told apart
 PID_START_TAG = "metarater/pid_start"
 
-_IN_PROGRESS = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+IN_PROGRESS = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
@@ -86,7 +86,7 @@ def dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     """The in-progress runs of ``metarater run`` on this host whose process is gone."""
     host = socket.gethostname()
     out = []
-    for rec in instance.get_run_records(dg.RunsFilter(statuses=_IN_PROGRESS, tags={CLI_TAG: "run"})):
+    for rec in instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS, tags={CLI_TAG: "run"})):
         run = rec.dagster_run
         pid = run.tags.get(PID_TAG)
         if not pid or not pid.isdigit() or run.tags.get(HOST_TAG) != host:

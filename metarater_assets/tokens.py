@@ -4,7 +4,6 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import xxhash
 
 import dagster as dg
@@ -46,37 +45,24 @@ def sample_threshold(hash_batches, limit: int) -> int | None:
     return int(best.max())
 
 
-def _open_checked(settings: MetaraterConfig, key: str, tracer: identity.Tracer):
-    fs, path = st.fs_and_path(settings.files.uri("raw_docs", key))
-    f = fs.open(path, "rb")
-    pf = pq.ParquetFile(f)
-    found = (pf.schema_arrow.metadata or {}).get(identity.FOOTER)
-    tracer.check_file("raw_docs", key, found.decode() if found else None, settings.files.uri("raw_docs", key))
-    return f, pf
-
-
 def _texts(settings: MetaraterConfig, keys: list[str], limit: int, tracer: identity.Tracer):
     """The tokenizer's training sample, streamed: the ``limit`` documents of the whole pool with
     the lowest seeded hash of (shard, doc id), so a pool sorted by source gives a tokenizer of every
     source. Two passes: the doc ids (for the hash threshold), then the texts under it."""
     def ids():
         for key in keys:
-            f, pf = _open_checked(settings, key, tracer)
-            with f:
-                for batch in pf.iter_batches(batch_size=65536, columns=["doc_id"]):
-                    yield sample_hashes(key, batch.column(0).to_pylist())
+            for batch in tracer.batches(settings.files, "raw_docs", key, ["doc_id"], rows=65536):
+                yield sample_hashes(key, batch.column(0).to_pylist())
 
     cut = sample_threshold(ids(), limit)
     for key in keys:
-        f, pf = _open_checked(settings, key, tracer)
-        with f:
-            for batch in pf.iter_batches(batch_size=1000, columns=["doc_id", "text"]):
-                texts = batch.column(1).to_pylist()
-                if cut is None:
-                    yield from texts
-                    continue
-                keep = sample_hashes(key, batch.column(0).to_pylist()) <= np.uint64(cut)
-                yield from (t for t, k in zip(texts, keep) if k)
+        for batch in tracer.batches(settings.files, "raw_docs", key, ["doc_id", "text"], rows=1000):
+            texts = batch.column(1).to_pylist()
+            if cut is None:
+                yield from texts
+                continue
+            keep = sample_hashes(key, batch.column(0).to_pylist()) <= np.uint64(cut)
+            yield from (t for t, k in zip(texts, keep) if k)
 
 
 @dg.asset(io_manager_key="json_io_manager", group_name=GROUP, code_version="tokenizer-3",
@@ -123,15 +109,12 @@ def load(tok_info: dict, tracer: identity.Tracer | None = None):
 TOKENS_SCHEMA = pa.schema([("doc_id", pa.string()), ("n_tokens", pa.int64()), ("ids", pa.list_(pa.int32()))])
 
 
-def tokens_table(doc_ids, n: np.ndarray, ids: list[np.ndarray]) -> pa.Table:
-    """doc_id, n_tokens, ids of a batch of documents (the ids as one list array over their offsets)."""
+def tokens_table(doc_ids: pa.ChunkedArray, n: np.ndarray, values: np.ndarray) -> pa.Table:
+    """doc_id, n_tokens, ids of a batch of documents: ``values`` is every document's ids one after
+    the other, ``n`` their lengths (one list array over the offsets, no per-document lists)."""
     offsets = np.zeros(len(n) + 1, dtype=np.int32)
     np.cumsum(n, out=offsets[1:])
-    values = np.concatenate(ids).astype(np.int32, copy=False) if len(ids) else np.zeros(0, np.int32)
-    if isinstance(doc_ids, pa.ChunkedArray):
-        doc_ids = doc_ids.combine_chunks()
-    return pa.Table.from_arrays([doc_ids if isinstance(doc_ids, pa.Array) else pa.array(doc_ids, pa.string()),
-                                 pa.array(n),
+    return pa.Table.from_arrays([doc_ids.combine_chunks(), pa.array(n),
                                  pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))],
                                 schema=TOKENS_SCHEMA)
 
@@ -154,10 +137,10 @@ def make_doc_tokens(policy):
                 for t in tracer.batches(settings.files, "raw_docs", key, ["doc_id", "text"]):
                     ids = proxy_lm.encode(tok, t.column("text").to_pylist())
                     n = np.array([len(x) for x in ids], dtype=np.int64)
+                    values = np.concatenate(ids) if ids else np.zeros(0, np.int32)  # int32, as encoded
                     h_n.update(n.tobytes())
-                    for x in ids:
-                        h_ids.update(x.tobytes())
-                    out.write(tokens_table(t.column("doc_id"), n, ids))
+                    h_ids.update(values.tobytes())  # the same bytes as feeding each document's ids
+                    out.write(tokens_table(t.column("doc_id"), n, values))
                     tokens += int(n.sum())
                 out.footer({DIGEST_KEY: hashlib.sha1(h_n.digest() + h_ids.digest()).hexdigest().encode()})
             context.log_event(tracer.observation("doc_tokens", key, ident))

@@ -48,11 +48,9 @@ class ShardFiles:
         return st.read_parquet(uri, columns)
 
     def batches(self, asset: str, key: str, columns: list[str] | None = None, rows: int | None = None):
-        """A per-shard table as tables of ``rows`` rows (``SHARD_BATCH_ROWS`` by default), streamed."""
-        uri = self.uri(asset, key)
-        if not st.exists(uri):
-            raise FileNotFoundError(f"{asset}[{key}] has not been materialised ({uri} is missing)")
-        return st.iter_parquet(uri, columns, rows or st.SHARD_BATCH_ROWS)
+        """A per-shard table as tables of ``rows`` rows (``SHARD_BATCH_ROWS`` by default), streamed
+        (the file is opened at the first batch)."""
+        return st.iter_parquet(self.uri(asset, key), columns, rows or st.SHARD_BATCH_ROWS)
 
     def stream(self, asset: str, key: str, schema: pa.Schema, row_group_size: int | None = None):
         """Write a per-shard table batch by batch (``core.storage.parquet_stream``): atomic."""

@@ -9,6 +9,8 @@ once.
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -36,12 +38,6 @@ class PoolFiles:
             raise ValueError("pool files must be in pool order (sorted shard keys)")
 
 
-def read_columns(uri: str, columns: Sequence[str]) -> pa.Table:
-    fs, path = fs_and_path(uri)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=list(columns))
-
-
 #: the most (rows x weight vectors) a scan holds per batch: 4M int64 combined scores, 32 MB
 BATCH_CELLS = 1 << 22
 #: rows per scan batch, at least and at most
@@ -55,44 +51,20 @@ def batch_rows(vectors: int = 1) -> int:
 
 
 def _prefetch(it: Iterator, depth: int) -> Iterator:
-    """``it`` run ``depth`` items ahead on a thread (pyarrow reads and decodes without the GIL)."""
+    """``it`` run ``depth`` items ahead on one thread (pyarrow reads and decodes without the GIL);
+    the thread's ``next`` calls run one at a time, in order."""
     if depth <= 0:
         yield from it
         return
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def run():
-        try:
-            for x in it:
-                while not stop.is_set():
-                    try:
-                        q.put((x, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((done, None))
-        except BaseException as e:  # handed to the consumer
-            q.put((done, e))
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
+    end = object()
+    ex = ThreadPoolExecutor(1)
     try:
-        while True:
-            x, err = q.get()
-            if x is done:
-                if err is not None:
-                    raise err
-                return
+        window = deque(ex.submit(next, it, end) for _ in range(depth))
+        while (x := window.popleft().result()) is not end:
+            window.append(ex.submit(next, it, end))
             yield x
     finally:
-        stop.set()
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _batches(keys: Sequence[str], uris: Sequence[str], columns: Sequence[str], rows: int,
@@ -233,16 +205,12 @@ def write_stores(files: PoolFiles, norm: pool.Normalisation, W: np.ndarray, cuts
     scuts = sample_cuts(files, norm, W, cuts_, samples, masks)
     counts = [{"docs": 0, "tokens": 0, "selected": {"docs": 0, "tokens": 0}} for _ in range(P)]
     tok_uri = dict(zip(files.keys, files.tokens))
-    step = max(1, len(files.keys) // 10)
-    done, last = 0, None
+    step, started = max(1, len(files.keys) // 10), 0
     # batches of a shard step's size: the pass also holds the token ids of a batch's kept documents
     for key, row0, c, t in combined(files, norm, W, extra=["doc_hash"], rows=storage.SHARD_BATCH_ROWS):
-        if key != last:
-            if last is not None:
-                done += 1
-                if log and done % step == 0:
-                    log(f"training data: {done}/{len(files.keys)} shards")
-            last = key
+        started += row0 == 0  # a shard's first batch
+        if log and row0 == 0 and started % step == 0:
+            log(f"training data: shard {started}/{len(files.keys)}")
         h = t.column("doc_hash").to_numpy()
         n = t.column("n_tokens").to_numpy()
         sel = _selected(key, row0, c, t, cuts_, masks)
