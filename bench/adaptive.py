@@ -32,7 +32,7 @@ def top_of_pool(units: np.ndarray, ntok: np.ndarray, w: np.ndarray, fraction: fl
 def build_oracle(seed: int = 0):
     pool = load_pool(REPO / "data" / "sample")
     texts = pool.column("text").to_pylist()
-    cols = {k: np.array([np.nan if v is None else v for v in vals], dtype=float)
+    cols = {k: np.asarray(vals.to_numpy(zero_copy_only=False), dtype=float)  # nulls read as nan
             for k, vals in signals.compute_signals(texts).items()}
     targets = {n: dsir.count_buckets(corpus.read_documents(str(REPO / "data" / "sample" / "targets" / f"{n}.jsonl.gz"))
                                      .column("text").to_pylist()) for n in ("books", "wiki", "math")}

@@ -29,14 +29,13 @@ def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
         res = corpus.read_shard(inp, extractor=extractor, fields=cfg.fields or corpus.DEFAULT_FIELDS)
     except corpus.ShardError as e:
         raise ValueError(str(e)) from None
-    ids, texts = res.docs.column("doc_id"), res.docs.column("text").to_pylist()
+    ids, texts = res.docs.column("doc_id"), res.docs.column("text").combine_chunks()
     cols: dict[str, pa.Array] = {"doc_id": ids}
     reasons = res.quarantine.column("reason").to_pylist()
     notes = [f"{len(reasons)} row(s) quarantined: {dict((r, reasons.count(r)) for r in sorted(set(reasons)))}"] \
         if reasons else []
     if "rpv2" in wanted:
-        for n, v in signals.compute_signals(texts).items():
-            cols[n] = pa.array(v, pa.int64() if n in signals.INTEGER_SIGNALS else pa.float64())
+        cols.update(signals.compute_signals(texts))
     if "dsir" in wanted:
         uri = dsir_model_uri(settings.storage_uri)
         if st.exists(uri) and st.read_parquet(uri).num_rows == cfg.dsir.buckets:
@@ -44,7 +43,7 @@ def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
             notes.append(f"dsir: the pool's fitted dsir_model ({uri})")
         else:
             raw = dsir.count_buckets(texts, cfg.dsir.buckets)
-            targets = {n: dsir.count_buckets(corpus.read_documents(u).column("text").to_pylist(), cfg.dsir.buckets)
+            targets = {n: dsir.count_buckets(corpus.read_documents(u).column("text"), cfg.dsir.buckets)
                        for n, u in cfg.dsir.targets.items()}
             model = dsir.DsirModel.fit(raw, targets)
             notes.append(f"dsir: no fitted pool dsir_model under {settings.storage_uri}: the raw distribution is "
@@ -63,7 +62,7 @@ def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
                      f"{next(iter(info['models'].values()))['uri']})")
     for group in raters.group_by_model(specs):
         rater = raters.load_rater(group[0])
-        scores, classes = raters.apply_heads(rater.logits(texts), [s.head for s in group], group[0].model)
+        scores, classes = raters.apply_heads(rater.logits(texts.to_pylist()), [s.head for s in group], group[0].model)
         for j, s in enumerate(group):
             cols[s.score] = pa.array(scores[:, j])
             if s.head.is_classifier:

@@ -30,8 +30,10 @@ def score_schema(names, ints=frozenset()) -> pa.Schema:
 
 def score_table(doc_ids, cols: dict[str, list], ints=frozenset(), names=None) -> pa.Table:
     names = list(names if names is not None else cols)
-    arrays = [pa.array(doc_ids, pa.string())] + [pa.array(cols[n], pa.int64() if n in ints else pa.float64())
-                                                 for n in names]
+    def arr(v, typ):
+        return v.cast(typ) if isinstance(v, pa.Array) else pa.array(v, typ)
+
+    arrays = [arr(doc_ids, pa.string())] + [arr(cols[n], pa.int64() if n in ints else pa.float64()) for n in names]
     return pa.Table.from_arrays(arrays, schema=score_schema(names, ints))
 
 
@@ -44,8 +46,8 @@ class ScoreCheck:
         self.problems: dict[str, int] = {}
 
     def add(self, doc_ids, table: pa.Table) -> None:
-        cols = {n: table.column(n).to_pylist() for n in self.names}
-        found = stats.score_table_problems(doc_ids, table.column("doc_id").to_pylist(), cols, self.nullable)
+        cols = {n: table.column(n) for n in self.names}
+        found = stats.score_table_problems(doc_ids, table.column("doc_id"), cols, self.nullable)
         for k, v in found.items():
             self.problems[k] = self.problems.get(k, 0) + int(v)
         self.docs += len(doc_ids)
@@ -62,9 +64,10 @@ def check_spec(asset: str) -> dg.AssetCheckSpec:
 
 
 def _batches(tracer: identity.Tracer, settings: MetaraterConfig, key: str):
-    """One shard's documents as (doc ids, texts) batches of ``SHARD_BATCH_ROWS``: a step holds one."""
+    """One shard's documents as (doc ids, texts) batches of ``SHARD_BATCH_ROWS`` (Arrow arrays: the
+    compiled kernels read their buffers): a step holds one."""
     for t in tracer.batches(settings.files, "raw_docs", key, ["doc_id", "text"]):
-        yield t.column("doc_id").to_pylist(), t.column("text").to_pylist()
+        yield t.column("doc_id").combine_chunks(), t.column("text").combine_chunks()
 
 
 def scored(context, tracer: identity.Tracer, settings: MetaraterConfig, asset: str, key: str, ident: str,
@@ -159,7 +162,7 @@ def dsir_model(context: dg.AssetExecutionContext, settings: MetaraterConfig) -> 
     targets = {}
     for name, uri in cfg.dsir.targets.items():
         docs = corpus.read_documents(uri)
-        targets[name] = dsir.count_buckets(docs.column("text").to_pylist(), cfg.dsir.buckets)
+        targets[name] = dsir.count_buckets(docs.column("text"), cfg.dsir.buckets)
         context.log.info(f"target {name}: {docs.num_rows} docs, {int(targets[name].sum())} features")
     model = dsir.DsirModel.fit(raw, targets)
     table = pa.table({f"dsir_{n}": pa.array(w) for n, w in model.weights.items()})
@@ -269,13 +272,13 @@ def make_model_scores(cfg, policy):
                     for ids, texts in _batches(tracer, settings, key):
                         for group, rater in loaded:
                             t = time.perf_counter()
-                            logits = rater.logits(texts)
+                            logits = rater.logits(texts.to_pylist())
                             scores, classes = raters.apply_heads(logits, [s.head for s in group], group[0].model)
                             spent[id(group)] += time.perf_counter() - t
                             for j, s in enumerate(group):
-                                c = {s.score: scores[:, j].tolist()}
+                                c = {s.score: pa.array(scores[:, j], pa.float64())}
                                 if s.head.is_classifier:
-                                    c[f"{s.score}_class"] = classes[:, j].tolist()
+                                    c[f"{s.score}_class"] = pa.array(classes[:, j], pa.float64())
                                 table = score_table(ids, c, names=cols[s.score])
                                 checks[s.score].add(ids, table)
                                 outs[s.score].write(table)

@@ -23,60 +23,26 @@ re-reading any other shard.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
-import re
-import xxhash
+
+from . import textkernels
 
 #: 2: a document's score is the sum of its own features alone (``np.add.reduceat``), no longer a
 #: difference of a running sum over the batch, so it is the same bits whatever batch it is scored in
 DSIR_VERSION = "2"
 DEFAULT_BUCKETS = 10_000
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-class _Hasher:
-    """xxh3-64 of each distinct token, cached (the vocabulary is Zipfian)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, int] = {}
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        cache = self._cache
-        out = np.empty(len(tokens), dtype=np.uint64)
-        for i, t in enumerate(tokens):
-            h = cache.get(t)
-            if h is None:
-                h = xxhash.xxh3_64_intdigest(t.encode("utf-8", "surrogatepass"))
-                if len(cache) < 2_000_000:
-                    cache[t] = h
-            out[i] = h
-        return out
+def doc_buckets(texts, buckets: int = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket ids of all features of all documents (a list of str or an Arrow string column), and
+    per-document offsets (len n+1). Per document: its unigram buckets, then its bigram buckets.
+    Computed by the compiled kernel ``textkernels.dsir_buckets`` (xxh3-64 of each token's UTF-8)."""
+    return textkernels.dsir_buckets(texts, buckets, _MIX)
 
 
-def doc_buckets(texts: Iterable[str], buckets: int = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
-    """Bucket ids of all features of all documents, and per-document offsets (len n+1)."""
-    hasher = _Hasher()
-    parts: list[np.ndarray] = []
-    offsets = [0]
-    nb = np.uint64(buckets)
-    with np.errstate(over="ignore"):
-        for text in texts:
-            h = hasher(_TOKEN_RE.findall(text.lower()))
-            if len(h):
-                bi = h[:-1] * _MIX + h[1:]
-                b = np.concatenate([h % nb, bi % nb]).astype(np.int32)
-            else:
-                b = np.empty(0, dtype=np.int32)
-            parts.append(b)
-            offsets.append(offsets[-1] + len(b))
-    flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
-    return flat, np.asarray(offsets, dtype=np.int64)
-
-
-def count_buckets(texts: Iterable[str], buckets: int = DEFAULT_BUCKETS) -> np.ndarray:
+def count_buckets(texts, buckets: int = DEFAULT_BUCKETS) -> np.ndarray:
     """Feature counts per bucket over a set of documents (int64, length ``buckets``)."""
     flat, _ = doc_buckets(texts, buckets)
     return np.bincount(flat, minlength=buckets).astype(np.int64)
@@ -103,7 +69,7 @@ class DsirModel:
             weights={name: log_probs(c) - lp_raw for name, c in target_counts.items()},
         )
 
-    def score(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def score(self, texts) -> dict[str, np.ndarray]:
         """Per-feature mean log-likelihood ratio of each document under each target."""
         flat, offsets = doc_buckets(texts, self.buckets)
         n_feat = np.diff(offsets)

@@ -7,8 +7,10 @@ values rounded with ``round(x, 8)``. Line-level signals are reduced to one numbe
 document by the plain mean over lines (blank lines included); ``None`` where the reference
 gives no value.
 
-Everything here is plain Python: one pass over each document computes all 11 signals from
-three shared views (raw words, normalized words, lines), so no view is built twice.
+``document_signals`` is the definition, in plain Python: one pass over a document computes all 11
+signals from three shared views (raw words, normalized words, lines). ``compute_signals`` runs a
+batch through the compiled kernel in ``textkernels`` (the same values, bit for bit, about 10x faster
+per core) and falls back to ``document_signals`` per document where the kernel cannot follow Python.
 """
 from __future__ import annotations
 
@@ -17,7 +19,13 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import textkernels
 
 SIGNALS_VERSION = "1"
 
@@ -158,12 +166,20 @@ def document_signals(text: str) -> dict[str, float | int | None]:
     return out
 
 
-def compute_signals(texts: Iterable[str]) -> dict[str, list]:
-    """Signals for a batch of documents, as one column (list) per signal name."""
-    cols: dict[str, list] = {name: [] for name in SIGNAL_NAMES}
-    appenders = [(name, cols[name].append) for name in SIGNAL_NAMES]
-    for text in texts:
-        sig = document_signals(text)
-        for name, append in appenders:
-            append(sig[name])
-    return cols
+def compute_signals(texts) -> dict[str, pa.Array]:
+    """Signals for a batch of documents (a list of str or an Arrow string column), one Arrow array
+    per signal name: the compiled kernel (``textkernels.rpv2_batch``) for every document it takes,
+    ``document_signals`` for the rest (a capital sigma, whose lower case depends on context)."""
+    col = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), pa.large_string())
+    out, valid, word_count, ok = textkernels.rpv2_batch(col)
+    ok &= ~np.asarray(pc.match_substring(col, textkernels.SIGMA).to_numpy(zero_copy_only=False), dtype=np.bool_)
+    for i in np.flatnonzero(~ok):
+        sig = document_signals(col[int(i)].as_py())
+        word_count[i] = sig["rps_doc_word_count"]
+        for k, name in enumerate(textkernels.RPV2_FLOAT):
+            valid[i, k] = sig[name] is not None
+            out[i, k] = sig[name] if sig[name] is not None else 0.0
+    cols = {name: pa.array(out[:, k], pa.float64(), mask=~valid[:, k])
+            for k, name in enumerate(textkernels.RPV2_FLOAT)}
+    cols["rps_doc_word_count"] = pa.array(word_count, pa.int64())
+    return {name: cols[name] for name in SIGNAL_NAMES}

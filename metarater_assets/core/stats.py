@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+import pyarrow as pa
 
 def spearman_matrix(columns: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
     from scipy.stats import spearmanr
@@ -21,17 +22,26 @@ def spearman_matrix(columns: Mapping[str, np.ndarray]) -> tuple[list[str], np.nd
     return names, out
 
 
-def score_table_problems(doc_ids: list[str], table_ids: list[str], columns: Mapping[str, list],
+def _arrow(values, typ) -> pa.ChunkedArray:
+    if isinstance(values, pa.ChunkedArray):
+        return values
+    return pa.chunked_array([values if isinstance(values, pa.Array) else pa.array(list(values), typ)], typ)
+
+
+def score_table_problems(doc_ids, table_ids, columns: Mapping[str, object],
                          nullable: frozenset[str] | set[str]) -> dict[str, object]:
-    """What is wrong with one shard's score table (empty dict = nothing)."""
+    """What is wrong with one shard's score table (empty dict = nothing). Ids and columns are
+    lists or Arrow arrays."""
     problems: dict[str, object] = {}
-    if list(doc_ids) != list(table_ids):
-        missing = len(set(doc_ids) - set(table_ids))
+    doc_ids, table_ids = _arrow(doc_ids, pa.string()), _arrow(table_ids, pa.string())
+    if not doc_ids.equals(table_ids):
+        missing = len(set(doc_ids.to_pylist()) - set(table_ids.to_pylist()))
         problems["unscored_docs"] = missing
         problems["order_or_extra"] = len(table_ids) - len(doc_ids) + missing
     for name, values in columns.items():
-        v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
-        nulls = int(sum(x is None for x in values))
+        col = _arrow(values, pa.float64())
+        nulls = col.null_count
+        v = col.cast(pa.float64()).to_numpy()  # nulls read as nan
         bad = int((~np.isfinite(v)).sum()) - nulls
         if bad:
             problems[f"{name}: nan_or_inf"] = bad

@@ -35,7 +35,7 @@ def test_batch_equals_per_document():
     for i, t in enumerate(texts):
         one = document_signals(t)
         for n in SIGNAL_NAMES:
-            assert cols[n][i] == one[n]
+            assert cols[n][i].as_py() == one[n]
 
 
 @pytest.mark.parametrize("text,name,value", [
