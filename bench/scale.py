@@ -34,9 +34,9 @@ POOL_STEPS = {"dsir_model", "tokenizer", "score_stats", "validation_tokens", "pr
               "regressor", "optimal_weights", "curated_selection", "curated_manifest", "evaluation"}
 
 
-def build_pool(dest: Path, times: int) -> tuple[int, int]:
-    """``times`` copies of the corpus's documents with fresh ids, in .jsonl.zst shards of 1,250;
-    returns (documents, bytes of text)."""
+def build_pool(dest: Path, times: int, docs_per_shard: int = DOCS_PER_SHARD) -> tuple[int, int]:
+    """``times`` copies of the corpus's documents with fresh ids, in .jsonl.zst shards of
+    ``docs_per_shard``; returns (documents, bytes of text)."""
     import zstandard
 
     from metarater_assets.core import corpus
@@ -66,7 +66,7 @@ def build_pool(dest: Path, times: int) -> tuple[int, int]:
             buf.append(json.dumps({**d, "id": f"r{k}-{d['id']}"}) + "\n")
             n += 1
             text_bytes += len(d["text"].encode("utf-8"))
-            if len(buf) == DOCS_PER_SHARD:
+            if len(buf) == docs_per_shard:
                 flush()
     if buf:
         flush()

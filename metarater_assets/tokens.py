@@ -135,9 +135,7 @@ def make_doc_tokens(policy):
             with settings.files.stream("doc_tokens", key, TOKENS_SCHEMA.with_metadata(identity.footer(ident)),
                                        row_group_size=TOKEN_ROW_GROUP) as out:
                 for t in tracer.batches(settings.files, "raw_docs", key, ["doc_id", "text"]):
-                    ids = proxy_lm.encode(tok, t.column("text").to_pylist())
-                    n = np.array([len(x) for x in ids], dtype=np.int64)
-                    values = np.concatenate(ids) if ids else np.zeros(0, np.int32)  # int32, as encoded
+                    n, values = proxy_lm.encode_flat(tok, t.column("text").to_pylist())  # int64, int32
                     h_n.update(n.tobytes())
                     h_ids.update(values.tobytes())  # the same bytes as feeding each document's ids
                     out.write(tokens_table(t.column("doc_id"), n, values))

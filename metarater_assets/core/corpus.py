@@ -599,7 +599,7 @@ def _read_jsonl(f, b, name: str = "", extractor=None, fields: Fields = DEFAULT_F
             b.bad(row, "missing_text", _preview(s))
             continue
         reason = _check_text(doc["text"])
-        if reason is None and "\ud800" <= max(doc["text"]) and _has_surrogate(doc["text"]):
+        if reason is None and not doc["text"].isascii() and _has_surrogate(doc["text"]):
             reason = "invalid_utf8"
         if reason:
             b.bad(row, reason, _preview(s))

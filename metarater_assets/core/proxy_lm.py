@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import itertools
+
 import math
 import os
 import tempfile
@@ -126,12 +128,26 @@ def load_tokenizer(name_or_uri: str, require_marker: bool = False):
     return tok
 
 
-def encode(tokenizer, texts: Sequence[str], batch: int = 1024) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
+def encode_flat(tokenizer, texts: Sequence[str], batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens per document int64, every document's ids one after the other int32), no special
+    tokens. A fast tokenizer encodes through its ``tokenizers`` backend (``encode_batch_fast``: the
+    same ids as calling the tokenizer, without the offsets and Python dicts it builds)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    lists: list[list[int]] = []
     for i in range(0, len(texts), batch):
-        enc = tokenizer(list(texts[i:i + batch]), add_special_tokens=False)["input_ids"]
-        out.extend(np.asarray(ids, dtype=np.int32) for ids in enc)
-    return out
+        chunk = list(texts[i:i + batch])
+        if backend is not None:
+            lists.extend(e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False))
+        else:
+            lists.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+    n = np.fromiter(map(len, lists), np.int64, len(lists))
+    return n, np.fromiter(itertools.chain.from_iterable(lists), np.int32, int(n.sum()))
+
+
+def encode(tokenizer, texts: Sequence[str], batch: int = 1024) -> list[np.ndarray]:
+    """Each document's ids (int32), no special tokens."""
+    n, values = encode_flat(tokenizer, texts, batch)
+    return np.split(values, np.cumsum(n)[:-1]) if len(n) else []
 
 
 # ------------------------------------------------------------------------------------------

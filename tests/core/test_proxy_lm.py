@@ -18,6 +18,16 @@ def tok_and_docs(tmp_path_factory):
     return tok, ids
 
 
+def test_encode_gives_the_ids_of_calling_the_tokenizer(tok_and_docs):
+    tok, ids = tok_and_docs
+    texts = corpus.read_shard(str(SAMPLE / "raw" / "shard-0004.jsonl")).docs.column("text").to_pylist()
+    want = tok(texts + [""], add_special_tokens=False)["input_ids"]
+    got = proxy_lm.encode(tok, texts + [""], batch=7)  # several batches, and an empty document
+    assert [list(map(int, g)) for g in got] == want and all(g.dtype == np.int32 for g in got)
+    n, flat = proxy_lm.encode_flat(tok, texts)
+    assert n.tolist() == [len(w) for w in want[:-1]] and flat.tolist() == [i for w in want[:-1] for i in w]
+
+
 CFG = proxy_lm.get_preset("test", token_budget=8192, checkpoint_every=4)
 
 
