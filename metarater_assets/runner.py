@@ -209,6 +209,7 @@ class Launcher:
 
 BATCH_TAG = "metarater/batch"
 NODE_TAG = "metarater/ray_node"
+ACTOR_TAG = "metarater/ray_actor"
 #: proxy steps: they train a model on an accelerator (so do the model scores, ``score_<name>``)
 PROXY_RUN_ASSETS = ("proxy_run", "confirm_run", "orientation_run")
 
@@ -222,15 +223,32 @@ def _ray_batch(settings: tuple, dagster_home: str, threads: int, batch: Batch, t
     if _CHILD.get("key") != key:  # a Ray worker serves many tasks: load the project once
         _child_init(settings, dagster_home, threads)
         _CHILD["key"] = key
-    return _child_run(batch, {BATCH_TAG: token, NODE_TAG: ray.get_runtime_context().get_node_id()})
+    ctx = ray.get_runtime_context()
+    tags = {BATCH_TAG: token, NODE_TAG: ctx.get_node_id()}
+    if ctx.get_actor_id():  # a model worker: its batches share its process and its models
+        tags[ACTOR_TAG] = ctx.get_actor_id()
+    return _child_run(batch, tags)
+
+
+class _ModelWorker:
+    """A Ray actor for the steps that hold a model (model scores, proxy runs): it holds its GPU (or
+    the stand-in resource) for the whole command and runs batch after batch in one process, so a
+    rater is loaded once per actor, not once per batch (``scoring.held_rater``)."""
+
+    def run(self, settings: tuple, dagster_home: str, threads: int, batch: Batch, token: str):
+        return _ray_batch(settings, dagster_home, threads, batch, token)
 
 
 class RayLauncher:
     """``compute.engine: ray``: each batch of a partitioned step is a Ray task on the cluster named
     by ``RAY_ADDRESS`` (a local Ray when unset), at most ``workers`` at a time; a task whose worker
-    or node dies is retried by Ray (``compute.ray.max_retries``) on the nodes that remain. Outputs
-    are committed by the shard that wrote them, so a retried batch rewrites nothing that a reader
-    could have taken for complete. Unpartitioned steps run here, in the driver."""
+    or node dies is retried by Ray (``compute.ray.max_retries``) on the nodes that remain. Batches
+    of the steps that hold a model go to actors instead (``_ModelWorker``: one per GPU slot of the
+    cluster, at most ``workers``), each keeping its model loaded for all the step's batches it is
+    given, and let go when the step's batches are out; an actor whose node dies is restarted by
+    Ray and its batch retried. Outputs are committed by the shard that wrote them, so
+    a retried batch rewrites nothing that a reader could have taken for complete. Unpartitioned
+    steps run here, in the driver."""
 
     def __init__(self, settings: Settings, instance: dg.DagsterInstance, assets, resources, workers: int, cfg):
         import ray
@@ -252,15 +270,50 @@ class RayLauncher:
                      **({} if address else {"include_dashboard": False}))
         self.workers = max(1, workers)
         self._task = ray.remote(_ray_batch)
+        self._actor_cls = ray.remote(_ModelWorker)
+        self._actors: list = []  # model workers, made when a batch first needs one
+        self._idle: list = []
+
+    def _accelerator(self) -> dict:
+        if self.gpus:
+            return {"num_gpus": self.gpus}
+        if self.gpu_resource:
+            return {"resources": {str(self.gpu_resource): 1}}
+        return {}
 
     def _options(self, batch: Batch) -> dict:
-        opts = {"num_cpus": self.cpus, "max_retries": self.retries, "retry_exceptions": False}
-        if self.gpu_assets.intersection(batch.assets):
-            if self.gpus:
-                opts["num_gpus"] = self.gpus
-            elif self.gpu_resource:
-                opts["resources"] = {str(self.gpu_resource): 1}
-        return opts
+        return {"num_cpus": self.cpus, "max_retries": self.retries, "retry_exceptions": False}
+
+    def _holds_model(self, batch: Batch) -> bool:
+        return bool(self.gpu_assets.intersection(batch.assets))
+
+    def _slots(self) -> int:
+        """Model workers the cluster can place at once: its GPUs (or stand-in units) over what one
+        asks for, at most ``workers``."""
+        import ray
+
+        total = ray.cluster_resources()
+        if self.gpus:
+            have, need, what = total.get("GPU", 0.0), self.gpus, "GPU"
+        elif self.gpu_resource:
+            have, need, what = total.get(str(self.gpu_resource), 0.0), 1.0, f"resource {self.gpu_resource!r}"
+        else:
+            return self.workers
+        if have < need:
+            raise RuntimeError(f"the Ray cluster has {have:g} {what} and a model step needs {need:g}: start nodes "
+                               f"with it (ray start --num-gpus / --resources) or change compute.ray.gpu_resource")
+        return max(1, min(self.workers, int(have // need)))
+
+    def _actor(self):
+        """An idle model worker, a new one while the cluster can place one more, else None."""
+        if self._idle:
+            return self._idle.pop()
+        if len(self._actors) < self._slots():
+            actor = self._actor_cls.options(num_cpus=self.cpus, max_restarts=self.retries,
+                                            max_task_retries=self.retries, **self._accelerator()).remote()
+            self._actors.append(actor)
+            return actor
+        return None
 
     def _dead_attempts(self, token: str) -> None:
         """Runs of this batch still in progress: attempts whose worker died (the task was retried)."""
@@ -278,21 +331,35 @@ class RayLauncher:
         s = self.settings
         threads = max(1, int(self.cpus))
         running: dict = {}
+        args = ((s.home, s.raw_uri, s.config_path), self.instance.root_directory, threads)
         while queue or running:
             while queue and len(running) < self.workers:
-                b = queue.pop(0)
+                b = queue[0]
                 if not b.partitions:  # a pool-level step: here, in the driver
+                    queue.pop(0)
                     queue.extend(done(b, *_execute(s, b, self.instance, self.assets, self.resources)))
                     continue
                 token = uuid.uuid4().hex
-                ref = self._task.options(**self._options(b)).remote(
-                    (s.home, s.raw_uri, s.config_path), self.instance.root_directory, threads, b, token)
-                running[ref] = (b, token)
+                if self._holds_model(b):
+                    actor = self._actor()
+                    if actor is None:  # every model worker is busy: wait for one
+                        break
+                    queue.pop(0)
+                    ref = actor.run.remote(*args, b, token)
+                else:
+                    actor = None
+                    queue.pop(0)
+                    ref = self._task.options(**self._options(b)).remote(*args, b, token)
+                running[ref] = (b, token, actor)
             if not running:
                 continue
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
-                b, token = running.pop(ref)
+                b, token, actor = running.pop(ref)
+                if actor is not None:
+                    self._idle.append(actor)
+                if not any(self._holds_model(q) for q in queue):
+                    self._release_idle()  # the step's model batches are out: its CPUs and GPUs back
                 try:
                     res = ray.get(ref)
                 except ray.exceptions.RayError as e:  # its retries spent: the worker or node kept dying
@@ -300,9 +367,20 @@ class RayLauncher:
                 self._dead_attempts(token)
                 queue.extend(done(b, *res))
 
+    def _release_idle(self) -> None:
+        import ray
+
+        for actor in self._idle:
+            ray.kill(actor)
+            self._actors.remove(actor)
+        self._idle = []
+
     def close(self) -> None:
         import ray
 
+        for actor in self._actors:  # their GPUs back to the cluster now, not when the driver goes
+            ray.kill(actor)
+        self._actors, self._idle = [], []
         if ray.is_initialized():
             ray.shutdown()
 

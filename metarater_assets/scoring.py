@@ -7,6 +7,7 @@ own code version (model, revision, head), so a changed rater stales exactly that
 """
 
 import hashlib
+from collections import OrderedDict
 import time
 
 import numpy as np
@@ -210,6 +211,26 @@ def score_asset(name: str) -> str:
     return f"score_{name}"
 
 
+#: models this process holds, most recent last: a process that runs batch after batch (a local
+#: worker process, a Ray actor) loads each model once. Keyed by everything that loads it; a trained
+#: rater's folder is named by its identity, so a key never stands for two models.
+_HELD: "OrderedDict[tuple, object]" = OrderedDict()
+HELD_MODELS = 2
+
+
+def held_rater(spec: raters.RaterSpec, device: str, dtype: str | None) -> tuple[object, bool]:
+    """(the rater for ``spec``, whether it was loaded now)."""
+    key = (spec.model, spec.revision, spec.max_tokens, spec.trust_remote_code, spec.batch_size, device, dtype)
+    if key in _HELD:
+        _HELD.move_to_end(key)
+        return _HELD[key], False
+    rater = raters.load_rater(spec, device=device, dtype=dtype)
+    _HELD[key] = rater
+    while len(_HELD) > HELD_MODELS:
+        _HELD.popitem(last=False)
+    return rater, True
+
+
 def make_model_scores(cfg, policy):
     """One asset per active model score (``score_<name>``), built in one subsettable multi-asset:
     scores that share a model cost one forward pass when they run together, and each carries its
@@ -246,10 +267,12 @@ def make_model_scores(cfg, policy):
         specs = {n: all_specs[n] for n in selected}
         with compute.claim() as comp:
             dtype = "bf16" if comp.precision.startswith("bf16") else None
-            loaded = []
+            loaded, loads = [], 0
             try:
                 for group in raters.group_by_model(specs):
-                    loaded.append((group, raters.load_rater(group[0], device=comp.torch_device, dtype=dtype)))
+                    rater, new = held_rater(group[0], comp.torch_device, dtype)
+                    loaded.append((group, rater))
+                    loads += new
             except raters.RaterLoadError as e:
                 raise dg.Failure(str(e), allow_retries=False) from e
 
@@ -293,7 +316,8 @@ def make_model_scores(cfg, policy):
             done = for_each_shard(context, one)
         for n in selected:
             yield dg.MaterializeResult(asset_key=score_asset(n), metadata={
-                "docs": sum(d for d, _ in done.values()), "shards": len(done), "model": str(specs[n].model)})
+                "docs": sum(d for d, _ in done.values()), "shards": len(done), "model": str(specs[n].model),
+                "model_loads": loads})  # 0: the process already held the model (a Ray actor's next batch)
             yield combine_checks({k: c[n] for k, (_, c) in done.items()})
 
     return model_scores

@@ -83,6 +83,25 @@ def save_tiny_encoder(dest: Path, texts: list[str]) -> str:
     return str(dest)
 
 
+def save_tiny_rater(tmp_path: Path, name: str, labels: int, seed: int) -> str:
+    """A tiny BERT sequence classifier (``labels`` outputs) + tokenizer saved under
+    ``tmp_path/name``: a registry model rater at a test's cost."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from metarater_assets.core import corpus, proxy_lm
+
+    texts = corpus.read_shard(str(SAMPLE / "raw" / "shard-0004.jsonl")).docs.column("text").to_pylist()[:50]
+    tok = proxy_lm.train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=128, num_labels=labels, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(tmp_path / name)
+    tok.save_pretrained(tmp_path / name)
+    return str(tmp_path / name)
+
+
 @pytest.fixture
 def env_home(tmp_path, monkeypatch):
     """An isolated METARATER_HOME + DAGSTER_HOME, two small shards and a fast config."""

@@ -8,7 +8,7 @@ from metarater_assets.defs import all_assets
 from metarater_assets.runner import run_pipeline
 from metarater_assets.staleness import Staleness
 from resources import Settings
-from conftest import write_config, write_small_shards
+from conftest import save_tiny_rater, write_config, write_small_shards
 
 
 def test_bumping_one_rater_version_stales_only_that_rater(tmp_path):
@@ -37,29 +37,11 @@ def test_bumping_one_rater_version_stales_only_that_rater(tmp_path):
         assert bumped.needs_run("dsir_model") is None
 
 
-def _tiny_rater(tmp_path, name, labels, seed):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from metarater_assets.core import corpus, proxy_lm
-    from conftest import SAMPLE
-
-    texts = corpus.read_shard(str(SAMPLE / "raw" / "shard-0004.jsonl")).docs.column("text").to_pylist()[:50]
-    tok = proxy_lm.train_tokenizer(texts, vocab_size=300)
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=128, num_labels=labels, pad_token_id=tok.pad_token_id))
-    model.save_pretrained(tmp_path / name)
-    tok.save_pretrained(tmp_path / name)
-    return str(tmp_path / name)
-
-
 def test_two_model_raters_each_with_its_own_version(tmp_path):
     """Two tiny local models in the registry become two score assets; a new revision of one
     re-runs that score on every shard and what reads it, never the other model's score."""
-    prof = _tiny_rater(tmp_path, "tiny-prrc", 6, 0)
-    edu = _tiny_rater(tmp_path, "tiny-edu", 1, 1)
+    prof = save_tiny_rater(tmp_path, "tiny-prrc", 6, 0)
+    edu = save_tiny_rater(tmp_path, "tiny-edu", 1, 1)
     registry = tmp_path / "raters.yaml"
 
     def write_registry(revision):

@@ -10,9 +10,9 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from metarater_assets.runner import BATCH_TAG, NODE_TAG, run_pipeline
+from metarater_assets.runner import ACTOR_TAG, BATCH_TAG, NODE_TAG, run_pipeline
 from resources import Settings
-from conftest import write_config, write_small_shards
+from conftest import save_tiny_rater, write_config, write_small_shards
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
 import differential  # noqa: E402
@@ -97,3 +97,49 @@ def test_a_pool_through_ray_equals_the_local_run_also_when_a_node_dies(tmp_path,
     assert len(files) == 4
     for f in files:
         assert pq.read_table(b / "curated" / f).equals(pq.read_table(a / "curated" / f)), f
+
+
+def test_model_scores_run_on_actors_that_load_their_model_once(tmp_path):
+    """A model score's batches go to a model worker (a Ray actor holding the stand-in GPU
+    resource): four batches, one actor, one model load; the scores equal the local engine's."""
+    import ray
+    import yaml
+
+    raw = _pool(tmp_path)
+    registry = tmp_path / "raters.yaml"
+    registry.write_text(yaml.safe_dump({"scores": {"fineweb_edu": {
+        "model": save_tiny_rater(tmp_path, "tiny-edu", 1, 1), "max_tokens": 64, "head": {"kind": "regression"}}}}))
+    over = {"model_raters": {"registry": str(registry), "scores": ["fineweb_edu"]}}
+    local_cfg = write_config(tmp_path / "local.yaml", compute={"shards_per_run": 1, "workers": 1}, **over)
+    ray_cfg = write_config(tmp_path / "ray.yaml", compute={
+        "shards_per_run": 1, "workers": 2, "engine": "ray", "ray": {"num_cpus": 1, "gpu_resource": "fake_gpu"}}, **over)
+
+    def run(home, cfg, instance):
+        settings = Settings(home=str(home), raw_uri=str(raw), config_path=str(cfg))
+        return run_pipeline(settings, "scores", instance=instance, echo=lambda m: None)
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert not run(tmp_path / "local", local_cfg, instance).failed
+    ray.init(num_cpus=2, resources={"fake_gpu": 1}, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)  # one stand-in GPU: one model worker, whatever compute.workers says
+    try:
+        dagster_home = tmp_path / "dagster"
+        dagster_home.mkdir()
+        with dg.DagsterInstance.local_temp(str(dagster_home)) as instance:
+            assert not run(tmp_path / "ray", ray_cfg, instance).failed
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"metarater/cli": "run"}))
+            model_runs = [r for r in runs if "score_fineweb_edu" in (r.tags.get("metarater/assets") or "")
+                          or any(k.to_user_string() == "score_fineweb_edu" for k in (r.asset_selection or ()))]
+            assert len(model_runs) == 4, [r.asset_selection for r in runs]
+            assert len({r.tags.get(ACTOR_TAG) for r in model_runs}) == 1 and None not in {
+                r.tags.get(ACTOR_TAG) for r in model_runs}, "every batch of the model score on the one actor"
+            assert all(ACTOR_TAG not in r.tags for r in runs if r not in model_runs)  # the others: tasks
+            loads = [e.asset_materialization.metadata["model_loads"].value
+                     for e in instance.fetch_materializations(dg.AssetKey("score_fineweb_edu"), limit=100).records]
+            assert sorted(loads) == [0, 0, 0, 1], "the model is loaded once, by the first batch"
+    finally:
+        ray.shutdown()
+    for name in sorted(p.name for p in (tmp_path / "local" / "storage" / "score_fineweb_edu").iterdir()):
+        a = pq.read_table(tmp_path / "local" / "storage" / "score_fineweb_edu" / name)
+        b = pq.read_table(tmp_path / "ray" / "storage" / "score_fineweb_edu" / name)
+        assert a.equals(b), name
