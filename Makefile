@@ -44,6 +44,7 @@ ui: install
 bench: install
 	bash bench/setup_peers.sh
 	$(PY) bench/run.py
+	$(PY) bench/text_path.py
 	$(PY) bench/control.py
 	$(PY) bench/scale.py
 	$(PY) bench/shard_memory.py

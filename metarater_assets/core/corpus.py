@@ -398,7 +398,7 @@ def _source_meta(obj: dict, skip: frozenset = frozenset()) -> tuple[str, str]:
         extra["meta"] = meta
     return (str(source) if source is not None else "unknown"), json.dumps(
         extra, ensure_ascii=False, sort_keys=True, default=str
-    )
+    ) if extra else "{}"
 
 
 def _given_id(value) -> str | None:
