@@ -250,6 +250,17 @@ def _key_ids(keys, n):
 
 
 @numba.njit(cache=True)
+def _gram_ids(prev, d, wids, shift):
+    """Ids of the n-grams that extend each (n-1)-gram id ``prev[w]`` by the word ``shift`` places
+    on (keys ``prev[w] * d + wids[w + shift]``, exact in int64), in first-occurrence order."""
+    n = len(wids) - shift
+    keys = np.empty(n, np.int64)
+    for w in range(n):
+        keys[w] = prev[w] * d + wids[w + shift]
+    return _key_ids(keys, n)
+
+
+@numba.njit(cache=True)
 def _top_gram(ids, n_ids, d, word_len, wids, total_chars, n):
     """rps_doc_frac_chars_top_{n}gram from the n-gram ids (first-occurrence order): the highest
     count, ties to the earliest; 0.0 when the top count is 1."""
@@ -334,45 +345,36 @@ def _rpv2_doc(cps, L, flags, ccc, nl_start, nl_len, nl_data, out, valid):
                 line_upper += 1
             if not f & SPACE:
                 line_last = c
-            # the normalized stream: ASCII punctuation deleted, NFD(lower(c)), split on spaces
-            if not f & DELETE:
-                m = nl_len[c]
-                for k in range(m if m > 0 else 1):
-                    o = nl_data[nl_start[c] + k] if m > 0 else c
-                    if flags[o] & SPACE:
-                        if nb > ws:
-                            wstart[n_words] = ws
-                            wlen[n_words] = nb - ws
-                            n_words += 1
-                            line_words += 1
-                            line_wchars += nb - ws
-                            line_num += w_num
-                        ws = nb
-                        w_num = 0
-                        continue
-                    if flags[o] & NUMERIC:
-                        w_num += 1
-                    cc = ccc[o]
-                    j = nb
-                    if cc > 0:  # canonical ordering: after marks of a higher class
-                        while j > ws and ccc[buf[j - 1]] > cc:
-                            buf[j] = buf[j - 1]
-                            j -= 1
-                    buf[j] = o
-                    nb += 1
-        else:
-            if prev_cls == 0 and run_alpha:
-                n_alpha += 1
+        elif prev_cls == 0 and run_alpha:
+            n_alpha += 1
+        # the normalized stream: ASCII punctuation deleted, NFD(lower(c)), split on spaces ('\n' is
+        # one, so a line's words end with it; the end of the text ends the last word too)
+        if at_end or not flags[c] & DELETE:
+            m = 0 if at_end else nl_len[c]
+            for k in range(m if m > 0 else 1):
+                o = 32 if at_end else (nl_data[nl_start[c] + k] if m > 0 else c)
+                if flags[o] & SPACE:
+                    if nb > ws:
+                        wstart[n_words] = ws
+                        wlen[n_words] = nb - ws
+                        n_words += 1
+                        line_words += 1
+                        line_wchars += nb - ws
+                        line_num += w_num
+                    ws = nb
+                    w_num = 0
+                    continue
+                if flags[o] & NUMERIC:
+                    w_num += 1
+                cc = ccc[o]
+                j = nb
+                if cc > 0:  # canonical ordering: after marks of a higher class
+                    while j > ws and ccc[buf[j - 1]] > cc:
+                        buf[j] = buf[j - 1]
+                        j -= 1
+                buf[j] = o
+                nb += 1
         if c == 10 or at_end:
-            if nb > ws:  # the word ends with the line (or the text)
-                wstart[n_words] = ws
-                wlen[n_words] = nb - ws
-                n_words += 1
-                line_words += 1
-                line_wchars += nb - ws
-                line_num += w_num
-            ws = nb
-            w_num = 0
             if line_len > 0:  # a line: up to and including '\n', or a final non-empty piece
                 n_lines += 1
                 upper_sum += _r8(line_upper / line_len)
@@ -451,16 +453,10 @@ def _rpv2_doc(cps, L, flags, ccc, nl_start, nl_len, nl_data, out, valid):
     valid[0] = valid[3] = valid[8] = True
     word_len = lens[:d]
     if n_words >= 2:
-        keys = np.empty(n_words - 1, np.int64)
-        for w in range(n_words - 1):
-            keys[w] = wids[w] * d + wids[w + 1]
-        bi, nbi = _key_ids(keys, n_words - 1)
+        bi, nbi = _gram_ids(wids, d, wids, 1)
         out[4] = _top_gram(bi, n_words - 1, nbi, word_len, wids, total_chars, 2)
         if n_words >= 3:
-            keys3 = np.empty(n_words - 2, np.int64)
-            for w in range(n_words - 2):
-                keys3[w] = bi[w] * d + wids[w + 2]
-            tri, ntri = _key_ids(keys3, n_words - 2)
+            tri, ntri = _gram_ids(bi, d, wids, 2)
             out[5] = _top_gram(tri, n_words - 2, ntri, word_len, wids, total_chars, 3)
     return n_words, True
 
@@ -515,19 +511,22 @@ _SECRET = np.frombuffer(bytes.fromhex(
 
 
 @numba.njit(cache=True, inline="always")
-def _r64(b, p):
+def _read_le(b, p, n):
+    """The n-byte little-endian unsigned integer at b[p]."""
     v = _U(0)
-    for k in range(8):
+    for k in range(n):
         v |= _U(b[p + k]) << _U(8 * k)
     return v
 
 
 @numba.njit(cache=True, inline="always")
+def _r64(b, p):
+    return _read_le(b, p, 8)
+
+
+@numba.njit(cache=True, inline="always")
 def _r32(b, p):
-    v = _U(0)
-    for k in range(4):
-        v |= _U(b[p + k]) << _U(8 * k)
-    return v
+    return _read_le(b, p, 4)
 
 
 @numba.njit(cache=True, inline="always")
