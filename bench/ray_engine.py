@@ -30,7 +30,7 @@ from common import machine, write_section  # noqa: E402
 from scale import build_pool, config  # noqa: E402
 
 
-def run(tmp: Path, raw: Path, name: str, workers: int, engine: str) -> float:
+def run(tmp: Path, raw: Path, name: str, workers: int, engine: str, stage: str) -> float:
     import dagster as dg
 
     from metarater_assets.runner import run_pipeline
@@ -45,7 +45,7 @@ def run(tmp: Path, raw: Path, name: str, workers: int, engine: str) -> float:
     settings = Settings(home=str(tmp / name / "home"), raw_uri=str(raw), config_path=str(cfg_path))
     with dg.DagsterInstance.local_temp(str(tmp / name / "dagster")) as instance:
         t0 = time.perf_counter()
-        summary = run_pipeline(settings, "pool", instance=instance, echo=lambda m: None)
+        summary = run_pipeline(settings, stage, instance=instance, echo=lambda m: None)
         wall = time.perf_counter() - t0
     if summary.failed:
         raise RuntimeError(f"{name}: {summary.failed[:3]}")
@@ -55,6 +55,9 @@ def run(tmp: Path, raw: Path, name: str, workers: int, engine: str) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--times", type=int, default=1, help="copies of the shared corpus in the pool")
+    ap.add_argument("--stage", default="scores",
+                    help="run up to this stage (scores: ingest, RPv2 and DSIR, the scoring step; pool: "
+                         "also tokens and the shard index)")
     args = ap.parse_args()
     os.environ.setdefault("METARATER_LOG_LEVEL", "CRITICAL")
     tmp = Path(tempfile.mkdtemp(prefix="metarater-ray-bench-"))
@@ -62,7 +65,7 @@ def main():
     try:
         docs, nbytes = build_pool(tmp / "raw", args.times)
         for name, workers in (("local-1", 1), ("local-2", 2)):
-            rows.append((f"local engine, {workers} worker process(es)", run(tmp, tmp / "raw", name, workers, "local")))
+            rows.append((f"local engine, {workers} worker process(es)", run(tmp, tmp / "raw", name, workers, "local", args.stage)))
             print(rows[-1], flush=True)
         from ray.cluster_utils import Cluster
 
@@ -74,7 +77,7 @@ def main():
                 cluster.wait_for_nodes()
                 os.environ["RAY_ADDRESS"] = cluster.address
                 rows.append((f"Ray engine, {nodes} worker node(s) of 1 CPU",
-                             run(tmp, tmp / "raw", f"ray-{nodes}", nodes, "ray")))
+                             run(tmp, tmp / "raw", f"ray-{nodes}", nodes, "ray", args.stage)))
                 print(rows[-1], flush=True)
             finally:
                 os.environ.pop("RAY_ADDRESS", None)
@@ -88,7 +91,9 @@ def main():
     lines += [f"| {n} | {t:.1f} | {nbytes / 1e6 / t:.2f} |" for n, t in rows]
     text = "\n".join([
         f"Machine: {machine()}. Pool: {docs:,} documents ({nbytes / 1e6:.1f} MB of text) in shards of 1,250, "
-        "4 shards per run; `metarater run --stage pool` (RPv2 + DSIR, tokens, index) from an empty home each time.",
+        f"4 shards per run; `metarater run --stage {args.stage}` "
+        f"({'ingest, RPv2 and DSIR: the scoring step' if args.stage == 'scores' else 'up to ' + args.stage}) "
+        "from an empty home each time.",
         "", *lines, "",
         f"Ray, 2 nodes vs 1: {r1 / r2:.2f}x faster (local, 2 workers vs 1: {l1 / l2:.2f}x). "
         f"Ray's overhead, 1 node vs the local engine's 1 worker: {100 * (r1 / l1 - 1):+.0f}% wall time. "
