@@ -111,24 +111,23 @@ def main() -> int:
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="metarater-textpath-"))
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        if (tmp / "raw").exists():  # --keep DIR of an earlier run
-            from metarater_assets.core import corpus as _c
+        if not (tmp / "raw").exists():  # else --keep DIR of an earlier run: its pool
+            build_pool(tmp / "raw", args.times, args.shard_docs)
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-            tables = [_c.read_shard(str(f), f.name).docs for f in sorted((tmp / "raw").iterdir())]
-            docs = sum(t.num_rows for t in tables)
-            text_bytes = sum(len(x.encode()) for t in tables for x in t.column("text").to_pylist())
-        else:
-            docs, text_bytes = build_pool(tmp / "raw", args.times, args.shard_docs)
-        mb = text_bytes / 1e6
-        cfg = config(tmp, workers=1)
-        print(f"pool: {docs:,} documents, {mb:.1f} MB of text, {len(list((tmp / 'raw').iterdir()))} shards", flush=True)
-        small = tmp / "raw-small"  # the same run on one shard: its cost is the run's fixed part
-        small.mkdir(exist_ok=True)
-        first = sorted((tmp / "raw").iterdir())[0]
-        shutil.copy(first, small / first.name)
         from metarater_assets.core import corpus
 
-        small_mb = sum(len(t.encode()) for t in corpus.read_shard(str(first), first.name).docs.column("text").to_pylist()) / 1e6
+        files = sorted((tmp / "raw").iterdir())
+        shard_texts = [corpus.read_shard(str(f), f.name).docs.column("text").combine_chunks() for f in files]
+        shard_mb = [pc.sum(pc.binary_length(t)).as_py() / 1e6 for t in shard_texts]  # UTF-8 bytes of text
+        docs, mb, small_mb = sum(map(len, shard_texts)), sum(shard_mb), shard_mb[0]
+        cfg = config(tmp, workers=1)
+        print(f"pool: {docs:,} documents, {mb:.1f} MB of text, {len(files)} shards", flush=True)
+        small = tmp / "raw-small"  # the same run on one shard: its cost is the run's fixed part
+        small.mkdir(exist_ok=True)
+        first = files[0]
+        shutil.copy(first, small / first.name)
         saved = tmp / "step_cpu.json"
         if saved.exists():  # --keep DIR of an earlier run: its steps' measurements, floors and peers anew
             env, (cpu_full, cpu_small) = path_env(tmp / "raw", tmp / "home", cfg), json.loads(saved.read_text())
@@ -144,11 +143,8 @@ def main() -> int:
 
         from metarater_assets.core import dsir, signals
         from rpv2_reference import reference_signals
-        import pyarrow as pa
 
-        texts_tbl = pa.concat_tables([corpus.read_shard(str(f), f.name).docs.select(["text"])
-                                      for f in sorted((tmp / "raw").iterdir())])
-        col = texts_tbl.column("text").combine_chunks()
+        col = pa.concat_arrays(shard_texts)
         texts = col.to_pylist()
         from tokenizers import Tokenizer
 
@@ -164,8 +160,7 @@ def main() -> int:
 
         # peers, in-process or in the peers' venv, on the same text: the pool's first shard (the peers
         # run at well under 1 MB/s), datatrove on a quarter of it
-        sub_tbl = corpus.read_shard(str(first), first.name).docs
-        sub_col = sub_tbl.column("text").combine_chunks()
+        sub_col = shard_texts[0]
         sub = sub_col.to_pylist()
         signals.compute_signals(sub_col.slice(0, 10))  # loaded once per process (compiled kernels,
         dsir.count_buckets(sub_col.slice(0, 10))  # character tables), as any step does: not timed
@@ -246,9 +241,9 @@ def main() -> int:
             "| per-shard step | CPU s | MB/s per core | tokens/s per core | floor or peer on the same text | its MB/s | its CPU time / ours |",
             "|---|---|---|---|---|---|---|",
         ]
-        for what, c, peer, pc in rows:
+        for what, c, peer, theirs in rows:
             lines.append(f"| {what} | {c:.1f} | {r(c)} | {tokens / c:,.0f} | {peer} | "
-                         f"{r(pc) if pc else '-'} | {f'{pc / c:.2f}x' if pc else '-'} |")
+                         f"{r(theirs) if theirs else '-'} | {f'{theirs / c:.2f}x' if theirs else '-'} |")
         lines.append(f"| **whole path, ingest to shard index** | {total:.1f} | {r(total)} | {tokens / total:,.0f} | "
                      f"sum of the floors (read + decompress + write, tokenizers) | {r(floors)} | "
                      f"**{total / floors:.2f}x the floors** (target <= 1.5x) |")

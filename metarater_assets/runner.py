@@ -269,7 +269,9 @@ class RayLauncher:
             ray.init(address=address, log_to_driver=False, configure_logging=False,
                      **({} if address else {"include_dashboard": False}))
         self.workers = max(1, workers)
-        self._task = ray.remote(_ray_batch)
+        # per-shard batches: tasks, retried by Ray when their worker or node dies (not on errors)
+        self._task = ray.remote(_ray_batch).options(num_cpus=self.cpus, max_retries=self.retries,
+                                                    retry_exceptions=False)
         self._actor_cls = ray.remote(_ModelWorker)
         self._actors: list = []  # model workers, made when a batch first needs one
         self._idle: list = []
@@ -280,9 +282,6 @@ class RayLauncher:
         if self.gpu_resource:
             return {"resources": {str(self.gpu_resource): 1}}
         return {}
-
-    def _options(self, batch: Batch) -> dict:
-        return {"num_cpus": self.cpus, "max_retries": self.retries, "retry_exceptions": False}
 
     def _holds_model(self, batch: Batch) -> bool:
         return bool(self.gpu_assets.intersection(batch.assets))
@@ -349,7 +348,7 @@ class RayLauncher:
                 else:
                     actor = None
                     queue.pop(0)
-                    ref = self._task.options(**self._options(b)).remote(*args, b, token)
+                    ref = self._task.remote(*args, b, token)
                 running[ref] = (b, token, actor)
             if not running:
                 continue

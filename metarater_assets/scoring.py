@@ -7,8 +7,8 @@ own code version (model, revision, head), so a changed rater stales exactly that
 """
 
 import hashlib
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa

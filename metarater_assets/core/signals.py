@@ -23,7 +23,6 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import textkernels
 
@@ -170,9 +169,9 @@ def compute_signals(texts) -> dict[str, pa.Array]:
     """Signals for a batch of documents (a list of str or an Arrow string column), one Arrow array
     per signal name: the compiled kernel (``textkernels.rpv2_batch``) for every document it takes,
     ``document_signals`` for the rest (a capital sigma, whose lower case depends on context)."""
-    col = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), pa.large_string())
+    col = textkernels.text_column(texts)
     out, valid, word_count, ok = textkernels.rpv2_batch(col)
-    ok &= ~np.asarray(pc.match_substring(col, textkernels.SIGMA).to_numpy(zero_copy_only=False), dtype=np.bool_)
+    ok &= ~textkernels.sigma_documents(col)
     for i in np.flatnonzero(~ok):
         sig = document_signals(col[int(i)].as_py())
         word_count[i] = sig["rps_doc_word_count"]

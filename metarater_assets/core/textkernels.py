@@ -122,12 +122,21 @@ def tables() -> Tables:
     return Tables(**arrays)
 
 
+def text_column(texts) -> pa.Array | pa.ChunkedArray:
+    """A batch of texts as an Arrow string column (a list of str is converted once)."""
+    return texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), pa.large_string())
+
+
+def sigma_documents(col) -> np.ndarray:
+    """Which documents hold a capital sigma (bool per document): ``str.lower`` maps it by context."""
+    return np.asarray(pc.match_substring(col, SIGMA).to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
 def utf8_buffers(texts) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, offsets) of a string column: a list of str, or an Arrow (chunked) string array."""
+    texts = text_column(texts)
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
-    if not isinstance(texts, pa.Array):
-        texts = pa.array(list(texts), pa.large_string())
     if pa.types.is_string_view(texts.type):
         texts = texts.cast(pa.large_string())
     if texts.null_count:
@@ -754,8 +763,8 @@ def dsir_buckets(texts, buckets: int, mix: np.uint64) -> tuple[np.ndarray, np.nd
     """(bucket ids, per-document offsets) of the lower-cased ``\\w+|[^\\w\\s]+`` tokens of a batch:
     per document its unigrams, then its bigrams (``h[i] * mix + h[i + 1]``). Documents holding a
     capital sigma are lowered by ``str.lower`` (its final-sigma rule) before the kernel."""
-    col = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), pa.large_string())
-    sigma = np.asarray(pc.match_substring(col, SIGMA).to_numpy(zero_copy_only=False), dtype=np.bool_)
+    col = text_column(texts)
+    sigma = sigma_documents(col)
     if sigma.any():
         col = pa.array([t.lower() if s else t for t, s in zip(col.to_pylist(), sigma)], pa.large_string())
     data, offsets = utf8_buffers(col)
