@@ -150,9 +150,11 @@ def build(work: Path, corpus: Path, share: float, seed: int, shards: int = 4) ->
     return truth
 
 
-def write_config(work: Path, base: Path, overrides: list[str], prrc: bool = True) -> Path:
+def write_config(work: Path, base: Path, overrides: list[str], prrc: bool = True,
+                 raters: tuple[str, ...] = ("rpv2", "dsir", "perplexity")) -> Path:
     cfg = yaml.safe_load(base.read_text())
-    cfg["raters"] = ["rpv2", "dsir"]
+    # the perplexity rater's reference text is, by default, the DSIR targets (the reference prose)
+    cfg["raters"] = list(raters)
     cfg["dsir"]["targets"] = {n: str(work / "dsir" / f"{n}.jsonl.gz") for n in ("books", "wiki", "math")}
     cfg["validation"]["sets"] = {
         "clean": {"uri": str(work / "clean_target.jsonl.gz"), "role": "quality"},
@@ -237,6 +239,8 @@ def main(argv=None) -> int:
                     help="config override, e.g. proxies.n=128 (recorded in the results)")
     ap.add_argument("--reuse", action="store_true", help="keep the work folder's state (an incremental run)")
     ap.add_argument("--no-prrc", action="store_true", help="leave the PRRC model raters out (RPv2 and DSIR only)")
+    ap.add_argument("--raters", default="rpv2,dsir,perplexity",
+                    help="the built-in raters (default: RPv2, DSIR and the perplexity rater)")
     ap.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     a = ap.parse_args(argv)
     work = Path(a.work)
@@ -247,7 +251,8 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     truth = build(work, corpus, a.share, a.seed)
-    config = write_config(work, Path(a.config), a.set, prrc=not a.no_prrc)
+    raters = tuple(r for r in a.raters.split(",") if r)
+    config = write_config(work, Path(a.config), a.set, prrc=not a.no_prrc, raters=raters)
     env = {**os.environ, "METARATER_HOME": str(work / "home"), "METARATER_CONFIG": str(config),
            "METARATER_RAW_URI": str(work / "raw")}
     t0 = time.time()
@@ -259,7 +264,8 @@ def main(argv=None) -> int:
         return rc
     rep = json.loads(subprocess.check_output([cli, "report", "--json"], env=env))
     s = selections(work / "home", config, work / "raw")
-    res = {"pool_docs": len(truth), "planted_share": a.share, "overrides": a.set + (["--no-prrc"] if a.no_prrc else []),
+    flags = (["--no-prrc"] if a.no_prrc else []) + ([f"--raters {a.raters}"] if raters != ("rpv2", "dsir", "perplexity") else [])
+    res = {"pool_docs": len(truth), "planted_share": a.share, "overrides": a.set + flags, "raters": list(raters),
            "prrc": not a.no_prrc, "wall_s": wall,
            "curated": shares(s["kept"]["curated"], truth, s["tokens"]),
            "pool": shares(list(truth), truth, s["tokens"]),
@@ -280,7 +286,7 @@ def report(res: dict) -> str:
     lines = ["## Controlled benchmark: a pool where the right answer is known (`bench/controlled.py`)", "",
              f"`python bench/controlled.py{''.join((' --set ' + o) if '=' in o else (' ' + o) for o in res['overrides'])}` on {machine()}: "
              f"{res['pool_docs']} pool documents, {res['planted_share']:.0%} corrupted (one of "
-             f"{len(KINDS)} defects each), the demo config"
+             f"{len(KINDS)} defects each), the demo config with raters {', '.join(res.get('raters', ['rpv2', 'dsir']))}"
              f"{' (PRRC rater trained on the bundled labels)' if res.get('prrc', True) else ' with PRRC left out'}; the whole chain took "
              f"{res['wall_s'] / 60:.1f} min.", "",
              "Defective share of each selection (by tokens; a selection is 15% of the pool's tokens):", "",

@@ -33,7 +33,7 @@ import dagster as dg
 
 from . import identity
 from .batched import for_each_shard
-from .core import corpus, dsir, packs, pool as cp, precomputed, proxy_lm, regression, scan, selection, signals
+from .core import corpus, dsir, packs, perplexity, pool as cp, precomputed, proxy_lm, regression, scan, selection, signals
 from .core import storage as st
 from .partitions import shards
 from .pool import normalisation, oriented, pool_files
@@ -310,6 +310,8 @@ def score_code_versions(cfg, prrc_rater: dict | None) -> dict:
 
     out = {"rpv2": signals.SIGNALS_VERSION, "dsir": dsir.DSIR_VERSION, "selection": cp.POOL_VERSION,
            "proxy": proxy_lm.PROXY_VERSION, "regression": regression.REGRESSION_VERSION}
+    if "perplexity" in cfg.raters:
+        out["perplexity"] = perplexity.PERPLEXITY_VERSION
     if cfg.precomputed:
         out["precomputed"] = f"{precomputed.PRECOMPUTED_VERSION}:{precomputed.digest(cfg.precomputed)}"
     specs = cfg.rater_specs()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 
 import dagster as dg
 
@@ -23,7 +24,8 @@ STAGE_NAMES = ("ingest", "scores", "pool", "proxies", "regressor", "curated", "c
 #: Execution steps in dependency order: (assets, partitions: "shards" / "proxy_runs" / None). A
 #: step's assets run together (one Dagster run per batch of shards, or one run).
 STEPS: tuple[tuple[tuple[str, ...], str | None], ...] = (
-    (("raw_docs", "raw_quarantine", "precomputed_scores", "rpv2_scores", "dsir_counts"), "shards"),
+    (("raw_docs", "raw_quarantine", "precomputed_scores", "rpv2_scores", "perplexity_scores", "dsir_counts"),
+     "shards"),
     (("dsir_model", "prrc_annotations", "prrc_rater", "tokenizer"), None),
     (("dsir_scores", "@model_scores", "doc_tokens", "shard_index"), "shards"),
     (("score_stats", "validation_tokens"), None),
@@ -47,7 +49,7 @@ STEPS: tuple[tuple[tuple[str, ...], str | None], ...] = (
 
 _STAGE_OF = {
     "raw_docs": "ingest", "raw_quarantine": "ingest", "precomputed_scores": "ingest",
-    "rpv2_scores": "scores", "dsir_counts": "scores", "dsir_model": "scores", "dsir_scores": "scores",
+    "rpv2_scores": "scores", "perplexity_scores": "scores", "dsir_counts": "scores", "dsir_model": "scores", "dsir_scores": "scores",
     "prrc_annotations": "scores", "prrc_rater": "scores", "@model_scores": "scores",
     "tokenizer": "pool", "doc_tokens": "pool", "shard_index": "pool", "score_stats": "pool",
     "validation_tokens": "pool", "orientation_plan": "proxies", "orientation_data": "proxies",
@@ -189,6 +191,8 @@ def _config_parts(c) -> dict:
         "raw_docs": [(s.score, s.column, s.reduce, s.index, s.length) for s in c.precomputed]
         + ([] if c.fields is None or c.fields.default else [("fields", c.fields.text, c.fields.id, c.fields.meta)]),
         "dsir_counts": c.dsir.buckets,
+        "perplexity_scores": ([content(u) for u in c.perplexity.targets], c.perplexity.buckets, c.perplexity.discount)
+        if "perplexity" in c.raters else None,
         "prrc_annotations": (content(c.prrc.labels), dict(c.prrc.annotate), c.prrc.dims) if c.prrc else None,
         "prrc_rater": (dict(c.prrc.train), c.prrc.dims, c.prrc.shared_encoder, c.prrc.method) if c.prrc else None,
         "dsir_model": (c.dsir.buckets, {name: content(uri) for name, uri in c.dsir.targets.items()}),
@@ -255,6 +259,8 @@ def _base_assets(cfg) -> list:
         out.append(scoring.make_rpv2(policy))
     if "dsir" in raters:
         out += [scoring.make_dsir_counts(cfg, policy), scoring.dsir_model, scoring.make_dsir_scores(policy)]
+    if "perplexity" in raters:
+        out.append(scoring.make_perplexity_scores(policy))
     out += [prrc.prrc_annotations, prrc.prrc_rater]
     ms = scoring.make_model_scores(cfg, policy)
     if ms is not None:
@@ -282,12 +288,21 @@ def _base_assets(cfg) -> list:
     return out
 
 
+#: the last few asset graphs built, by the config's full value and the digests of the files it
+#: names: a run asks for the graph at every step (each step's tracer), and building it costs ~0.1 s
+_GRAPHS: OrderedDict = OrderedDict()
+
+
 def all_assets(config) -> list:
     """All assets; each code_version also carries a digest of the configuration that shapes that
     asset, so changing e.g. curation.fraction stales exactly the assets it affects (and, through
     data versions, what depends on them)."""
-    conditions = _automation(config)
     parts = _config_parts(config) if config is not None else {}
+    key = (repr(config), json.dumps(parts, sort_keys=True, default=str))
+    if key in _GRAPHS:
+        _GRAPHS.move_to_end(key)
+        return list(_GRAPHS[key])
+    conditions = _automation(config)
 
     def spec_fn(spec):
         key = spec.key.to_user_string()
@@ -300,7 +315,11 @@ def all_assets(config) -> list:
             attrs["code_version"] = f"{spec.code_version}-cfg{digest}"
         return spec.replace_attributes(**attrs) if attrs else spec
 
-    return [a.map_asset_specs(spec_fn) for a in _base_assets(config)]
+    graph = [a.map_asset_specs(spec_fn) for a in _base_assets(config)]
+    _GRAPHS[key] = graph
+    while len(_GRAPHS) > 4:
+        _GRAPHS.popitem(last=False)
+    return list(graph)
 
 
 def build_resources(settings: Settings, cfg) -> dict:

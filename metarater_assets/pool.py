@@ -43,6 +43,8 @@ def score_sources(cfg) -> list[tuple[str, list[str]]]:
             out.append(("rpv2_scores", list(RATERS["rpv2"])))
         elif r == "dsir":
             out.append(("dsir_scores", list(RATERS["dsir"])))
+        elif r == "perplexity":
+            out.append(("perplexity_scores", list(RATERS["perplexity"])))
         elif r == "precomputed":
             out.append(("precomputed_scores", list(cfg.precomputed_scores)))
     out += [(score_asset(n), [n]) for n in cfg.model_scores]

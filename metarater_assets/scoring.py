@@ -17,7 +17,7 @@ import dagster as dg
 
 from . import identity
 from .batched import combine_checks, for_each_shard
-from .core import dsir, rater_training, raters, signals, stats, storage as st
+from .core import dsir, perplexity, rater_training, raters, signals, stats, storage as st
 from .partitions import shards
 from resources import ComputeResource, MetaraterConfig
 
@@ -204,6 +204,48 @@ def make_dsir_scores(policy):
         yield combine_checks({k: c for k, (_, c) in done.items()})
 
     return dsir_scores
+
+
+def perplexity_model(cfg, key: str) -> perplexity.BigramModel:
+    """The perplexity rater's bigram model of ``cfg.perplexity.targets`` (one file at a time in
+    memory), fitted once per process for ``key`` (the asset's code version, which carries the
+    targets' content digests and the settings)."""
+    from .core import corpus
+
+    pc = cfg.perplexity
+    return perplexity.fitted(key, lambda: perplexity.BigramModel.fit(
+        (corpus.read_documents(u).column("text") for u in pc.targets), pc.buckets, pc.discount))
+
+
+def make_perplexity_scores(policy):
+    names = [perplexity.SCORE]
+
+    @dg.asset(partitions_def=shards, group_name=SCORE_GROUP, deps=["raw_docs"], backfill_policy=policy,
+              code_version=f"perplexity-{perplexity.PERPLEXITY_VERSION}", check_specs=[check_spec("perplexity_scores")],
+              description="Fluency per document: its mean negative log-likelihood per word (nats, lower is "
+                          "better) under a bigram model of the clean reference text in perplexity.targets "
+                          "(CCNet-style perplexity; see docs/method.md).")
+    def perplexity_scores(context: dg.AssetExecutionContext, settings: MetaraterConfig):
+        cfg = settings.load()
+        tracer = identity.for_run(context, settings, cfg)
+        t0 = time.perf_counter()
+        model = perplexity_model(cfg, context.assets_def.code_versions_by_key[context.asset_key])
+        fit_s = time.perf_counter() - t0
+
+        def one(key):
+            ident = tracer.identity("perplexity_scores", key)
+            check = ScoreCheck("perplexity_scores", names, frozenset(names))
+            n = scored(context, tracer, settings, "perplexity_scores", key, ident, score_schema(names),
+                       ((ids, score_table(ids, {perplexity.SCORE: pa.array(model.score(texts), from_pandas=True)}))
+                        for ids, texts in _batches(tracer, settings, key)), check)
+            return n, check.result()
+
+        done = for_each_shard(context, one)
+        yield dg.MaterializeResult(metadata={"docs": sum(n for n, _ in done.values()), "shards": len(done),
+                                             "reference_tokens": model.tokens, "model_seconds": round(fit_s, 2)})
+        yield combine_checks({k: c for k, (_, c) in done.items()})
+
+    return perplexity_scores
 
 
 def score_asset(name: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import dsir as _dsir
+from . import perplexity as _ppl
 from .proxy_lm import PROXY_PRESETS
 from .regression import MODEL_NAMES as REGRESSORS
 from .signals import SIGNAL_NAMES
@@ -22,6 +23,7 @@ from .signals import SIGNAL_NAMES
 RATERS: dict[str, tuple[str, ...]] = {
     "rpv2": SIGNAL_NAMES,
     "dsir": ("dsir_books", "dsir_wiki", "dsir_math"),
+    "perplexity": (_ppl.SCORE,),
     "precomputed": (),
 }
 #: per-score direction: "high" (higher is better, the paper's default for every score), "low"
@@ -89,6 +91,16 @@ def _known(section: str, raw: Mapping, keys: set[str]) -> None:
 class DsirConfig:
     buckets: int = _dsir.DEFAULT_BUCKETS
     targets: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PerplexityConfig:
+    """The ``perplexity`` rater: a bigram model of clean reference text (``targets``: files of
+    documents, read whole; default: the DSIR targets)."""
+
+    targets: tuple[str, ...] = ()
+    buckets: int = _ppl.DEFAULT_BUCKETS
+    discount: float = _ppl.DEFAULT_DISCOUNT
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,7 @@ class Config:
     exclude: tuple[str, ...] = ()
     #: where rows keep their text, id and meta (``ingest.text_field`` / ``id_field`` / ``meta_fields``)
     fields: Any = None
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
 
     @property
     def trained_scores(self) -> tuple[str, ...]:
@@ -196,7 +209,8 @@ class Config:
 
     def orientation_of(self, name: str) -> str:
         """A score's direction: as ``scores.orientation`` names it, else its ``default`` there, else
-        the score's known direction (``low`` for the RPv2 signals in ``signals.LOWER_IS_BETTER``),
+        the score's known direction (``low`` for the RPv2 signals in ``signals.LOWER_IS_BETTER`` and
+        for the perplexity),
         else ``high``."""
         if name in self.orientation:
             return self.orientation[name]
@@ -204,7 +218,7 @@ class Config:
             return self.orientation["default"]
         from .signals import LOWER_IS_BETTER
 
-        return "low" if name in LOWER_IS_BETTER else "high"
+        return "low" if name in LOWER_IS_BETTER or name == _ppl.SCORE else "high"
 
     @property
     def orientations(self) -> dict[str, str]:
@@ -252,7 +266,7 @@ def _registry(path: str) -> dict:
 
 
 def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> Config:
-    _known("config", raw, {"raters", "dsir", "validation", "tokenizer", "proxies", "confirm", "regressor",
+    _known("config", raw, {"raters", "dsir", "perplexity", "validation", "tokenizer", "proxies", "confirm", "regressor",
                            "curation", "evaluation", "compute", "model_raters", "prrc", "precomputed",
                            "scores", "stats", "ingest", "raw"})
     raters = tuple(raw.get("raters", ["rpv2", "dsir"]))
@@ -299,7 +313,28 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         raise ConfigError(f"validation.held_out must be in [0, 1), got {held_out!r}")
     from .storage import exists as _exists
 
-    for field_name, uris in (("dsir.targets", targets), ("validation.sets", sets)):
+    pp = raw.get("perplexity", {}) or {}
+    _known("perplexity", pp, {"targets", "buckets", "discount"})
+    pp_targets = pp.get("targets")
+    if isinstance(pp_targets, Mapping):
+        pp_targets = list(pp_targets.values())
+    elif isinstance(pp_targets, str):
+        pp_targets = [pp_targets]
+    pp_targets = tuple(_resolve(base, u) for u in (pp_targets or ()))
+    if "perplexity" in raters and not pp_targets:
+        pp_targets = tuple(targets.values())  # the DSIR targets: clean reference text already named
+        if not pp_targets:
+            raise ConfigError("perplexity.targets: name the clean reference text the perplexity rater's model "
+                              "is trained on (files of documents), or configure dsir.targets")
+    try:
+        perplexity_ = PerplexityConfig(targets=pp_targets, buckets=_int("perplexity.buckets", pp.get(
+            "buckets", _ppl.DEFAULT_BUCKETS), 1000), discount=float(pp.get("discount", _ppl.DEFAULT_DISCOUNT)))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"perplexity: {e}") from None
+    if not 0.0 < perplexity_.discount < 1.0:
+        raise ConfigError(f"perplexity.discount must be in (0, 1), got {perplexity_.discount!r}")
+    for field_name, uris in (("dsir.targets", targets), ("validation.sets", sets),
+                             ("perplexity.targets", dict(enumerate(pp_targets)))):
         for k, u in uris.items():
             if not _exists(u):
                 raise ConfigError(f"{field_name}.{k}: {u!r} does not exist")
@@ -436,6 +471,7 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         pack_max_files=_int("ingest.pack_max_files", ing.get("pack_max_files", 1000), 2),
         exclude=tuple(exclude),
         fields=fields,
+        perplexity=perplexity_,
     )
     names = cfg.score_names
     dup = sorted({n for n in names if names.count(n) > 1})
