@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.set_defaults(fn=cmd_report)
     s = sub.add_parser("score", help="score one JSONL/Parquet file outside the asset graph")
     s.add_argument("--raters", default="rpv2,dsir",
-                   help="rpv2, dsir, prrc (the pool's trained PRRC rater), precomputed, or model score names")
+                   help="rpv2, dsir, perplexity, prrc (the pool's trained PRRC rater), precomputed, or model score names")
     s.add_argument("--in", dest="inp", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", default=None)

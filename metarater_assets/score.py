@@ -10,7 +10,7 @@ from .core.config import load_config
 from .scoring import dsir_model_uri, load_dsir_model
 from resources import Settings
 
-BUILTIN = ("rpv2", "dsir", "prrc", "precomputed")
+BUILTIN = ("rpv2", "dsir", "perplexity", "prrc", "precomputed")
 
 
 def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
@@ -50,6 +50,22 @@ def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
                          "this file's own (run `metarater run --stage scores` to fit it on the pool)")
         for n, v in model.score(texts).items():
             cols[f"dsir_{n}"] = pa.array(v)
+    if "perplexity" in wanted:
+        from dataclasses import replace
+
+        from .core import perplexity
+        from .core.config import PerplexityConfig
+        from .scoring import perplexity_model
+
+        pc = cfg.perplexity if cfg.perplexity.targets else PerplexityConfig(targets=tuple(cfg.dsir.targets.values()))
+        if not pc.targets:
+            raise ValueError("--raters perplexity needs reference text: perplexity.targets (or dsir.targets) in the config")
+        from .defs import _file_digest
+
+        key = repr(([_file_digest(u) or u for u in pc.targets], pc.buckets, pc.discount))  # by content
+        model = perplexity_model(replace(cfg, perplexity=pc), key)
+        cols[perplexity.SCORE] = pa.array(model.score(texts), from_pandas=True)
+        notes.append(f"perplexity: a bigram model of {len(pc.targets)} reference file(s), {model.tokens} tokens")
     specs = {n: cfg.registry[n] for n in wanted if n in cfg.registry and n not in BUILTIN}
     if "prrc" in wanted:
         rater_uri = f"{settings.storage_uri}/prrc_rater.json"

@@ -185,8 +185,23 @@ def chat_reply(handler, content: str) -> None:
     handler.wfile.write(payload)
 
 
+#: test folders by how long their files take (the servers, daemons, clusters and killed runs of
+#: e2e first): pytest-xdist's ``--dist loadfile`` hands files out in collection order, so the long
+#: files start first and the short ones fill the workers' tails (longest first, the classic
+#: balance); measured in `make test`'s durations
+_FIRST = ("tests/e2e/test_differential.py", "tests/e2e/test_ray.py", "tests/e2e/test_daemon.py",
+          "tests/e2e/test_crash_stages.py", "tests/assets/test_pipeline.py", "tests/e2e/", "tests/assets/")
+
+
+def _rank(item) -> int:
+    path = item.nodeid.split("::")[0]
+    return next((i for i, prefix in enumerate(_FIRST) if path.startswith(prefix)), len(_FIRST))
+
+
 def pytest_collection_modifyitems(config, items):
-    """METARATER_TEST_ORDER=reverse runs the collected tests in reverse order: a check that no test
-    depends on another one having run first (module fixtures are shared, tests work on clones)."""
+    """Long files first (above). METARATER_TEST_ORDER=reverse (CI) runs the tests of each of those
+    groups in reverse order, the files and each file's tests: a check that no test depends on
+    another one having run first (module fixtures are shared, tests work on clones)."""
     if os.environ.get("METARATER_TEST_ORDER") == "reverse":
         items.reverse()
+    items.sort(key=_rank)  # stable: a group keeps its (reversed) order, a file's tests stay together

@@ -11,7 +11,7 @@ import pytest
 from metarater_assets.core import corpus
 from metarater_assets.core.perplexity import BigramModel
 
-from tests.conftest import SAMPLE
+from conftest import SAMPLE
 
 TOKEN = re.compile(r"\w+|[^\w\s]+")
 

@@ -1,7 +1,7 @@
 """`compute.engine: ray` on a real local Ray cluster of two worker nodes (``ray.cluster_utils``):
-the pool scored, indexed and cut through Ray equals the local run bit for bit, and a node killed
-mid-run (SIGKILL of its raylet and workers) costs a retry of its batch on the other node, with every
-row accounted for and the same result."""
+the pool scored (with a model score on a Ray actor), indexed and cut through Ray equals the local
+run bit for bit, and a node killed mid-run (SIGKILL of its raylet and workers) costs a retry of its
+batch on the other node, with every row accounted for and the same result."""
 import sys
 import threading
 import time
@@ -17,7 +17,8 @@ from conftest import save_tiny_rater, write_config, write_small_shards
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
 import differential  # noqa: E402
 
-PER_SHARD = ("raw_docs", "raw_quarantine", "rpv2_scores", "dsir_counts", "dsir_scores", "doc_tokens", "shard_index")
+PER_SHARD = ("raw_docs", "raw_quarantine", "rpv2_scores", "dsir_counts", "dsir_scores", "score_fineweb_edu",
+             "doc_tokens", "shard_index")
 
 
 def _pool(tmp: Path) -> Path:
@@ -33,12 +34,20 @@ def _run(home: Path, raw: Path, cfg: Path, instance: dg.DagsterInstance):
 
 
 def test_a_pool_through_ray_equals_the_local_run_also_when_a_node_dies(tmp_path, monkeypatch):
+    """Two worker nodes: one holds the stand-in GPU (a custom resource), where the model score's
+    batches go to one actor that loads its model once; the other is killed as soon as a batch
+    runs on it. The run completes and every output equals the local engine's."""
+    import yaml
+
     raw = _pool(tmp_path)
-    local_cfg = write_config(tmp_path / "local.yaml", evaluation={"seeds": [0]},
-                             compute={"shards_per_run": 1, "workers": 1})
-    ray_cfg = write_config(tmp_path / "ray.yaml", evaluation={"seeds": [0]},
-                           compute={"shards_per_run": 1, "workers": 2, "engine": "ray",
-                                    "ray": {"num_cpus": 1, "max_retries": 3}})
+    registry = tmp_path / "raters.yaml"
+    registry.write_text(yaml.safe_dump({"scores": {"fineweb_edu": {
+        "model": save_tiny_rater(tmp_path, "tiny-edu", 1, 1), "max_tokens": 64, "head": {"kind": "regression"}}}}))
+    over = {"model_raters": {"registry": str(registry), "scores": ["fineweb_edu"]}, "evaluation": {"seeds": [0]}}
+    local_cfg = write_config(tmp_path / "local.yaml", compute={"shards_per_run": 1, "workers": 1}, **over)
+    ray_cfg = write_config(tmp_path / "ray.yaml", compute={
+        "shards_per_run": 1, "workers": 2, "engine": "ray",
+        "ray": {"num_cpus": 1, "max_retries": 3, "gpu_resource": "fake_gpu"}}, **over)
     with dg.DagsterInstance.ephemeral() as instance:
         local = _run(tmp_path / "local", raw, local_cfg, instance)
     assert not local.failed
@@ -47,13 +56,14 @@ def test_a_pool_through_ray_equals_the_local_run_also_when_a_node_dies(tmp_path,
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
-        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        keeper = cluster.add_node(num_cpus=2, resources={"fake_gpu": 1})  # one stand-in GPU: one model worker
+        victim_node = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         monkeypatch.setenv("RAY_ADDRESS", cluster.address)
         dagster_home = tmp_path / "dagster"
         dagster_home.mkdir()
         killed: dict = {}
-        victim = nodes[1].node_id
+        victim = victim_node.node_id
         with dg.DagsterInstance.local_temp(str(dagster_home)) as instance:
             def killer():  # as soon as a batch runs on the second node, that node dies
                 with dg.DagsterInstance.from_config(str(dagster_home)) as watch:
@@ -62,7 +72,7 @@ def test_a_pool_through_ray_equals_the_local_run_also_when_a_node_dies(tmp_path,
                         started = watch.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
                                                                        tags={NODE_TAG: victim}))
                         if started:
-                            cluster.remove_node(nodes[1], allow_graceful=False)
+                            cluster.remove_node(victim_node, allow_graceful=False)
                             killed["runs"] = [r.run_id for r in started]
                             return
                         time.sleep(0.02)
@@ -79,6 +89,20 @@ def test_a_pool_through_ray_equals_the_local_run_also_when_a_node_dies(tmp_path,
             assert {r.run_id for r in dead} == set(killed["runs"]), "the killed node's batch run is marked failed"
             redone = {r.tags[BATCH_TAG] for r in runs if r.status == dg.DagsterRunStatus.SUCCESS and BATCH_TAG in r.tags}
             assert {r.tags[BATCH_TAG] for r in dead} <= redone, "the killed batch was retried and finished"
+
+            # the model score: four batches on one actor, on the node with the stand-in GPU, one model load
+            model_runs = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS
+                          and "score_fineweb_edu" in (r.tags.get("metarater/assets") or "")]
+            assert len(model_runs) == 4, [r.tags.get("metarater/assets") for r in runs]
+            actors = {r.tags.get(ACTOR_TAG) for r in model_runs}
+            assert len(actors) == 1 and None not in actors, "every batch of the model score on the one actor"
+            assert {r.tags[NODE_TAG] for r in model_runs} == {keeper.node_id}
+            per_shard = [r for r in runs if set((r.tags.get("metarater/assets") or "").split(",")) & {
+                "raw_docs", "rpv2_scores", "doc_tokens", "shard_index"}]
+            assert per_shard and all(ACTOR_TAG not in r.tags for r in per_shard)  # per-shard steps: tasks
+            loads = [e.asset_materialization.metadata["model_loads"].value
+                     for e in instance.fetch_materializations(dg.AssetKey("score_fineweb_edu"), limit=100).records]
+            assert sorted(loads) == [0, 0, 0, 1], "the model is loaded once, by the first batch"
     finally:
         cluster.shutdown()
 
@@ -97,49 +121,3 @@ def test_a_pool_through_ray_equals_the_local_run_also_when_a_node_dies(tmp_path,
     assert len(files) == 4
     for f in files:
         assert pq.read_table(b / "curated" / f).equals(pq.read_table(a / "curated" / f)), f
-
-
-def test_model_scores_run_on_actors_that_load_their_model_once(tmp_path):
-    """A model score's batches go to a model worker (a Ray actor holding the stand-in GPU
-    resource): four batches, one actor, one model load; the scores equal the local engine's."""
-    import ray
-    import yaml
-
-    raw = _pool(tmp_path)
-    registry = tmp_path / "raters.yaml"
-    registry.write_text(yaml.safe_dump({"scores": {"fineweb_edu": {
-        "model": save_tiny_rater(tmp_path, "tiny-edu", 1, 1), "max_tokens": 64, "head": {"kind": "regression"}}}}))
-    over = {"model_raters": {"registry": str(registry), "scores": ["fineweb_edu"]}}
-    local_cfg = write_config(tmp_path / "local.yaml", compute={"shards_per_run": 1, "workers": 1}, **over)
-    ray_cfg = write_config(tmp_path / "ray.yaml", compute={
-        "shards_per_run": 1, "workers": 2, "engine": "ray", "ray": {"num_cpus": 1, "gpu_resource": "fake_gpu"}}, **over)
-
-    def run(home, cfg, instance):
-        settings = Settings(home=str(home), raw_uri=str(raw), config_path=str(cfg))
-        return run_pipeline(settings, "scores", instance=instance, echo=lambda m: None)
-
-    with dg.DagsterInstance.ephemeral() as instance:
-        assert not run(tmp_path / "local", local_cfg, instance).failed
-    ray.init(num_cpus=2, resources={"fake_gpu": 1}, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)  # one stand-in GPU: one model worker, whatever compute.workers says
-    try:
-        dagster_home = tmp_path / "dagster"
-        dagster_home.mkdir()
-        with dg.DagsterInstance.local_temp(str(dagster_home)) as instance:
-            assert not run(tmp_path / "ray", ray_cfg, instance).failed
-            runs = instance.get_runs(filters=dg.RunsFilter(tags={"metarater/cli": "run"}))
-            model_runs = [r for r in runs if "score_fineweb_edu" in (r.tags.get("metarater/assets") or "")
-                          or any(k.to_user_string() == "score_fineweb_edu" for k in (r.asset_selection or ()))]
-            assert len(model_runs) == 4, [r.asset_selection for r in runs]
-            assert len({r.tags.get(ACTOR_TAG) for r in model_runs}) == 1 and None not in {
-                r.tags.get(ACTOR_TAG) for r in model_runs}, "every batch of the model score on the one actor"
-            assert all(ACTOR_TAG not in r.tags for r in runs if r not in model_runs)  # the others: tasks
-            loads = [e.asset_materialization.metadata["model_loads"].value
-                     for e in instance.fetch_materializations(dg.AssetKey("score_fineweb_edu"), limit=100).records]
-            assert sorted(loads) == [0, 0, 0, 1], "the model is loaded once, by the first batch"
-    finally:
-        ray.shutdown()
-    for name in sorted(p.name for p in (tmp_path / "local" / "storage" / "score_fineweb_edu").iterdir()):
-        a = pq.read_table(tmp_path / "local" / "storage" / "score_fineweb_edu" / name)
-        b = pq.read_table(tmp_path / "ray" / "storage" / "score_fineweb_edu" / name)
-        assert a.equals(b), name
