@@ -289,9 +289,9 @@ def main():
     ap.add_argument("--only", choices=["incremental"], help="run just this row (printed, RESULTS.md untouched)")
     args = ap.parse_args()
     if args.only == "incremental":
-        from metarater_assets.runner import quiet_lightning
+        from metarater_assets.runner import quiet_libraries
 
-        quiet_lightning()
+        quiet_libraries()
         with tempfile.TemporaryDirectory() as tmp:
             bench_incremental(corpus_root(), tmp)
         print("\n".join(f"| {' | '.join(r)} |" for r in ROWS))
@@ -300,9 +300,9 @@ def main():
     print(f"corpus: {root}\nmachine: {machine()}", flush=True)
     import torch
 
-    from metarater_assets.runner import quiet_lightning
+    from metarater_assets.runner import quiet_libraries
 
-    quiet_lightning()
+    quiet_libraries()
     torch.set_num_threads(1)  # per-core figures
     pool = load_pool(root, shards=2)
     texts = pool.column("text").to_pylist()

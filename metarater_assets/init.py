@@ -65,6 +65,8 @@ def render(raw_uri: str, found: dict, shards: int, first: str, machine: dict, qu
         "  # meta_fields: [url, meta.date]   # keep only these fields as meta (default: every other field)",
         "  # exclude: [bad-shard.jsonl.gz]   # take shards out of the pool",
         "raters: [rpv2, dsir]            # 11 RedPajama-V2 signals + 3 DSIR importance scores",
+        "# raters: [rpv2, dsir, perplexity]   # + fluency: perplexity under a bigram model of dsir.targets (or",
+        "#                                      perplexity.targets); it sees shuffled or garbled text (docs/method.md)",
         "dsir:",
         "  buckets: 10000",
         "  targets:                       # examples of the text you want more of: replace with your own",

@@ -9,7 +9,6 @@ invocation and staleness costs a few paged queries per asset, whatever the numbe
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 import warnings
@@ -41,16 +40,13 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def quiet_lightning() -> None:
-    """Lightning sets its loggers to INFO on import; import it first, then turn them down."""
-    import lightning.pytorch  # noqa: F401
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+def quiet_libraries() -> None:
+    """Transformers at errors only and without progress bars, through its environment variables (read
+    when it is imported: nothing heavy is imported here); Lightning is turned down where it is
+    imported (``core.proxy_lm.quiet_lightning``)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 @dataclass
@@ -144,11 +140,9 @@ def _child_init(settings: tuple, dagster_home: str, threads: int) -> None:
     from resources.settings import sqlite_commit_mode
 
     sqlite_commit_mode()
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    import torch
-
-    torch.set_num_threads(threads)
-    quiet_lightning()
+    # torch (imported only by a step that needs it) takes its intra-op threads from OMP_NUM_THREADS
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    quiet_libraries()
     s = Settings(*settings)
     from .core.config import load_config
 
@@ -413,7 +407,7 @@ def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | 
     if stage not in STAGE_NAMES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
     instance = instance or dg.DagsterInstance.get()
-    quiet_lightning()
+    quiet_libraries()
     from .core.config import load_config
 
     cfg = load_config(settings.config_path)  # a broken config stops here, clearly

@@ -34,6 +34,19 @@ PROXY_VERSION = "1"
 # Tokenizer
 
 
+
+def quiet_lightning():
+    """Lightning sets its loggers to INFO when it is imported: turn them down to warnings once it is
+    (called where Lightning is imported, so a process that never trains never pays the ~9 s import).
+    Returns ``lightning.pytorch``."""
+    import logging
+
+    import lightning.pytorch as pl
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return pl
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2):
     """Byte-level BPE trained on ``texts``; returns a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -241,7 +254,7 @@ def _lr_lambda(cfg: ProxyConfig):
 
 
 def _lightning_module():
-    import lightning.pytorch as pl
+    pl = quiet_lightning()
     import torch
 
     class ProxyLM(pl.LightningModule):
@@ -318,9 +331,10 @@ def train_lm(source, eos_id: int, vocab_size: int, cfg: ProxyConfig, seed: int, 
     """Train from scratch (or resume from ``ckpt_dir/last.ckpt``) on the batches of ``source`` (a
     ``token_store.WindowSource`` with ``cfg``'s batch size and sequence length); returns
     (model, info)."""
-    import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pl = quiet_lightning()
 
     if compute.threads:
         torch.set_num_threads(compute.threads)
@@ -464,7 +478,7 @@ class NgramProxy:
 def eval_callback(val_sets: Mapping[str, tuple[Sequence[np.ndarray], Sequence[str]]], every: int,
                   seq_len: int, eos_id: int, device: str = "cpu"):
     """A Lightning callback recording (tokens seen, loss per validation set) every ``every`` steps."""
-    import lightning.pytorch as pl
+    pl = quiet_lightning()
 
     class LossCurve(pl.Callback):
         def __init__(self):

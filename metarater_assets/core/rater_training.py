@@ -173,7 +173,9 @@ def _loader(enc, y, batch_size, pad_id, shuffle, seed):
 
 
 def _module(model, dims, weights, cfg: TrainConfig, total_steps: int):
-    import lightning.pytorch as pl
+    from .proxy_lm import quiet_lightning
+
+    pl = quiet_lightning()
     import torch
 
     class PRRCRater(pl.LightningModule):
@@ -249,7 +251,9 @@ def train_rater(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig,
     """Train, pick the best epoch by validation macro-F1, score the held-out test split, and save
     the model to ``out_uri`` (a folder; written locally, then moved into place with the marker
     file last, so a crash never leaves a folder that looks complete). Returns the report."""
-    import lightning.pytorch as pl
+    from .proxy_lm import quiet_lightning
+
+    pl = quiet_lightning()
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -8,15 +8,13 @@ missing browser is a failure.
 """
 import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, stop_group, write_config, write_small_shards
+from conftest import stop_group, write_config, write_small_shards
+from uihelpers import start_ui
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -57,21 +55,8 @@ def ui(tmp_path):
 
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as inst:
         inst.add_dynamic_partitions("shards", sorted(p.name for p in raw.iterdir()))
-    port = free_port()
-    log = open(tmp_path / "dagster-dev.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "metarater_assets.cli", "ui", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    proc, log, base = start_ui(env, tmp_path, timeout=180)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/server_info", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("dagster dev did not come up:\n" + (tmp_path / "dagster-dev.log").read_text()[-3000:])
-                time.sleep(1)
         yield base, env, tmp_path
     finally:
         stop_group(proc)

@@ -18,6 +18,27 @@ from conftest import free_port, stop_group, write_config, write_small_shards
 REPO = Path(__file__).resolve().parents[2]
 
 
+def start_ui(env: dict, tmp_path: Path, timeout: float = 240):
+    """`metarater ui` as a user starts it, in its own session (stop it with ``stop_group``), its
+    output in tmp/dagster-dev.log; returns (process, log file, base URL) once it answers."""
+    port = free_port()
+    log = open(tmp_path / "dagster-dev.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "metarater_assets.cli", "ui", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/server_info", timeout=2)
+            return proc, log, base
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                stop_group(proc, grace=5)
+                log.close()
+                raise RuntimeError("dagster dev did not come up:\n" + (tmp_path / "dagster-dev.log").read_text()[-3000:])
+            time.sleep(1)
+
+
 @pytest.fixture
 def ui(tmp_path):
     """Start `metarater ui` on a prepared home; yields (graphql(query, variables), env, tmp)."""
@@ -27,21 +48,8 @@ def ui(tmp_path):
         env = {**os.environ, "METARATER_HOME": str(tmp_path / "home"), "METARATER_RAW_URI": str(raw),
                "METARATER_CONFIG": str(cfg), "DAGSTER_HOME": str(tmp_path / "home" / "dagster"),
                "METARATER_SENSOR_INTERVAL": "3"}
-        port = free_port()
-        log = open(tmp_path / "dagster-dev.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "metarater_assets.cli", "ui", "--port", str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+        proc, log, base = start_ui(env, tmp_path)
         procs.append((proc, log))
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/server_info", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("dagster dev did not come up:\n" + (tmp_path / "dagster-dev.log").read_text()[-3000:])
-                time.sleep(1)
 
         def graphql(query: str, variables: dict | None = None) -> dict:
             req = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
