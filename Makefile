@@ -29,8 +29,10 @@ TEST_TMP := $(if $(wildcard /dev/shm),/dev/shm/metarater-tests-$(shell id -u),)
 # 3 workers were slower (1026 s against 967 s, 2026-12-06)
 TEST_WORKERS ?= 2
 
+# --no-loadscope-reorder: files in collection order (tests/conftest.py puts the longest first); xdist's
+# default order, most tests per file first, left the one-test e2e files (the longest) for the end
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 $(if $(TEST_TMP),--basetemp=$(TEST_TMP)); rc=$$?; $(if $(TEST_TMP),rm -rf $(TEST_TMP);) exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 $(if $(TEST_TMP),--basetemp=$(TEST_TMP)); rc=$$?; $(if $(TEST_TMP),rm -rf $(TEST_TMP);) exit $$rc
 
 # the differential harness: SEQUENCES seeded sequences of edits and kills, each step against a fresh home
 SEQUENCES ?= 10

@@ -102,6 +102,18 @@ def save_tiny_rater(tmp_path: Path, name: str, labels: int, seed: int) -> str:
     return str(tmp_path / name)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _own_dagster_home():
+    """A test file that exports DAGSTER_HOME (``Settings.ensure_dagster_home``) must not hand its
+    Dagster instance to the next file a worker runs: the variable is put back after each file."""
+    before = os.environ.get("DAGSTER_HOME")
+    yield
+    if before is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = before
+
+
 @pytest.fixture
 def env_home(tmp_path, monkeypatch):
     """An isolated METARATER_HOME + DAGSTER_HOME, two small shards and a fast config."""

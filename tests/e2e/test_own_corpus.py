@@ -50,6 +50,7 @@ def _raw_content_pool(dest: Path, per_shard: int = 150) -> Path:
 def _settings(tmp_path, raw, **over):
     cfg = write_config(tmp_path / "config.yaml", **over)
     s = Settings(home=str(tmp_path / "home"), raw_uri=str(raw), config_path=str(cfg))
+    os.environ.pop("DAGSTER_HOME", None)  # this test's own instance, under its home
     s.ensure_dagster_home()
     return s
 
