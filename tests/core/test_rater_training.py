@@ -164,7 +164,7 @@ def test_probe_rater_on_the_real_minilm_beats_the_majority_class_and_reads_back(
     """The probe (frozen MiniLM embeddings + text features, logistic regression per dimension) on
     the bundled labels: well above the majority class on every held-out dimension, and the saved
     probe scores documents through the same heads as any rater."""
-    cfg = rt.TrainConfig(encoder="minilm", max_tokens=64)
+    cfg = rt.TrainConfig(encoder="minilm", max_tokens=64, max_train_docs=600)  # of ~1,000: the suite's time
     out = str(tmp_path / "probe")
     # two of the five default C candidates: the suite's time (the demo runs all five)
     rep = rt.train_prrc(rows, out, cfg, method="probe", log=lambda m: None, probe_Cs=(0.3, 1.0))

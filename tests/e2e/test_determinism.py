@@ -40,10 +40,11 @@ def _inputs(d: Path) -> tuple[Path, Path]:
                         "batch_size": 16, "lr": 5e-3}},
         model_raters={"scores": DIMS},
         # the demo's two tiers: n-gram tier 1 with single-score runs (the evaluation's single-best arm
-        # reads them), transformer tier 2 on the optimum, two spread vectors and the single scores
+        # reads them), transformer tier 2 on the optimum and three spread vectors (its single-score
+        # vectors are more runs of the same code: left out for the suite's time)
         proxies={"n": 3, "kind": "ngram", "preset": "test", "token_budget": 2048, "single_score_runs": True},
-        confirm={"kind": "transformer", "preset": "test", "token_budget": 2048, "spread": 2,
-                 "single_score_runs": True},
+        confirm={"kind": "transformer", "preset": "test", "token_budget": 2048, "spread": 3,
+                 "single_score_runs": False},
         evaluation={"preset": "test", "token_budget": 2048, "seeds": [0, 1]},
     )
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -159,7 +160,7 @@ def assert_identical(a: Path, b: Path) -> None:
     # tier 2: the same transformer runs on the same vectors, the same losses and tier agreement
     conf_a = sorted(p.name for p in (a / "storage" / "confirm_run").glob("*.json"))
     assert conf_a == sorted(p.name for p in (b / "storage" / "confirm_run").glob("*.json"))
-    assert len(conf_a) >= 1 + len(runs_a) - 3, conf_a  # the optimum + the single scores (+ spread)
+    assert len(conf_a) >= 3, conf_a  # the optimum + the spread vectors
     for name in conf_a:
         ca, cb = _json(a, f"storage/confirm_run/{name}"), _json(b, f"storage/confirm_run/{name}")
         assert ca["proxy_kind"] == "transformer" and ca["train"]["steps"] > 0
