@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch pinned to the local CPU build: without the constraint pip pulls a multi-GB CUDA build
 	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	# compile the text kernels once (numba's cache in __pycache__): about a minute, paid here and not by the first run
+	$(PY) -c "from metarater_assets.core import textkernels; textkernels.warm()"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

@@ -771,3 +771,11 @@ def dsir_buckets(texts, buckets: int, mix: np.uint64) -> tuple[np.ndarray, np.nd
     t = tables()
     h, doc_off = _dsir_hashes(data, offsets, sigma, t.flags, t.lo_start, t.lo_len, t.lo_data, _SECRET)
     return _features(h, doc_off, buckets, mix)
+
+
+def warm() -> None:
+    """Compile both kernels now (numba caches them beside this module, in ``__pycache__``) and build
+    the character tables: ``make`` calls this after installing, so the first run, or the first
+    tests of two workers at once, do not each spend a minute compiling."""
+    rpv2_batch(["Warm up. One line!\nAnother, 2 numbers: 3."])
+    dsir_buckets(["warm up the dsir kernel"], 10, np.uint64(3))
