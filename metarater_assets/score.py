@@ -51,19 +51,15 @@ def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
         for n, v in model.score(texts).items():
             cols[f"dsir_{n}"] = pa.array(v)
     if "perplexity" in wanted:
-        from dataclasses import replace
-
         from .core import perplexity
-        from .core.config import PerplexityConfig
+        from .defs import _file_digest
         from .scoring import perplexity_model
 
-        pc = cfg.perplexity if cfg.perplexity.targets else PerplexityConfig(targets=tuple(cfg.dsir.targets.values()))
+        pc = cfg.perplexity
         if not pc.targets:
             raise ValueError("--raters perplexity needs reference text: perplexity.targets (or dsir.targets) in the config")
-        from .defs import _file_digest
-
         key = repr(([_file_digest(u) or u for u in pc.targets], pc.buckets, pc.discount))  # by content
-        model = perplexity_model(replace(cfg, perplexity=pc), key)
+        model = perplexity_model(cfg, key)
         cols[perplexity.SCORE] = pa.array(model.score(texts), from_pandas=True)
         notes.append(f"perplexity: a bigram model of {len(pc.targets)} reference file(s), {model.tokens} tokens")
     specs = {n: cfg.registry[n] for n in wanted if n in cfg.registry and n not in BUILTIN}

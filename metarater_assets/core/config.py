@@ -321,9 +321,9 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     elif isinstance(pp_targets, str):
         pp_targets = [pp_targets]
     pp_targets = tuple(_resolve(base, u) for u in (pp_targets or ()))
-    if "perplexity" in raters and not pp_targets:
+    if not pp_targets:
         pp_targets = tuple(targets.values())  # the DSIR targets: clean reference text already named
-        if not pp_targets:
+        if "perplexity" in raters and not pp_targets:
             raise ConfigError("perplexity.targets: name the clean reference text the perplexity rater's model "
                               "is trained on (files of documents), or configure dsir.targets")
     try:

@@ -44,8 +44,8 @@ DEFAULT_DISCOUNT = 0.75
 
 def _layout(flat: np.ndarray, offsets: np.ndarray):
     """DSIR's layout (per document: n unigram buckets, then n-1 bigram buckets) as flat arrays:
-    every token's bucket and document, and per bigram its bucket, its first and second word's
-    buckets and its document."""
+    every token's bucket, and per bigram its bucket, its first and second word's buckets and its
+    document; and n per document."""
     lens = np.diff(offsets).astype(np.int64)
     n = (lens + 1) // 2
     doc = np.repeat(np.arange(len(lens)), lens)
@@ -55,7 +55,7 @@ def _layout(flat: np.ndarray, offsets: np.ndarray):
     big = ~is_uni
     first = (start + pos - n[doc])[big]  # index of each bigram's first word
     flat = flat.astype(np.int64)
-    return flat[is_uni], doc[is_uni], flat[big], flat[first], flat[first + 1], doc[big], n
+    return flat[is_uni], flat[big], flat[first], flat[first + 1], doc[big], n
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class BigramModel:
         bi = np.zeros(buckets, np.int64)
         pairs: list[np.ndarray] = []
         for batch in texts:
-            u, _, b, w1, _, _, _ = _layout(*dsir.doc_buckets(batch, buckets))
+            u, b, w1, _, _, _ = _layout(*dsir.doc_buckets(batch, buckets))
             uni += np.bincount(u, minlength=buckets)
             ctx += np.bincount(w1, minlength=buckets)
             bi += np.bincount(b, minlength=buckets)
@@ -103,7 +103,7 @@ class BigramModel:
         """Mean negative log-likelihood per token (nats) of each document; NaN where a document
         has no token."""
         flat, offsets = dsir.doc_buckets(texts, self.buckets)
-        u, udoc, b, w1, w2, bdoc, n = _layout(flat, offsets)
+        _, b, w1, w2, bdoc, n = _layout(flat, offsets)
         log_uni = np.log(self.unigram + 1.0) - np.log(float(self.unigram.sum()) + float(self.buckets))
         c1 = self.context[w1].astype(np.float64)
         seen = c1 > 0
