@@ -130,6 +130,9 @@ def make_automation_sensor():
     return dg.AutomationConditionSensorDefinition(
         AUTOMATION_SENSOR, target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=interval(),
+        # the tick launches its runs itself (batched by each asset's backfill policy): as a backfill
+        # (Dagster's default) each refresh step also waited for the backfill daemon's 30 s tick
+        emit_backfills=False,
         description="Declarative automation, running by default: refreshes the pool statistics, the "
                     "curated selection, the curated shards and the manifest after new shards are "
                     "indexed (and per-shard scores after a pool-level refit). Pool-level fits never "

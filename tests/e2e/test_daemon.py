@@ -77,6 +77,9 @@ def test_a_burst_of_new_shards_reaches_the_manifest_through_the_running_daemon(u
         # materialisation `metarater run` made before the daemon started)
         for key in ("score_stats", "curated_selection"):
             assert len(inst.fetch_materializations(dg.AssetKey(key), limit=10).records) == 2, key
+        # the automation sensor launched the refresh's runs itself: no backfill waited on the
+        # backfill daemon's 30 s tick (Dagster's default, emit_backfills)
+        assert inst.get_backfills() == []
         # nothing was refit: proxies and the regressor keep their single materialisation
         for key in ("regressor", "tokenizer", "dsir_model"):
             assert len(inst.fetch_materializations(dg.AssetKey(key), limit=5).records) == 1, key
