@@ -311,7 +311,9 @@ def report(res: dict) -> str:
                      f"best single score ({ev['single_best_score']}) {np.mean(ev['single_best_loss']):.4f}")
         for t in ev.get("tokens_to_target") or []:
             lines.append(f"- tokens to target, seed {t['seed']}: curated reaches random's final loss at "
-                         + (f"{t['ratio']:.2f}x its tokens" if t["ratio"] is not None else "no point (not reached)"))
+                         + ((("at most " if t.get("at_most") else "") + f"{t['ratio']:.2f}x its tokens"
+                             + (" (the curve's first point)" if t.get("at_most") else ""))
+                            if t["ratio"] is not None else "no point (not reached)"))
     r = res.get("regressor") or {}
     if r:
         lines.append(f"- regressor: {r.get('model')}, held-out Spearman {r.get('heldout_spearman')}")

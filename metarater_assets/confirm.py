@@ -23,7 +23,8 @@ GROUP = "confirm"
 
 
 def choose(cfg, optimal: dict, results: dict[str, dict]) -> list[dict]:
-    """The tier-2 vectors: the predicted optimum, the single-score runs, a spread of Dirichlet runs."""
+    """The tier-2 vectors: the predicted optimum, the single-score runs (all, or the
+    ``single_score_runs`` best by tier-1 loss), a spread of Dirichlet runs."""
     c = cfg.confirm
     names = list(optimal["names"])
     seed = cfg.proxies.seed
@@ -32,10 +33,13 @@ def choose(cfg, optimal: dict, results: dict[str, dict]) -> list[dict]:
         w = [float(optimal["weights"][n]) for n in names]
         out.append({"kind": "optimum", "weights": w})
     if c.single_score_runs:
-        for k, r in sorted(results.items()):
-            if r.get("kind") == "single":
-                out.append({"kind": "single", "score": r["score"], "weights": [r["weights"][n] for n in names],
-                            "tier1": k})
+        singles = sorted(k for k, r in results.items() if r.get("kind") == "single")
+        if c.single_score_runs is not True:  # a number: the N best by tier-1 loss (ties: by key)
+            singles = sorted(sorted(singles, key=lambda k: (results[k]["target_loss"], k))[:int(c.single_score_runs)])
+        for k in singles:
+            r = results[k]
+            out.append({"kind": "single", "score": r["score"], "weights": [r["weights"][n] for n in names],
+                        "tier1": k})
     dirichlet = sorted((r["target_loss"], k) for k, r in results.items() if r.get("kind") == "dirichlet")
     if dirichlet and c.spread:
         idx = sorted({int(round(i)) for i in np.linspace(0, len(dirichlet) - 1, min(c.spread, len(dirichlet)))})

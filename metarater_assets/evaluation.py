@@ -9,7 +9,8 @@ arm's selection), so a comparison is the per-seed difference, with a bootstrap i
 verdict comes from it (``core.stats.paired_comparison``). Each arm's training data is written to a
 token store in one pass over the pool. Losses are
 measured on the validation sets' **held-out** part (which no proxy and no regressor ever saw) and,
-for reference, on the tuning part; loss curves on a subset of the held-out documents.
+for reference, on the tuning part of the target's sets; loss curves on a seeded sample of the
+target sets' held-out documents.
 """
 
 import tempfile
@@ -31,6 +32,11 @@ from resources import ComputeResource, MetaraterConfig
 
 GROUP = "evaluation"
 ARMS = ("curated", "random", "single_best")
+
+
+def target_sets(target: str, sets: list[str]) -> list[str]:
+    """The validation sets ``target`` (``Config.validation_target``) is made of."""
+    return list(sets) if target == "mean" else [s for s in target.split("+") if s in sets]
 
 
 def best_single(results: dict[str, dict], target: str) -> str:
@@ -56,7 +62,7 @@ def make_evaluation(cfg) -> dg.AssetsDefinition:
     if cfg is not None and cfg.auto_oriented:
         deps.append("score_orientation")
 
-    @dg.asset(name="evaluation", io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-4",
+    @dg.asset(name="evaluation", io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-5",
               pool="metarater_train", deps=deps,
               ins={"curated_selection": dg.AssetIn("curated_selection"), "score_stats": dg.AssetIn("score_stats"),
                    "tokenizer": dg.AssetIn("tokenizer")},
@@ -120,9 +126,16 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
                                log=context.log.info, masks=masks)
     results = {arm: [] for arm in ARMS}
     curves = {arm: [] for arm in ARMS}
-    curve_docs = int(ev.get("curve_docs", 100))
-    curve_sets = {s: (d[:curve_docs], src[:curve_docs]) for s, (d, src) in vsets.items()}
-    every = max(1, pcfg.steps // int(ev.get("curve_points", 4)))
+    # loss curves on the sets the target is made of, each a seeded sample spanning the whole
+    # held-out part (its first documents would follow the file's order, e.g. one source first)
+    tsets = target_sets(cfg.validation_target, list(vsets))
+    curve_docs = int(ev.get("curve_docs", 64))
+    curve_sets = {}
+    for s in tsets:
+        d, src = vsets[s]
+        idx = proxy_lm.spread_subset(len(d), curve_docs, seed=0)
+        curve_sets[s] = ([d[i] for i in idx], [src[i] for i in idx])
+    every = max(1, pcfg.steps // int(ev.get("curve_points", 8)))
     eos = int(tokenizer.get("eos_id", 0))
     from .proxies import train_and_evaluate
 
@@ -132,8 +145,9 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
             with tempfile.TemporaryDirectory(prefix="metarater-eval-") as tmp:
                 losses, info, model = train_and_evaluate("transformer", pcfg, d["store"]["uri"], vsets, tokenizer,
                                                          tmp, comp, seed, callbacks=[cb])
+            # the tuning part, for reference: the target's sets only
             tune_losses = {s: proxy_lm.evaluate_loss(model, x, src, pcfg.seq_len, eos, device=comp.torch_device)
-                           for s, (x, src) in tune.items()} if held else losses
+                           for s, (x, src) in tune.items() if s in tsets} if held else losses
             sel = d["selected"]  # the arm's whole selection (random: its hash sample of the pool)
             results[arm].append({"seed": seed, "target_loss": target_loss(losses, cfg.validation_target),
                                  "tune_target_loss": target_loss(tune_losses, cfg.validation_target),
@@ -141,7 +155,7 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
                                  **{f"tune_{s}": tune_losses[s]["loss"] for s in tune},
                                  "selected_docs": int(sel["docs"]), "selected_tokens": int(sel["tokens"]),
                                  "trained_tokens": info["tokens"]})
-            curves[arm].append([{**p, "target": target_loss({s: {"loss": p[s]} for s in vsets}, cfg.validation_target)}
+            curves[arm].append([{**p, "target": target_loss({s: {"loss": p[s]} for s in tsets}, cfg.validation_target)}
                                 for p in cb.points])
             context.log.info(f"seed {seed} {arm}: {results[arm][-1]['target_loss']:.4f} ({eval_part})")
     ratios, to_target = [], []
@@ -150,8 +164,11 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
         reach = proxy_lm.tokens_to_reach(curves["curated"][i], "target", final_random)
         random_tokens = curves["random"][i][-1]["tokens"]
         ratios.append(None if reach is None else reach / random_tokens)
+        # reached by the curve's first point: the true figure is that or fewer tokens (a bound)
+        first = curves["curated"][i][0]["target"] <= final_random
         to_target.append({"seed": seed, "random_final_loss": final_random, "random_tokens": random_tokens,
-                          "curated_tokens": reach, "ratio": ratios[-1]})
+                          "curated_tokens": reach, "ratio": ratios[-1], "at_most": bool(first),
+                          "curve_docs": {s: len(curve_sets[s][0]) for s in tsets}})
     # per-seed paired differences, on the evaluation target and on each set
     paired = {arm: {key: paired_comparison([r[key] for r in results["curated"]], [r[key] for r in results[arm]],
                                            seed=seeds[0])

@@ -96,7 +96,8 @@ def render(raw_uri: str, found: dict, shards: int, first: str, machine: dict, qu
             f"  preset: {'target-cpu' if gpu else 'tiny'}",
             f"  token_budget: {20_000_000 if gpu else 100_000}",
             "  spread: 6",
-            "  single_score_runs: true"]),
+            f"  single_score_runs: {'true' if gpu else 6}" + ("" if gpu else
+                "          # the 6 single-score vectors best in tier 1 (true: every score)")]),
         f"regressor: {{folds: {3 if quick else 5}, candidates: {20000 if quick else 200000}, top_k: 128, "
         f"bootstrap: {5 if quick else 30}}}",
         "curation:",

@@ -302,7 +302,9 @@ def format_report(rep: dict) -> str:
                          f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}], {c['in_sds']:.1f} sd of the differences "
                          f"-> {c['verdict'].upper()}")
         for t in e.get("tokens_to_target") or []:
-            reach = (f"reaches it at {t['curated_tokens']:,.0f} tokens ({t['ratio']:.2f}x)"
+            bound = "at most " if t.get("at_most") else ""
+            reach = (f"reaches it at {bound}{t['curated_tokens']:,.0f} tokens ({bound}{t['ratio']:.2f}x"
+                     + (", the curve's first point" if bound else "") + ")"
                      if t["curated_tokens"] is not None else "does not reach it")
             lines.append(f"  tokens to target, seed {t['seed']}: random reaches {t['random_final_loss']:.4f} at "
                          f"{t['random_tokens']:,} tokens; curated {reach}")

@@ -126,7 +126,8 @@ class ConfirmConfig:
     preset: str = "tiny"
     token_budget: int | None = None
     spread: int = 6
-    single_score_runs: bool = True
+    #: true: every single-score vector; N: the N with the lowest tier-1 loss; false: none
+    single_score_runs: bool | int = True
     optimum: bool = True
 
 
@@ -356,6 +357,10 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
         except TypeError as e:
             raise ConfigError(f"confirm: {e}") from None
         _check_kind("confirm", confirm.kind, confirm.preset)
+        ssr = confirm.single_score_runs
+        if not isinstance(ssr, (bool, int)) or (not isinstance(ssr, bool) and ssr < 1):
+            raise ConfigError(f"confirm.single_score_runs must be true, false or a number >= 1 (the "
+                              f"single-score vectors with the lowest tier-1 loss), got {ssr!r}")
     cur = dict(raw.get("curation", {}) or {})
     _known("curation", cur, {"fraction", "fraction_of", "token_budget", "format", "weights_file", "output_uri",
                              "weights"})

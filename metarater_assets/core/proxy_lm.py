@@ -501,6 +501,15 @@ def eval_callback(val_sets: Mapping[str, tuple[Sequence[np.ndarray], Sequence[st
     return LossCurve()
 
 
+def spread_subset(n_items: int, k: int, seed: int = 0) -> list[int]:
+    """``k`` of ``n_items`` indices, a seeded uniform sample kept in order (all of them when
+    ``n_items <= k``): a subset that spans the whole set, where its first ``k`` items would follow
+    however the file was put together (one source after another)."""
+    if n_items <= k:
+        return list(range(n_items))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n_items, size=k, replace=False))
+
+
 def tokens_to_reach(curve: Sequence[dict], key: str, target: float) -> float | None:
     """Tokens at which ``curve[key]`` first reaches ``target`` (linear interpolation), or None."""
     prev = None

@@ -274,6 +274,20 @@ def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
         assert c["seeds"] == 2 and c["ci"][0] <= c["mean"] <= c["ci"][1]
         assert c["verdict"] in ("better", "worse", "no difference shown")
     assert [t["seed"] for t in ev["tokens_to_target"]] == [0, 1]
+    # the loss curves are measured on the target's sets (here the mean of both: no roles declared),
+    # on a sample of their held-out documents, and end where training ends
+    assert ev["target"] == "mean"
+    for arm, per_seed in ev["curves"].items():
+        for points in per_seed:
+            assert set(points[-1]) == {"step", "tokens", "validation", "reference", "target"}, (arm, points[-1])
+            assert points[-1]["tokens"] == ev["results"][arm][0]["trained_tokens"]
+            assert len(points) >= 8  # evaluation.curve_points (default 8), plus the last step
+    held = ev["held_out_docs"]
+    assert all(t["curve_docs"] == {s: min(held[s], 64) for s in ("validation", "reference")}
+               for t in ev["tokens_to_target"])
+    # a curated curve already at random's final loss at its first point is reported as a bound
+    for t, cur in zip(ev["tokens_to_target"], ev["curves"]["curated"]):
+        assert t["at_most"] == (t["curated_tokens"] == cur[0]["tokens"] and cur[0]["target"] <= t["random_final_loss"])
 
 
 def test_tier_two_confirms_tier_one_and_reports_the_agreement(pipeline, tmp_path):

@@ -18,6 +18,8 @@ def _demo():
     ("proxies", "kind", "oracle", "proxies.kind"),
     ("proxies", "preset", "huge", "unknown; known"),
     ("validation", "target", "nope", "validation.target"),
+    ("confirm", "single_score_runs", 0, "confirm.single_score_runs must be"),
+    ("confirm", "single_score_runs", "some", "confirm.single_score_runs must be"),
 ])
 def test_bad_values_are_named(section, key, value, message):
     raw = _demo()

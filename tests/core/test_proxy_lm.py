@@ -170,6 +170,15 @@ def test_ngram_proxy_beats_uniform(tok_and_docs):
     assert res["loss"] < np.log(len(tok))
 
 
+def test_spread_subset_spans_the_whole_set_in_order():
+    idx = proxy_lm.spread_subset(200, 50, seed=0)
+    assert len(idx) == len(set(idx)) == 50 and idx == sorted(idx)
+    # both ends of an ordered file (e.g. one source after another), not its first 50 items
+    assert min(idx) < 50 and max(idx) >= 150
+    assert idx == proxy_lm.spread_subset(200, 50, seed=0) != proxy_lm.spread_subset(200, 50, seed=1)
+    assert proxy_lm.spread_subset(30, 50) == list(range(30))
+
+
 def test_tokens_to_reach():
     curve = [{"tokens": 0, "x": 5.0}, {"tokens": 100, "x": 4.0}, {"tokens": 200, "x": 3.0}]
     assert proxy_lm.tokens_to_reach(curve, "x", 3.5) == 150.0

@@ -4,7 +4,7 @@ it, driven through its GraphQL API (fixture and helpers: tests/e2e/uihelpers.py)
 Sensor-triggered refresh: on a scored pool, switch the shard sensor on (the automation sensor is on
 by default), drop new shards into the raw folder, and wait until the daemon has scored them and
 refreshed the pool statistics and the curated manifest, which then counts their documents.
-(The backfill through the same server: test_daemon_backfill.py.)
+(A backfill through the same server, launched from the browser: test_ui_browser.py.)
 """
 import json
 import os

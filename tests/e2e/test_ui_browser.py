@@ -1,7 +1,9 @@
 """The Dagster UI in a real browser: `metarater ui` (dagster dev on 127.0.0.1) driven by headless
 Chromium through Selenium + chromedriver (Debian's `chromium` and `chromium-driver`; `.ci/run`
 installs them). It opens the asset graph, checks the stages, materialises one shard partition
-from the asset page, waits for the run to succeed, and saves screenshots.
+from the asset page, waits for the run to succeed, then launches a backfill over every shard from
+the same dialog, which the backfill daemon runs in runs of compute.shards_per_run partitions (each
+shard once), and saves screenshots.
 
 Without Chromium the test is skipped, unless METARATER_REQUIRE_BROWSER=1 (set by .ci/run), where a
 missing browser is a failure.
@@ -174,7 +176,9 @@ def test_asset_graph_a_partition_and_a_backfill_launched_from_the_browser(ui, br
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as inst:
         in_backfill = [r.partition_key for r in inst.fetch_materializations(dg.AssetKey("raw_docs"), limit=50).records
                        if r.run_id in {x.run_id for x in runs}]
-    assert sorted(in_backfill) == keys
-    d.get(f"{base}/runs/b/{runs[0].tags['dagster/backfill']}")
+    assert sorted(in_backfill) == keys  # every shard, once
+    bid = runs[0].tags["dagster/backfill"]
+    assert {r.tags["dagster/backfill"] for r in runs} == {bid}  # one backfill, its three batched runs
+    d.get(f"{base}/runs/b/{bid}")
     time.sleep(3)
     _shot(d, tmp, "ui-backfill.png")

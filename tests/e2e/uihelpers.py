@@ -1,6 +1,6 @@
 """`metarater ui` (dagster dev: webserver + daemon) as a user starts it, driven through its GraphQL
-API: the fixture and helpers of test_daemon.py and test_daemon_backfill.py (two files, so that
-pytest-xdist runs the two servers on two workers at once). Every process is started in its own
+API: the fixture and helpers of test_daemon.py (test_ui_browser.py starts its server with
+``start_ui``). Every process is started in its own
 session and stopped by process group, also on failure."""
 import json
 import os
