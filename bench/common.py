@@ -28,6 +28,20 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def code_commit() -> str:
+    """The checked-out commit (short), "+changes" when the code differs from it: which code a
+    figure was measured with."""
+    import subprocess
+
+    try:
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", "metarater_assets", "resources", "bench",
+                                 "configs"], cwd=REPO)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if dirty else "")
+
+
 def timed(fn, reps: int = 3):
     """(median, min, max) seconds of ``reps`` calls, and the last result."""
     times, out = [], None

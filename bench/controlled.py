@@ -54,7 +54,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import REPO, SHARED, machine, write_section  # noqa: E402
+from common import REPO, SHARED, code_commit, machine, write_section  # noqa: E402
 
 KINDS = ("word_salad", "boilerplate", "char_noise", "spam_lines", "fragments")
 BOILER = "Subscribe to our newsletter for the latest updates, offers and news from our partners."
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     s = selections(work / "home", config, work / "raw")
     flags = (["--no-prrc"] if a.no_prrc else []) + ([f"--raters {a.raters}"] if raters != ("rpv2", "dsir", "perplexity") else [])
     res = {"pool_docs": len(truth), "planted_share": a.share, "overrides": a.set + flags, "raters": list(raters),
-           "prrc": not a.no_prrc, "wall_s": wall,
+           "prrc": not a.no_prrc, "wall_s": wall, "commit": code_commit(),
            "curated": shares(s["kept"]["curated"], truth, s["tokens"]),
            "pool": shares(list(truth), truth, s["tokens"]),
            "singles": {n: shares(ids, truth, s["tokens"]) for n, ids in s["kept"].items() if n != "curated"},
@@ -288,7 +288,7 @@ def report(res: dict) -> str:
              f"{res['pool_docs']} pool documents, {res['planted_share']:.0%} corrupted (one of "
              f"{len(KINDS)} defects each), the demo config with raters {', '.join(res.get('raters', ['rpv2', 'dsir']))}"
              f"{' (PRRC rater trained on the bundled labels)' if res.get('prrc', True) else ' with PRRC left out'}; the whole chain took "
-             f"{res['wall_s'] / 60:.1f} min.", "",
+             f"{res['wall_s'] / 60:.1f} min (code of commit {res.get('commit', 'unrecorded')}).", "",
              "Defective share of each selection (by tokens; a selection is 15% of the pool's tokens):", "",
              "| selection | defective (tokens) | defective (docs) | " + " | ".join(KINDS) + " |",
              "|---|---|---|" + "---|" * len(KINDS)]
