@@ -152,7 +152,7 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
             results[arm].append({"seed": seed, "target_loss": target_loss(losses, cfg.validation_target),
                                  "tune_target_loss": target_loss(tune_losses, cfg.validation_target),
                                  **{s: losses[s]["loss"] for s in vsets},
-                                 **{f"tune_{s}": tune_losses[s]["loss"] for s in tune},
+                                 **{f"tune_{s}": v["loss"] for s, v in tune_losses.items()},
                                  "selected_docs": int(sel["docs"]), "selected_tokens": int(sel["tokens"]),
                                  "trained_tokens": info["tokens"]})
             curves[arm].append([{**p, "target": target_loss({s: {"loss": p[s]} for s in tsets}, cfg.validation_target)}

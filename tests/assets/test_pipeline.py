@@ -290,6 +290,31 @@ def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
         assert t["at_most"] == (t["curated_tokens"] == cur[0]["tokens"] and cur[0]["target"] <= t["random_final_loss"])
 
 
+def test_quality_roles_make_the_target_and_the_curves(pipeline, tmp_path):
+    """validation roles (the demo's): `reference` is a quality set, `validation` the pool's own
+    text. The target is then the quality set alone: the loss curves and the tuning-part losses are
+    measured on it, every set is still scored on its held-out part and compared."""
+    settings, instance, cfg_path = clone(pipeline, tmp_path)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    sets = cfg["validation"]["sets"]
+    cfg["validation"]["sets"] = {"validation": {"uri": sets["validation"], "role": "in_distribution"},
+                                 "reference": {"uri": sets["reference"], "role": "quality"}}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    summary = run_pipeline(settings, "evaluation", instance=instance, echo=lambda m: None)
+    assert not summary.failed, summary.failed
+    ev = json.load(open(f"{settings.storage_uri}/evaluation.json"))
+    assert ev["target"] == "reference" and ev["roles"] == {"validation": "in_distribution", "reference": "quality"}
+    for arm, rows in ev["results"].items():
+        for r in rows:
+            assert r["target_loss"] == r["reference"] and "validation" in r, (arm, r)
+            assert r["tune_target_loss"] == r["tune_reference"] and "tune_validation" not in r, (arm, r)
+    for arm, per_seed in ev["curves"].items():
+        for points in per_seed:
+            assert set(points[0]) == {"step", "tokens", "reference", "target"}, (arm, points[0])
+            assert all(p["target"] == p["reference"] for p in points)
+    assert set(ev["paired"]["random"]) == {"target_loss", "validation", "reference"}
+
+
 def test_tier_two_confirms_tier_one_and_reports_the_agreement(pipeline, tmp_path):
     """confirm: transformer proxies on the predicted optimum and a spread of tier-1 vectors; the
     agreement is the Spearman rho of the two tiers' losses on the shared vectors (computed here
