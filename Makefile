@@ -27,10 +27,10 @@ demo: install
 # the suite's scratch (homes, Dagster instances, models) on tmpfs where there is one
 TEST_TMP := $(if $(wildcard /dev/shm),/dev/shm/metarater-tests-$(shell id -u),)
 # two pytest workers, a test file each at a time (much of the suite waits on servers and daemons),
-# the longest files first; measured in a fresh clone with CI=true on 2 cores: 553 tests, pytest 849 s,
-# 843 s and 934 s (commits 9325fd1, 30b120f, 9eb0967, 2026-12-07; the last on a slower hour, every
-# test 10-15% longer); 3 workers were slower (1026 s against 967 s,
-# 2026-12-06, before the files were ordered)
+# the longest files first; measured in a fresh clone with CI=true on 2 cores: pytest 800 s (553 tests,
+# commit defcc69) and 815 s (562 tests, 6f0a917), 2026-12-07; before the automation sensor launched its
+# own runs, 843-934 s; 3 workers were slower (1026 s against 967 s, 2026-12-06, before the files were
+# ordered)
 TEST_WORKERS ?= 2
 
 # --no-loadscope-reorder: files in collection order (tests/conftest.py puts the longest first); xdist's

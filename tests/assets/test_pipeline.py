@@ -240,10 +240,16 @@ def test_jsonl_zst_output_option(pipeline, tmp_path):
 
 def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
     """curation.token_budget: every evaluation arm is cut to the same size as the curated one (the
-    random arm too: a random selection of exactly the curated tokens), and trains on equal tokens."""
+    random arm too: a random selection of exactly the curated tokens), and trains on equal tokens.
+    With the demo's validation roles (`reference` a quality set, `validation` the pool's own text),
+    the target is the quality set alone: the loss curves and tuning-part losses are measured on it,
+    every set is still scored on its held-out part and compared."""
     settings, instance, cfg_path = clone(pipeline, tmp_path)
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["curation"]["token_budget"] = 20000
+    sets = cfg["validation"]["sets"]
+    cfg["validation"]["sets"] = {"validation": {"uri": sets["validation"], "role": "in_distribution"},
+                                 "reference": {"uri": sets["reference"], "role": "quality"}}
     cfg_path.write_text(yaml.safe_dump(cfg))
     assert not run_pipeline(settings, "evaluation", instance=instance, echo=lambda m: None).failed
     ev = json.load(open(f"{settings.storage_uri}/evaluation.json"))
@@ -274,35 +280,8 @@ def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
         assert c["seeds"] == 2 and c["ci"][0] <= c["mean"] <= c["ci"][1]
         assert c["verdict"] in ("better", "worse", "no difference shown")
     assert [t["seed"] for t in ev["tokens_to_target"]] == [0, 1]
-    # the loss curves are measured on the target's sets (here the mean of both: no roles declared),
-    # on a sample of their held-out documents, and end where training ends
-    assert ev["target"] == "mean"
-    for arm, per_seed in ev["curves"].items():
-        for points in per_seed:
-            assert set(points[-1]) == {"step", "tokens", "validation", "reference", "target"}, (arm, points[-1])
-            assert points[-1]["tokens"] == ev["results"][arm][0]["trained_tokens"]
-            assert len(points) >= 8  # evaluation.curve_points (default 8), plus the last step
-    held = ev["held_out_docs"]
-    assert all(t["curve_docs"] == {s: min(held[s], 64) for s in ("validation", "reference")}
-               for t in ev["tokens_to_target"])
-    # a curated curve already at random's final loss at its first point is reported as a bound
-    for t, cur in zip(ev["tokens_to_target"], ev["curves"]["curated"]):
-        assert t["at_most"] == (t["curated_tokens"] == cur[0]["tokens"] and cur[0]["target"] <= t["random_final_loss"])
-
-
-def test_quality_roles_make_the_target_and_the_curves(pipeline, tmp_path):
-    """validation roles (the demo's): `reference` is a quality set, `validation` the pool's own
-    text. The target is then the quality set alone: the loss curves and the tuning-part losses are
-    measured on it, every set is still scored on its held-out part and compared."""
-    settings, instance, cfg_path = clone(pipeline, tmp_path)
-    cfg = yaml.safe_load(cfg_path.read_text())
-    sets = cfg["validation"]["sets"]
-    cfg["validation"]["sets"] = {"validation": {"uri": sets["validation"], "role": "in_distribution"},
-                                 "reference": {"uri": sets["reference"], "role": "quality"}}
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    summary = run_pipeline(settings, "evaluation", instance=instance, echo=lambda m: None)
-    assert not summary.failed, summary.failed
-    ev = json.load(open(f"{settings.storage_uri}/evaluation.json"))
+    # the target is the quality set: the loss curves are measured on it (on a sample of its
+    # held-out documents) and end where training ends; the tuning-part losses too
     assert ev["target"] == "reference" and ev["roles"] == {"validation": "in_distribution", "reference": "quality"}
     for arm, rows in ev["results"].items():
         for r in rows:
@@ -310,9 +289,16 @@ def test_quality_roles_make_the_target_and_the_curves(pipeline, tmp_path):
             assert r["tune_target_loss"] == r["tune_reference"] and "tune_validation" not in r, (arm, r)
     for arm, per_seed in ev["curves"].items():
         for points in per_seed:
-            assert set(points[0]) == {"step", "tokens", "reference", "target"}, (arm, points[0])
+            assert set(points[-1]) == {"step", "tokens", "reference", "target"}, (arm, points[-1])
             assert all(p["target"] == p["reference"] for p in points)
+            assert points[-1]["tokens"] == ev["results"][arm][0]["trained_tokens"]
+            assert len(points) >= 8  # evaluation.curve_points (default 8), plus the last step
     assert set(ev["paired"]["random"]) == {"target_loss", "validation", "reference"}
+    held = ev["held_out_docs"]
+    assert all(t["curve_docs"] == {"reference": min(held["reference"], 64)} for t in ev["tokens_to_target"])
+    # a curated curve already at random's final loss at its first point is reported as a bound
+    for t, cur in zip(ev["tokens_to_target"], ev["curves"]["curated"]):
+        assert t["at_most"] == (t["curated_tokens"] == cur[0]["tokens"] and cur[0]["target"] <= t["random_final_loss"])
 
 
 def test_tier_two_confirms_tier_one_and_reports_the_agreement(pipeline, tmp_path):
