@@ -161,6 +161,12 @@ def automated(defs: dg.Definitions) -> set[str]:
             if spec.automation_condition is not None}
 
 
+def perplexity_part(c) -> tuple:
+    """What the perplexity rater's model is made of: its reference files by content, the buckets and
+    the discount (``perplexity_scores``' config part, and ``metarater score``'s model key)."""
+    return ([_file_digest(u) or u for u in c.perplexity.targets], c.perplexity.buckets, c.perplexity.discount)
+
+
 def _config_parts(c) -> dict:
     """The configuration each asset's output depends on (beyond its inputs and code).
 
@@ -191,8 +197,7 @@ def _config_parts(c) -> dict:
         "raw_docs": [(s.score, s.column, s.reduce, s.index, s.length) for s in c.precomputed]
         + ([] if c.fields is None or c.fields.default else [("fields", c.fields.text, c.fields.id, c.fields.meta)]),
         "dsir_counts": c.dsir.buckets,
-        "perplexity_scores": ([content(u) for u in c.perplexity.targets], c.perplexity.buckets, c.perplexity.discount)
-        if "perplexity" in c.raters else None,
+        "perplexity_scores": perplexity_part(c) if "perplexity" in c.raters else None,
         "prrc_annotations": (content(c.prrc.labels), dict(c.prrc.annotate), c.prrc.dims) if c.prrc else None,
         "prrc_rater": (dict(c.prrc.train), c.prrc.dims, c.prrc.shared_encoder, c.prrc.method) if c.prrc else None,
         "dsir_model": (c.dsir.buckets, {name: content(uri) for name, uri in c.dsir.targets.items()}),

@@ -52,13 +52,13 @@ def score_file(settings: Settings, wanted: list[str], inp: str, out: str,
             cols[f"dsir_{n}"] = pa.array(v)
     if "perplexity" in wanted:
         from .core import perplexity
-        from .defs import _file_digest
+        from .defs import perplexity_part
         from .scoring import perplexity_model
 
         pc = cfg.perplexity
         if not pc.targets:
             raise ValueError("--raters perplexity needs reference text: perplexity.targets (or dsir.targets) in the config")
-        key = repr(([_file_digest(u) or u for u in pc.targets], pc.buckets, pc.discount))  # by content
+        key = repr(perplexity_part(cfg))  # by content
         model = perplexity_model(cfg, key)
         cols[perplexity.SCORE] = pa.array(model.score(texts), from_pandas=True)
         notes.append(f"perplexity: a bigram model of {len(pc.targets)} reference file(s), {model.tokens} tokens")
