@@ -13,8 +13,6 @@ for reference, on the tuning part of the target's sets; loss curves on a seeded 
 target sets' held-out documents.
 """
 
-import tempfile
-
 import numpy as np
 
 import dagster as dg
@@ -22,6 +20,7 @@ import dagster as dg
 from . import identity
 
 from .core import proxy_lm, scan
+from .core.trainings import run_trainings, training_workers
 from .core.stats import md_table, paired_comparison
 from .partitions import proxy_runs
 from .plots import curves_png, png_metadata
@@ -62,7 +61,7 @@ def make_evaluation(cfg) -> dg.AssetsDefinition:
     if cfg is not None and cfg.auto_oriented:
         deps.append("score_orientation")
 
-    @dg.asset(name="evaluation", io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-5",
+    @dg.asset(name="evaluation", io_manager_key="json_io_manager", group_name=GROUP, code_version="evaluation-6",
               pool="metarater_train", deps=deps,
               ins={"curated_selection": dg.AssetIn("curated_selection"), "score_stats": dg.AssetIn("score_stats"),
                    "tokenizer": dg.AssetIn("tokenizer")},
@@ -136,18 +135,13 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
         idx = proxy_lm.spread_subset(len(d), curve_docs, seed=0)
         curve_sets[s] = ([d[i] for i in idx], [src[i] for i in idx])
     every = max(1, pcfg.steps // int(ev.get("curve_points", 8)))
-    eos = int(tokenizer.get("eos_id", 0))
-    from .proxies import train_and_evaluate
-
+    tune_t = {s: v for s, v in tune.items() if s in tsets} if held else None
     with compute.claim() as comp:
-        for (arm, seed), d in zip(arms, data):
-            cb = proxy_lm.eval_callback(curve_sets, every, pcfg.seq_len, eos, comp.torch_device)
-            with tempfile.TemporaryDirectory(prefix="metarater-eval-") as tmp:
-                losses, info, model = train_and_evaluate("transformer", pcfg, d["store"]["uri"], vsets, tokenizer,
-                                                         tmp, comp, seed, callbacks=[cb])
-            # the tuning part, for reference: the target's sets only
-            tune_losses = {s: proxy_lm.evaluate_loss(model, x, src, pcfg.seq_len, eos, device=comp.torch_device)
-                           for s, (x, src) in tune.items() if s in tsets} if held else losses
+        workers, comp = training_workers(comp, len(arms), budget)
+        jobs = [(pcfg, d["store"]["uri"], vsets, tune_t, curve_sets, every, tokenizer, comp, seed) for (_, seed), d in zip(arms, data)]
+        context.log.info(f"{len(jobs)} trainings, {workers} at a time ({comp.threads or 'default'} thread(s) each)")
+        for (arm, seed), d, (losses, tune_losses, info, points) in zip(arms, data, run_trainings(jobs, workers)):
+            tune_losses = tune_losses if held else losses
             sel = d["selected"]  # the arm's whole selection (random: its hash sample of the pool)
             results[arm].append({"seed": seed, "target_loss": target_loss(losses, cfg.validation_target),
                                  "tune_target_loss": target_loss(tune_losses, cfg.validation_target),
@@ -156,7 +150,7 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
                                  "selected_docs": int(sel["docs"]), "selected_tokens": int(sel["tokens"]),
                                  "trained_tokens": info["tokens"]})
             curves[arm].append([{**p, "target": target_loss({s: {"loss": p[s]} for s in tsets}, cfg.validation_target)}
-                                for p in cb.points])
+                                for p in points])
             context.log.info(f"seed {seed} {arm}: {results[arm][-1]['target_loss']:.4f} ({eval_part})")
     ratios, to_target = [], []
     for i, seed in enumerate(seeds):
