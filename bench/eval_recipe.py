@@ -1,7 +1,8 @@
 """How much the evaluation's verdict depends on the evaluation model's training recipe.
 
 After a finished ``evaluation`` (``make demo``, or ``bench/controlled.py``'s work folder), this
-retrains every arm on the *same* training data the evaluation wrote (its per-arm, per-seed token
+retrains every arm, the way the evaluation does (worker processes,
+one torch thread each on a CPU), on the *same* training data the evaluation wrote (its per-arm, per-seed token
 stores, so the selections and samples are fixed) with a few recipes of the same model and token
 budget, and reports per recipe: each arm's held-out target loss (mean and SD over seeds), and the
 paired differences curated vs random and curated vs the best single score (mean, SD, mean / SD:
@@ -19,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     os.environ.update(METARATER_HOME=str(home), METARATER_CONFIG=str(config))
     from metarater_assets.core import proxy_lm, storage as st
     from metarater_assets.evaluation import ARMS, target_sets
-    from metarater_assets.core.trainings import train_and_evaluate
+    from metarater_assets.core.trainings import run_trainings, training_workers
     from metarater_assets.proxies import target_loss
     from metarater_assets.report import _cfg_settings
     from metarater_assets.tokens import validation_sets
@@ -63,19 +63,19 @@ def main(argv=None) -> int:
     seeds = ev["seeds"][: a.seeds]
     base = proxy_lm.get_preset(ev["preset"], token_budget=ev["token_budget"])
     proxy_lm.quiet_lightning()
-    comp = proxy_lm.Compute(threads=os.cpu_count())
     rows = []
     t_all = time.time()
     for var in json.loads(a.recipes):
         pc = base.replace(**var)
         loss = {arm: [] for arm in ARMS}
         t0 = time.time()
-        for seed in seeds:
-            for arm in ARMS:
-                store = f"{settings.artifacts_uri}/evaluation_data/{arm}-{seed}"
-                with tempfile.TemporaryDirectory(prefix="metarater-recipe-") as tmp:
-                    losses, _, _ = train_and_evaluate("transformer", pc, store, vsets, tok, tmp, comp, seed)
-                loss[arm].append(target_loss(losses, ev["target"]))
+        # the evaluation's own way of running them: worker processes, one thread each on a CPU
+        runs = [(arm, seed) for seed in seeds for arm in ARMS]
+        workers, comp = training_workers(proxy_lm.Compute(), len(runs), pc.steps * pc.batch_size * pc.seq_len)
+        jobs = [(pc, f"{settings.artifacts_uri}/evaluation_data/{arm}-{seed}", vsets, None, {}, pc.steps, tok, comp, seed)
+                for arm, seed in runs]
+        for (arm, _), (losses, _, _, _) in zip(runs, run_trainings(jobs, workers)):
+            loss[arm].append(target_loss(losses, ev["target"]))
         row = {"recipe": var, "steps": pc.steps, "seconds": time.time() - t0,
                "arms": {arm: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
                         for arm, v in loss.items()}, "per_seed": loss}
