@@ -106,7 +106,7 @@ def render(raw_uri: str, found: dict, shards: int, first: str, machine: dict, qu
         "  format: parquet",
         *([] if quick else ["  # weights: best_confirmed     # curate with the best tier-2 run instead of the predicted optimum"]),
         "evaluation:                     # curated vs random vs the best single score, paired by seed",
-        f"  preset: {'target-cpu' if gpu else 'test' if quick else 'target-small'}",
+        f"  preset: {'target-cpu' if gpu else 'test' if quick else 'small'}",
         f"  token_budget: {50_000_000 if gpu else 4096 if quick else 150_000}",
         f"  seeds: {[0, 1] if quick else [0, 1, 2]}",
         "compute:",

@@ -384,7 +384,7 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     if cur.get("output_uri"):
         cur["output_uri"] = _resolve(base, cur["output_uri"])
     ev = dict(raw.get("evaluation", {}) or {})
-    ev.setdefault("preset", "target-small")
+    ev.setdefault("preset", "small")
     ev.setdefault("seeds", [0, 1, 2])
     if ev["preset"] not in PROXY_PRESETS:
         raise ConfigError(f"evaluation.preset {ev['preset']!r} unknown; known: {sorted(PROXY_PRESETS)}")
