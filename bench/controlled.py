@@ -147,6 +147,7 @@ def build(work: Path, corpus: Path, share: float, seed: int, shards: int = 4) ->
     for name, sources in groups.items():
         _write(work / "dsir" / f"{name}.jsonl.gz", [r for r in ref if r.get("meta", {}).get("source") in sources])
     (work / "truth.json").write_text(json.dumps(truth))
+    (work / "sources.json").write_text(json.dumps({r["id"]: r["meta"]["source"] for r in rows}))
     return truth
 
 
@@ -218,7 +219,9 @@ def selections(home: Path, config: Path, raw: Path) -> dict:
             "weights_from": sel.get("weights_from")}
 
 
-def shares(ids: list[str], truth: dict, tokens: dict) -> dict:
+def shares(ids: list[str], truth: dict, tokens: dict, sources: dict | None = None) -> dict:
+    """Defective share by documents and tokens, each defect's token share, and (with ``sources``)
+    the share of the selection's tokens that are clean text of each source (``clean:<source>``)."""
     docs = len(ids)
     tok = sum(tokens[i] for i in ids)
     out = {"docs": docs, "tokens": tok,
@@ -226,6 +229,8 @@ def shares(ids: list[str], truth: dict, tokens: dict) -> dict:
            "defective_tokens": sum(tokens[i] for i in ids if truth[i] != "clean") / max(tok, 1)}
     for k in KINDS:
         out[k] = sum(tokens[i] for i in ids if truth[i] == k) / max(tok, 1)
+    for src in sorted(set(sources.values())) if sources else []:
+        out[f"clean:{src}"] = sum(tokens[i] for i in ids if truth[i] == "clean" and sources[i] == src) / max(tok, 1)
     return out
 
 
@@ -264,12 +269,13 @@ def main(argv=None) -> int:
         return rc
     rep = json.loads(subprocess.check_output([cli, "report", "--json"], env=env))
     s = selections(work / "home", config, work / "raw")
+    sources = json.loads((work / "sources.json").read_text())
     flags = (["--no-prrc"] if a.no_prrc else []) + ([f"--raters {a.raters}"] if raters != ("rpv2", "dsir", "perplexity") else [])
     res = {"pool_docs": len(truth), "planted_share": a.share, "overrides": a.set + flags, "raters": list(raters),
            "prrc": not a.no_prrc, "wall_s": wall, "commit": code_commit(),
-           "curated": shares(s["kept"]["curated"], truth, s["tokens"]),
-           "pool": shares(list(truth), truth, s["tokens"]),
-           "singles": {n: shares(ids, truth, s["tokens"]) for n, ids in s["kept"].items() if n != "curated"},
+           "curated": shares(s["kept"]["curated"], truth, s["tokens"], sources),
+           "pool": shares(list(truth), truth, s["tokens"], sources),
+           "singles": {n: shares(ids, truth, s["tokens"], sources) for n, ids in s["kept"].items() if n != "curated"},
            "weights": s["weights"], "weights_from": s["weights_from"], "evaluation": rep.get("evaluation"),
            "regressor": rep.get("regressor"), "tier2": {k: v for k, v in rep.get("proxies", {}).items()
                                                        if k.startswith("tier")}}
@@ -289,13 +295,18 @@ def report(res: dict) -> str:
              f"{len(KINDS)} defects each), the demo config with raters {', '.join(res.get('raters', ['rpv2', 'dsir']))}"
              f"{' (PRRC rater trained on the bundled labels)' if res.get('prrc', True) else ' with PRRC left out'}; the whole chain took "
              f"{res['wall_s'] / 60:.1f} min (code of commit {res.get('commit', 'unrecorded')}).", "",
-             "Defective share of each selection (by tokens; a selection is 15% of the pool's tokens):", "",
+             "Defective share of each selection (by tokens; a selection is 15% of the pool's tokens), and the "
+             "share of its tokens that is clean text of each source (the clean target has the pool's mix):", "",
              "| selection | defective (tokens) | defective (docs) | " + " | ".join(KINDS) + " |",
              "|---|---|---|" + "---|" * len(KINDS)]
 
+    srcs = sorted(k for k in res["pool"] if k.startswith("clean:"))
+    lines[-2] += "".join(f" {k} |" for k in srcs)
+    lines[-1] += "---|" * len(srcs)
+
     def row(name, s):
         return (f"| {name} | {s['defective_tokens']:.1%} | {s['defective_docs']:.1%} | "
-                + " | ".join(f"{s[k]:.1%}" for k in KINDS) + " |")
+                + " | ".join(f"{s[k]:.1%}" for k in KINDS) + " |" + "".join(f" {s.get(k, 0):.1%} |" for k in srcs))
 
     lines.append(row("pool (= random, in expectation)", res["pool"]))
     lines.append(row(f"**curated** ({res['weights_from']})", res["curated"]))
