@@ -35,8 +35,9 @@ def code_commit() -> str:
 
     try:
         head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+        # the results file the benchmarks write is output, not code
         dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", "metarater_assets", "resources", "bench",
-                                 "configs"], cwd=REPO)
+                                 "configs", ":(exclude)bench/RESULTS.md"], cwd=REPO)
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + ("+changes" if dirty else "")
