@@ -3,7 +3,6 @@ many of them at once in worker processes on a CPU. Nothing here imports Dagster,
 process starts with torch, Lightning and transformers only."""
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import replace
 
@@ -39,8 +38,10 @@ def training_workers(comp: proxy_lm.Compute, jobs: int, tokens: int) -> tuple[in
     depend on the machine's core count. On a GPU they run one after another on the claimed device."""
     if comp.accelerator != "cpu":
         return 1, comp
+    from joblib import cpu_count  # the CPUs this process may use (affinity and cgroup quotas)
+
     threads = comp.threads or 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_count()
     workers = max(1, min(jobs, cores // threads)) if tokens >= PARALLEL_MIN_TOKENS else 1
     return workers, replace(comp, threads=threads)
 

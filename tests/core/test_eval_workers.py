@@ -1,7 +1,6 @@
 """The evaluation's trainings: in worker processes, one thread each, the same results as in this
 process, in the jobs' order."""
-import os
-
+import joblib
 import numpy as np
 import pytest
 
@@ -47,7 +46,7 @@ def test_worker_processes_give_the_in_process_results_in_order(jobs):
 
 
 def test_workers_follow_the_cores_and_the_budget():
-    cores = len(os.sched_getaffinity(0))
+    cores = joblib.cpu_count()
     cpu = proxy_lm.Compute()
     n, comp = trainings.training_workers(cpu, 9, 150_000)
     assert n == min(9, cores) and comp.threads == 1
