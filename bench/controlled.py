@@ -25,13 +25,21 @@ script reports
   the same size (the planted share), and of each single score's selection (its top 15% of tokens,
   in its configured orientation), per defect kind;
 * the evaluation's paired verdicts (curated vs random, curated vs the best single score) on the
-  clean target, and tokens to target.
+  clean target, and tokens to target;
+* the ceiling: two selections only the ground truth can make (the clean documents ranked by the
+  best single score; clean documents in the clean target's source mix), trained and scored as the
+  evaluation's arms with the same seeds and compared with them paired by seed. If they do not beat
+  the best single score's selection by the verdict's bar either, no weighting of the scores can,
+  and the bar is out of reach of the evaluation at this scale (``--no-ceiling`` skips it).
+
+With ``--set evaluation.token_budget=selection`` every evaluation arm trains on its whole selection
+(no sample: the seed then draws only the order, the initialisation and the random arm's selection).
 
 The PRRC model raters are trained on the demo's bundled labels (rows that carry their text) and
 score this pool as any other; ``--no-prrc`` leaves them out (RPv2 and DSIR only).
 
     python bench/controlled.py [--work DIR] [--share 0.4] [--seed 0] [--config configs/demo.yaml]
-                               [--set proxies.n=128 ...] [--reuse] [--no-prrc]
+                               [--set proxies.n=128 ...] [--reuse] [--no-prrc] [--no-ceiling]
 
 It writes its section of bench/RESULTS.md and ``DIR/controlled.json``.
 """
@@ -148,6 +156,11 @@ def build(work: Path, corpus: Path, share: float, seed: int, shards: int = 4) ->
         _write(work / "dsir" / f"{name}.jsonl.gz", [r for r in ref if r.get("meta", {}).get("source") in sources])
     (work / "truth.json").write_text(json.dumps(truth))
     (work / "sources.json").write_text(json.dumps({r["id"]: r["meta"]["source"] for r in rows}))
+    mix: dict[str, int] = {}
+    for r in target:
+        src = r.get("meta", {}).get("source", "clean")
+        mix[src] = mix.get(src, 0) + len(r["text"])
+    (work / "target_mix.json").write_text(json.dumps({k: v / sum(mix.values()) for k, v in sorted(mix.items())}))
     return truth
 
 
@@ -234,6 +247,97 @@ def shares(ids: list[str], truth: dict, tokens: dict, sources: dict | None = Non
     return out
 
 
+def ceiling(work: Path, truth: dict, sources: dict, seed: int = 0) -> dict:
+    """What the ground truth allows: two selections no score can make, each of the curated
+    selection's tokens, trained and scored exactly as the evaluation trains its arms (its model,
+    token budget, sample rule and seeds, on the held-out clean target) and compared, paired by
+    seed, with the evaluation's own arms:
+
+    * ``clean_by_single``: the clean documents only, ranked by the evaluation's best single score;
+    * ``clean_target_mix``: clean documents only, drawn at random (seeded) in the clean target's
+      source mix (by characters).
+
+    If even these do not beat the best single score's selection by the verdict's bar, no weighting
+    of the scores can: the bar is out of reach of the evaluation at this scale."""
+    from metarater_assets.core import proxy_lm
+    from metarater_assets.core import storage as st
+    from metarater_assets.core.stats import paired_comparison
+    from metarater_assets.core.trainings import run_trainings, training_workers
+    from metarater_assets.pool import normalisation
+    from metarater_assets.proxies import target_loss, write_training_data
+    from metarater_assets.report import _cfg_settings
+    from metarater_assets.tokens import validation_sets
+    from resources import Settings
+    import pyarrow.parquet as pq
+
+    settings = _cfg_settings(Settings.from_env())
+    cfg = settings.load()
+    ev = st.read_json(f"{settings.storage_uri}/evaluation.json")
+    stats = st.read_json(f"{settings.storage_uri}/score_stats.json")
+    tokenizer = st.read_json(f"{settings.storage_uri}/tokenizer.json")
+    want = int(st.read_json(f"{settings.storage_uri}/curated_selection.json")["tokens"])
+    norm = normalisation(stats)
+    single = ev["single_best_score"]
+    j = list(norm.names).index(single)
+    docs = []  # (shard, row, doc_id, tokens, the single score's oriented units)
+    for key in stats["keys"]:
+        t = pq.read_table(f"{settings.storage_uri}/shard_index/{key}.parquet", columns=["doc_id", "n_tokens", *norm.names])
+        units = norm.units({n: t.column(n).to_numpy(zero_copy_only=False) for n in norm.names})[:, j]
+        docs += [(key, i, d, int(n), int(u)) for i, (d, n, u) in
+                 enumerate(zip(t.column("doc_id").to_pylist(), t.column("n_tokens").to_pylist(), units))]
+    clean = [d for d in docs if truth[d[2]] == "clean"]
+
+    def fill(cands, budget):
+        out, n = [], 0
+        for d in cands:
+            if n >= budget:
+                break
+            out.append(d)
+            n += d[3]
+        return out
+
+    mix = json.loads((work / "target_mix.json").read_text())
+    rng = random.Random(seed)
+    by_mix = []
+    for src, share in mix.items():
+        pool_src = [d for d in clean if sources[d[2]] == src]
+        rng.shuffle(pool_src)
+        by_mix += fill(pool_src, share * want)
+    arms = {"clean_by_single": fill(sorted(clean, key=lambda d: (-d[4], d[0], d[1])), want), "clean_target_mix": by_mix}
+    seeds = [int(x) for x in ev["seeds"]]
+    pcfg = proxy_lm.get_preset(ev["preset"], token_budget=int(ev["token_budget"]))
+    sample = int(ev["token_budget"]) if ev.get("sampled", True) else None
+
+    def mask_of(sel):
+        rows: dict[str, set] = {}
+        for d in sel:
+            rows.setdefault(d[0], set()).add(d[1])
+        return lambda key, row0, c, t: np.isin(np.arange(row0, row0 + t.num_rows), list(rows.get(key, ())))
+
+    labels = [(arm, s_) for s_ in seeds for arm in arms]
+    uris = [f"{settings.artifacts_uri}/bench_ceiling/{arm}-{s_}" for arm, s_ in labels]
+    W = np.zeros((len(norm.names), len(labels)))
+    W[0, :] = 1.0  # unused: every column's mask is its selection
+    data = write_training_data(settings, stats, tokenizer, W, uris, fraction=0.15, by="tokens", token_budget=None,
+                               sample_budget=sample, seed=[s_ for _, s_ in labels],
+                               masks=[mask_of(arms[arm]) for arm, _ in labels])
+    held = validation_sets(settings.storage_uri, "held_out") or validation_sets(settings.storage_uri, "tune")
+    workers, comp = training_workers(proxy_lm.Compute(), len(labels), int(ev["token_budget"]))
+    jobs = [(pcfg, d["store"]["uri"], held, None, {}, 10 ** 9, tokenizer, comp, s_) for (_, s_), d in zip(labels, data)]
+    losses = {arm: [] for arm in arms}
+    for (arm, _), (l_, _, info, _) in zip(labels, run_trainings(jobs, workers)):
+        losses[arm].append(target_loss(l_, cfg.validation_target))
+    out = {"single_best_score": single, "arms": {}}
+    for arm, sel in arms.items():
+        comp_ = {"docs": len(sel), "tokens": sum(d[3] for d in sel),
+                 "mix": {src: sum(d[3] for d in sel if sources[d[2]] == src) / max(1, sum(d[3] for d in sel))
+                         for src in mix}}
+        vs = {other: paired_comparison(losses[arm], [r["target_loss"] for r in ev["results"][other]], seed=seeds[0])
+              for other in ("single_best", "random", "curated")}
+        out["arms"][arm] = {"loss": losses[arm], **comp_, "vs": vs}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/metarater-controlled")
@@ -247,6 +351,8 @@ def main(argv=None) -> int:
     ap.add_argument("--raters", default="rpv2,dsir,perplexity",
                     help="the built-in raters (default: RPv2, DSIR and the perplexity rater)")
     ap.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="skip the ground-truth selections trained like the evaluation's arms (about 1.4x the evaluation)")
     a = ap.parse_args(argv)
     work = Path(a.work)
     corpus = SHARED if (SHARED / "targets").is_dir() else REPO / "data" / "sample"
@@ -279,6 +385,10 @@ def main(argv=None) -> int:
            "weights": s["weights"], "weights_from": s["weights_from"], "evaluation": rep.get("evaluation"),
            "regressor": rep.get("regressor"), "tier2": {k: v for k, v in rep.get("proxies", {}).items()
                                                        if k.startswith("tier")}}
+    if not a.no_ceiling:
+        t1 = time.time()
+        res["ceiling"] = ceiling(work, truth, sources, a.seed)
+        res["ceiling_s"] = time.time() - t1
     (work / "controlled.json").write_text(json.dumps(res, indent=2))
     text = report(res)
     print(text)
@@ -325,6 +435,21 @@ def report(res: dict) -> str:
                          + ((("at most " if t.get("at_most") else "") + f"{t['ratio']:.2f}x its tokens"
                              + (" (the curve's first point)" if t.get("at_most") else ""))
                             if t["ratio"] is not None else "no point (not reached)"))
+    ce = res.get("ceiling")
+    if ce:
+        lines += ["", "What the ground truth allows (`ceiling`: selections no score can make, of the curated "
+                      "selection's tokens, trained and scored as the evaluation's arms, same seeds; "
+                      f"{res.get('ceiling_s', 0) / 60:.1f} min):", "",
+                  "| selection | docs | loss (mean ± SD) | vs best single score | vs random | vs curated |",
+                  "|---|---|---|---|---|---|"]
+        names = {"clean_by_single": f"clean documents only, by {ce['single_best_score']}",
+                 "clean_target_mix": "clean documents only, the clean target's source mix"}
+        for arm, v in ce["arms"].items():
+            cell = lambda c: f"{c['mean']:+.3f} ({c['in_sds']:.1f} SD)"  # noqa: E731
+            lines.append(f"| {names.get(arm, arm)} | {v['docs']} | {np.mean(v['loss']):.3f} ± {np.std(v['loss'], ddof=1):.3f} | "
+                         f"{cell(v['vs']['single_best'])} | {cell(v['vs']['random'])} | {cell(v['vs']['curated'])} |")
+        lines.append("")
+        lines.append("(\"vs\": the other arm's loss minus this one's, per seed; positive = this selection is better.)")
     r = res.get("regressor") or {}
     if r:
         lines.append(f"- regressor: {r.get('model')}, held-out Spearman {r.get('heldout_spearman')}")

@@ -84,7 +84,14 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
     cfg = settings.load()
     score_stats = oriented(settings, cfg, score_stats, tracer)  # auto scores as score_orientation decided
     ev = cfg.evaluation
-    pcfg = proxy_lm.get_preset(ev["preset"], token_budget=ev.get("token_budget"))
+    # token_budget "selection": every arm trains on its whole selection, once (no sample: the seed
+    # draws only the order, the initialisation and the random arm's selection), for the curated
+    # selection's tokens rounded up to whole batches; a number: a seeded sample of that many tokens
+    whole = ev.get("token_budget") == "selection"
+    preset = proxy_lm.get_preset(ev["preset"])
+    unit = preset.batch_size * preset.seq_len
+    pcfg = proxy_lm.get_preset(ev["preset"], token_budget=-(-int(curated_selection["tokens"]) // unit) * unit
+                               if whole else ev.get("token_budget"))
     budget = pcfg.steps * pcfg.batch_size * pcfg.seq_len
     # the current plan's runs only (a run of an older plan or seed never picks the single best score)
     planned = tracer.active("proxy_runs") if tracer else sorted(context.instance.get_dynamic_partitions(proxy_runs.name))
@@ -121,7 +128,7 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
             sample_seeds.append(seed)
     W = np.stack(cols, axis=1)
     data = write_training_data(settings, score_stats, tokenizer, W, uris, fraction=cur["fraction"], by=cur["fraction_of"],
-                               token_budget=cur.get("token_budget"), sample_budget=budget, seed=sample_seeds,
+                               token_budget=cur.get("token_budget"), sample_budget=None if whole else budget, seed=sample_seeds,
                                log=context.log.info, masks=masks)
     results = {arm: [] for arm in ARMS}
     curves = {arm: [] for arm in ARMS}
@@ -196,6 +203,7 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
             "weights_from": curated_selection.get("weights_from"),
             "weights": dict(zip(names, curated_selection["weights"])),
             "held_out_docs": st_, "single_best_score": single, "preset": ev["preset"], "token_budget": budget,
+            "sampled": not whole,
             "results": results, "curves": curves, "summary": table, "tokens_ratio": ratios,
             "tokens_to_target": to_target, "paired": paired,
             "composition": comp_table}

@@ -128,7 +128,7 @@ STAGED_STORES = 16
 
 def write_training_data(settings: MetaraterConfig, stats_out: dict, tokenizer: dict, W: np.ndarray,
                         store_uris: list[str], *, fraction: float, by: str, token_budget: int | None,
-                        sample_budget: int, seed: int | list[int], log=None, masks=None) -> list[dict]:
+                        sample_budget: int | None, seed: int | list[int], log=None, masks=None) -> list[dict]:
     """The cut of every column of ``W`` over the pool, then one pass writing each selection,
     hash-sampled to ``sample_budget`` tokens, to its token store. ``seed``: the sample's seed, one
     for every column or one per column. Returns per column: the cut, the selection and the sample

@@ -388,6 +388,10 @@ def parse_config(raw: Mapping[str, Any], base: str = ".", source: str = "") -> C
     ev.setdefault("seeds", [0, 1, 2])
     if ev["preset"] not in PROXY_PRESETS:
         raise ConfigError(f"evaluation.preset {ev['preset']!r} unknown; known: {sorted(PROXY_PRESETS)}")
+    tb = ev.get("token_budget")
+    if tb is not None and tb != "selection" and (isinstance(tb, bool) or not isinstance(tb, int) or tb < 1):
+        raise ConfigError(f"evaluation.token_budget must be a number of tokens (a seeded sample of each arm's "
+                          f"selection) or 'selection' (each arm's whole selection), got {tb!r}")
     reg = {"folds": 5, "candidates": 200_000, "top_k": 128, "bootstrap": 30, "holdout": 0.2,
            "models": list(REGRESSORS), "min_runs_fraction": 0.9, **(raw.get("regressor") or {})}
     _known("regressor", reg, {"folds", "candidates", "top_k", "bootstrap", "holdout", "models", "seed",

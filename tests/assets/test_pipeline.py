@@ -301,6 +301,45 @@ def test_single_best_arm_follows_the_token_budget(pipeline, tmp_path):
         assert t["at_most"] == (t["curated_tokens"] == cur[0]["tokens"] and cur[0]["target"] <= t["random_final_loss"])
 
 
+def test_evaluation_can_train_every_arm_on_its_whole_selection(pipeline, tmp_path):
+    """evaluation.token_budget: selection: no sample. Each arm's training data is its whole
+    selection (the curated and single-score arms hold the same documents for every seed; the
+    seed draws only the order, the initialisation and the random arm's selection), and every arm
+    trains on the curated selection's tokens rounded up to whole batches."""
+    settings, instance, cfg_path = clone(pipeline, tmp_path)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["evaluation"]["token_budget"] = "selection"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    summary = run_pipeline(settings, "evaluation", instance=instance, echo=lambda m: None)
+    assert not summary.failed and {k for k, _ in summary.materialised} == {"evaluation"}  # nothing upstream reruns
+    ev = json.load(open(f"{settings.storage_uri}/evaluation.json"))
+    sel = json.load(open(f"{settings.storage_uri}/curated_selection.json"))
+    from metarater_assets.core.proxy_lm import get_preset
+    from metarater_assets.core.token_store import TokenStore
+
+    p = get_preset("test")
+    unit = p.batch_size * p.seq_len
+    assert ev["sampled"] is False and ev["token_budget"] % unit == 0
+    assert sel["tokens"] <= ev["token_budget"] < sel["tokens"] + unit
+    assert {r["trained_tokens"] for rows in ev["results"].values() for r in rows} == {ev["token_budget"]}
+
+    def docs(arm, seed):
+        store = TokenStore.open(f"{settings.artifacts_uri}/evaluation_data/{arm}-{seed}")
+        return sorted(store.doc(i).tobytes() for i in range(len(store.offsets) - 1))
+
+    for arm in ("curated", "single_best", "random"):
+        for r, seed in zip(ev["results"][arm], (0, 1)):
+            assert len(docs(arm, seed)) == r["selected_docs"], (arm, seed)  # all of it, not a sample
+    assert docs("curated", 0) == docs("curated", 1) and docs("single_best", 0) == docs("single_best", 1)
+    assert docs("random", 0) != docs("random", 1)  # a random selection per seed
+    cfg["evaluation"]["token_budget"] = "all"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    from metarater_assets.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="evaluation.token_budget"):
+        load_config(str(cfg_path))
+
+
 def test_tier_two_confirms_tier_one_and_reports_the_agreement(pipeline, tmp_path):
     """confirm: transformer proxies on the predicted optimum and a spread of tier-1 vectors; the
     agreement is the Spearman rho of the two tiers' losses on the shared vectors (computed here
