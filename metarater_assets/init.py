@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from .core import corpus
+from .core.devices import usable_cpus
 
 #: text field names in the order they are preferred (datatrove's text_key; RedPajama-V2's raw_content)
 TEXT_NAMES = ("text", "content", "raw_content", "contents", "body", "document", "article", "markdown", "passage")
@@ -44,7 +45,7 @@ def machine_preset() -> dict:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:
         gpus = 0
-    return {"gpus": gpus, "cpus": os.cpu_count() or 1}
+    return {"gpus": gpus, "cpus": usable_cpus()}
 
 
 def render(raw_uri: str, found: dict, shards: int, first: str, machine: dict, quick: bool = False) -> str:

@@ -20,6 +20,7 @@ import dagster as dg
 
 from . import identity
 from .core import corpus
+from .core.devices import usable_cpus
 from .defs import ON_REQUEST, STAGE_NAMES, all_assets, build_resources, steps_for
 from .ingest import ingest_facts
 from .proxies import TIERS, kind_config
@@ -167,7 +168,7 @@ class Launcher:
         if self._pool is None:
             import multiprocessing as mp
 
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            threads = max(1, usable_cpus() // self.workers)
             s = self.settings
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=mp.get_context("spawn"), initializer=_child_init,
@@ -395,7 +396,7 @@ def _workers(cfg, override: int | None) -> int:
     if override:
         return override
     w = cfg.compute.get("workers")
-    return int(w) if w not in (None, "auto") else max(1, os.cpu_count() or 1)
+    return int(w) if w not in (None, "auto") else usable_cpus()
 
 
 def run_pipeline(settings: Settings, stage: str, instance: dg.DagsterInstance | None = None,

@@ -18,6 +18,15 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask and its cgroup's CPU quota (a container
+    given 4 CPUs on a 64-core host: 4), as joblib counts them. ``os.cpu_count()`` counts the host's
+    CPUs, and sizing pools by it oversubscribes a container."""
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
 def default_lock_dir() -> str:
     return os.environ.get("METARATER_DEVICE_LOCKS") or os.path.join(tempfile.gettempdir(), "metarater-devices")
 

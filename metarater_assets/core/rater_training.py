@@ -29,6 +29,7 @@ import numpy as np
 import xxhash
 
 from .annotate import DIMENSIONS, validate_labels
+from .devices import usable_cpus
 
 RATER_TRAINING_VERSION = "1"
 CLASSES = 6
@@ -562,7 +563,7 @@ def train_probe(rows: Sequence[Mapping], out_uri: str, cfg: TrainConfig,
     chosen, val_f1 = {}, {}
     # the independent fits (every dimension x C, then each dimension's refit) on the machine's
     # cores: the same models as one after another, in about 1 / cores of the time
-    jobs = min(len(dims) * len(Cs), os.cpu_count() or 1)
+    jobs = min(len(dims) * len(Cs), usable_cpus())
     grid = [(j, C) for j in range(len(dims)) for C in Cs]
     fits = Parallel(n_jobs=jobs)(delayed(_fit_probe)(X["train"], Y["train"][:, j], C, cfg.seed) for j, C in grid)
     for (j, C), m in zip(grid, fits):

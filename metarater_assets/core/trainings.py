@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import replace
 
 from . import proxy_lm, token_store as ts
+from .devices import usable_cpus
 
 
 def train_and_evaluate(kind: str, pcfg: proxy_lm.ProxyConfig, store_uri: str, val_sets: dict, tok_info: dict,
@@ -38,10 +39,8 @@ def training_workers(comp: proxy_lm.Compute, jobs: int, tokens: int) -> tuple[in
     depend on the machine's core count. On a GPU they run one after another on the claimed device."""
     if comp.accelerator != "cpu":
         return 1, comp
-    from joblib import cpu_count  # the CPUs this process may use (affinity and cgroup quotas)
-
     threads = comp.threads or 1
-    cores = cpu_count()
+    cores = usable_cpus()  # affinity and cgroup quotas
     workers = max(1, min(jobs, cores // threads)) if tokens >= PARALLEL_MIN_TOKENS else 1
     return workers, replace(comp, threads=threads)
 

@@ -45,3 +45,24 @@ def test_a_dead_holder_frees_its_device(tmp_path):
     p.join()
     with claim_device([0], lock_dir=str(tmp_path), poll=0.05, timeout=10) as d:
         assert d == 0
+
+
+def test_pools_are_sized_by_the_cpus_this_process_may_use(monkeypatch):
+    """A container given one CPU of a 64-core host (its affinity mask here): the local engine's
+    workers, the evaluation's training workers and `metarater init`'s machine preset count one CPU,
+    not the host's 64 (the PRRC probe's fits and the engine's threads per worker use the same count)."""
+    import os
+    from types import SimpleNamespace
+
+    from metarater_assets import init, runner
+    from metarater_assets.core import proxy_lm, trainings
+    from metarater_assets.core.devices import usable_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
+    assert usable_cpus() == 1
+    assert runner._workers(SimpleNamespace(compute={"workers": "auto"}), None) == 1
+    assert runner._workers(SimpleNamespace(compute={}), None) == 1
+    assert trainings.training_workers(proxy_lm.Compute(), 9, 150_000)[0] == 1
+    assert init.machine_preset()["cpus"] == 1
