@@ -146,7 +146,9 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
     with compute.claim() as comp:
         workers, comp = training_workers(comp, len(arms), budget)
         jobs = [(pcfg, d["store"]["uri"], vsets, tune_t, curve_sets, every, tokenizer, comp, seed) for (_, seed), d in zip(arms, data)]
-        context.log.info(f"{len(jobs)} trainings, {workers} at a time ({comp.threads or 'default'} thread(s) each)")
+        what = "each arm's whole selection" if whole else "a seeded sample of each selection"
+        context.log.info(f"{len(jobs)} trainings of {budget:,} tokens ({what}), {workers} at a time "
+                         f"({comp.threads or 'default'} thread(s) each)")
         for (arm, seed), d, (losses, tune_losses, info, points) in zip(arms, data, run_trainings(jobs, workers)):
             tune_losses = tune_losses if held else losses
             sel = d["selected"]  # the arm's whole selection (random: its hash sample of the pool)
