@@ -221,6 +221,10 @@ PROXY_PRESETS: dict[str, ProxyConfig] = {
     # weaker; small stays the evaluation's default (bench/eval_recipe.py)
     "target-small": ProxyConfig(n_layer=2, n_embd=128, n_head=4, lr=3e-3, batch_size=2),
     "target-cpu": ProxyConfig(n_layer=4, n_embd=128, n_head=4, lr=5e-3),
+    # the smallest evaluation model where quality-filter gains have been shown (about 20M
+    # parameters: 6 x 512, 19M in its blocks + 2M of tied embeddings at a 4,096 vocabulary); a
+    # GPU's model (bench/gpu_eval.py)
+    "target-20m": ProxyConfig(n_layer=6, n_embd=512, n_head=8, lr=1e-3, checkpoint_every=200),
     # Meta-rater trains 400M proxies on 8B tokens and 1.3B+ targets on 30B tokens (GPU only).
     "paper-proxy": ProxyConfig(n_layer=24, n_embd=1024, n_head=16, seq_len=1024, batch_size=256,
                                lr=3e-4, token_budget=8_000_000_000, checkpoint_every=500),

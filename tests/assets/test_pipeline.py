@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -417,3 +418,26 @@ def test_evaluation_reads_only_the_held_out_documents(pipeline):
         tune = sum(min(len(r["ids"]), seq_len) for r in val if r["set"] == s and r["part"] == "tune")
         assert run["losses"][s]["tokens"] == tune
     assert set(ev["comparisons"]) == {"random", "single_best"}
+
+
+def test_gpu_eval_retrains_the_evaluations_arms_from_a_prepared_folder(pipeline, tmp_path):
+    """bench/gpu_eval.py: `prepare` copies a finished evaluation's stores and held-out target, and
+    `run` with the evaluation's own preset and one pass over its tokens (on the CPU, one thread, as
+    the evaluation trains) gives back the evaluation's losses: the same data, seeds and target sets."""
+    import sys
+
+    settings, *_ = pipeline
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import gpu_eval
+
+    work = Path(settings.home).parent
+    meta = gpu_eval.prepare(work, tmp_path / "input")
+    ev = json.load(open(f"{settings.storage_uri}/evaluation.json"))
+    assert set(meta["arms"]) == {"curated", "random", "single_best"} and meta["seeds"] == ev["seeds"]
+    res = gpu_eval.run(tmp_path / "input", tmp_path / "out", ev["preset"], 1.0, "cpu", None, None, {})
+    assert res["tokens"] == ev["token_budget"]
+    for arm in ("curated", "random", "single_best"):
+        assert res["losses"][arm] == pytest.approx([r["target_loss"] for r in ev["results"][arm]], abs=1e-5), arm
+    c = res["curated_vs"]["random"]
+    assert c["diffs"] == pytest.approx(np.subtract(res["losses"]["random"], res["losses"]["curated"]).tolist())
+    assert json.loads((tmp_path / "out" / "gpu_eval.json").read_text())["losses"] == res["losses"]
