@@ -29,7 +29,7 @@ TEST_TMP := $(if $(wildcard /dev/shm),/dev/shm/metarater-tests-$(shell id -u),)
 # two pytest workers, a test file each at a time (much of the suite waits on servers and daemons),
 # the longest files first; measured in a fresh clone with CI=true on 2 cores: pytest 800 s (553 tests,
 # commit defcc69), 815 s (562 tests, 6f0a917), 849 s (561 tests, 0268cfe, a slower hour) and 756 s (563 tests,
-# 5048354), 2026-12-07;
+# 5048354), 2026-12-07; on a later machine (AMD EPYC, 2 cores) 615 s (565 tests, 1143e45) and 629 s (566 tests, 8fa5213);
 # before the automation sensor launched its own runs, 843-934 s; 3 workers were slower (1026 s against 967 s, 2026-12-06, before the files were
 # ordered)
 TEST_WORKERS ?= 2
