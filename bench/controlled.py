@@ -260,15 +260,15 @@ def ceiling(work: Path, truth: dict, sources: dict, seed: int = 0) -> dict:
     If even these do not beat the best single score's selection by the verdict's bar, no weighting
     of the scores can: the bar is out of reach of the evaluation at this scale."""
     from metarater_assets.core import proxy_lm
+    from metarater_assets.core import scan
     from metarater_assets.core import storage as st
     from metarater_assets.core.stats import paired_comparison
     from metarater_assets.core.trainings import run_trainings, training_workers
-    from metarater_assets.pool import normalisation
+    from metarater_assets.pool import normalisation, pool_files
     from metarater_assets.proxies import target_loss, write_training_data
     from metarater_assets.report import _cfg_settings
     from metarater_assets.tokens import validation_sets
     from resources import Settings
-    import pyarrow.parquet as pq
 
     settings = _cfg_settings(Settings.from_env())
     cfg = settings.load()
@@ -278,13 +278,12 @@ def ceiling(work: Path, truth: dict, sources: dict, seed: int = 0) -> dict:
     want = int(st.read_json(f"{settings.storage_uri}/curated_selection.json")["tokens"])
     norm = normalisation(stats)
     single = ev["single_best_score"]
-    j = list(norm.names).index(single)
-    docs = []  # (shard, row, doc_id, tokens, the single score's oriented units)
-    for key in stats["keys"]:
-        t = pq.read_table(f"{settings.storage_uri}/shard_index/{key}.parquet", columns=["doc_id", "n_tokens", *norm.names])
-        units = norm.units({n: t.column(n).to_numpy(zero_copy_only=False) for n in norm.names})[:, j]
-        docs += [(key, i, d, int(n), int(u)) for i, (d, n, u) in
-                 enumerate(zip(t.column("doc_id").to_pylist(), t.column("n_tokens").to_pylist(), units))]
+    w_one = np.zeros((len(norm.names), 1))
+    w_one[list(norm.names).index(single), 0] = 1.0
+    docs = []  # (shard, row, doc_id, tokens, the single score's combined units: the evaluation's ranking)
+    for key, row0, c, t in scan.combined(pool_files(settings, stats), norm, w_one, extra=["doc_id"]):
+        docs += [(key, row0 + i, d, int(n), int(u)) for i, (d, n, u) in
+                 enumerate(zip(t.column("doc_id").to_pylist(), t.column("n_tokens").to_pylist(), c[:, 0]))]
     clean = [d for d in docs if truth[d[2]] == "clean"]
 
     def fill(cands, budget):

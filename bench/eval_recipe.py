@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     os.environ.update(METARATER_HOME=str(home), METARATER_CONFIG=str(config))
     from metarater_assets.core import proxy_lm, storage as st
     from metarater_assets.evaluation import ARMS, target_sets
+    from metarater_assets.core.stats import paired_comparison
     from metarater_assets.core.trainings import run_trainings, training_workers
     from metarater_assets.proxies import target_loss
     from metarater_assets.report import _cfg_settings
@@ -79,11 +80,9 @@ def main(argv=None) -> int:
         row = {"recipe": var, "steps": pc.steps, "seconds": time.time() - t0,
                "arms": {arm: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
                         for arm, v in loss.items()}, "per_seed": loss}
-        for other in ("random", "single_best"):
-            d = np.array(loss[other]) - np.array(loss["curated"])
-            sd = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
-            row[other] = {"mean": float(d.mean()), "sd": sd, "in_sds": float(d.mean() / sd) if sd > 0 else float("nan"),
-                          "positive": int((d > 0).sum())}
+        for other in ("random", "single_best"):  # the evaluation's own statistic, and the seeds curated wins
+            c = paired_comparison(loss["curated"], loss[other], seed=int(seeds[0]))
+            row[other] = {**c, "positive": sum(x > 0 for x in c["diffs"])}
         rows.append(row)
         print(json.dumps(row), flush=True)
     text = report(rows, ev, seeds, base, time.time() - t_all, str(home))

@@ -48,7 +48,6 @@ CEILING_ARMS = ("clean_by_single", "clean_target_mix")
 
 def prepare(work: Path, out: Path) -> dict:
     """Copy a finished controlled run's evaluation inputs into ``out``; returns its meta."""
-    os.environ.setdefault("METARATER_HOME", str(work / "home"))
     from metarater_assets.core import storage as st
     from metarater_assets.proxies import target_loss
     from metarater_assets.tokens import validation_sets

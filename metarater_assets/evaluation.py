@@ -88,10 +88,10 @@ def evaluate(context: dg.AssetExecutionContext, curated_selection: dict, score_s
     # draws only the order, the initialisation and the random arm's selection), for the curated
     # selection's tokens rounded up to whole batches; a number: a seeded sample of that many tokens
     whole = ev.get("token_budget") == "selection"
-    preset = proxy_lm.get_preset(ev["preset"])
-    unit = preset.batch_size * preset.seq_len
-    pcfg = proxy_lm.get_preset(ev["preset"], token_budget=-(-int(curated_selection["tokens"]) // unit) * unit
-                               if whole else ev.get("token_budget"))
+    pcfg = proxy_lm.get_preset(ev["preset"], token_budget=None if whole else ev.get("token_budget"))
+    if whole:
+        unit = pcfg.batch_size * pcfg.seq_len
+        pcfg = pcfg.replace(token_budget=-(-int(curated_selection["tokens"]) // unit) * unit)
     budget = pcfg.steps * pcfg.batch_size * pcfg.seq_len
     # the current plan's runs only (a run of an older plan or seed never picks the single best score)
     planned = tracer.active("proxy_runs") if tracer else sorted(context.instance.get_dynamic_partitions(proxy_runs.name))
